@@ -1,0 +1,27 @@
+# `make demo`: create .venv on first use, install, run the default audit (configs/default.yaml).
+# `make test`: create .venv on first use, install with test extras, run the test suite.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	# Pin torch first: a bare `torch` requirement would pull a multi-GB CUDA build here.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[test,plots]' torch==2.13.0
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/exposure-audit audit
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/engine.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,218 @@
+"""YAML config <-> dataclasses, checked against the dataclasses as a schema.
+
+An unknown key, a wrong type or an out-of-range value is an :class:`AuditError` that names
+the key (``train.epochs``) and the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import AuditError
+
+# (min, max) bounds, inclusive unless noted, per "section.key"
+_BOUNDS: dict[str, tuple[float | None, float | None]] = {
+    "seed": (0, 2**63 - 1),
+    "insert.per_count": (1, 100_000),
+    "insert.valid_fraction": (0.0, 0.9),
+    "model.embedding": (1, 4096),
+    "model.hidden": (1, 8192),
+    "model.layers": (1, 16),
+    "model.dropout": (0.0, 0.95),
+    "train.epochs": (1, 100_000),
+    "train.batch_size": (1, 65536),
+    "train.seq_len": (2, 100_000),
+    "train.learning_rate": (1e-9, 10.0),
+    "train.weight_decay": (0.0, 10.0),
+    "train.grad_clip": (0.0, 1e6),
+    "train.max_chars": (1, None),
+    "train.threads": (0, 1024),
+    "measure.max_steps": (1, None),
+    "measure.samples": (10, 100_000_000),
+    "measure.batch": (1, 1 << 20),
+    "measure.confidence": (0.5, 0.999),
+    "measure.bootstrap": (0, 100_000),
+    "measure.fail_above": (0.0, None),
+}
+
+
+@dataclass
+class InsertConfig:
+    formats: list[str] = field(default_factory=lambda: ["the random number is {d:9}"])
+    schedule: list[int] = field(default_factory=lambda: [0, 1, 2, 4, 8, 16, 32])
+    per_count: int = 2
+    valid_fraction: float = 0.1
+
+
+@dataclass
+class ModelConfig:
+    embedding: int = 64
+    hidden: int = 200
+    layers: int = 2
+    dropout: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 64
+    seq_len: int = 100
+    learning_rate: float = 0.003
+    weight_decay: float = 0.0
+    grad_clip: float = 5.0  # max gradient norm (0 = off)
+    max_chars: int | None = None  # train on at most this many characters per epoch (None = all)
+    threads: int = 0  # torch threads (0 = all cores)
+
+
+@dataclass
+class MeasureConfig:
+    method: str = "auto"
+    max_steps: int = 20_000_000
+    samples: int = 10_000
+    batch: int = 1024
+    confidence: float = 0.9
+    bootstrap: int = 100
+    fail_above: float | None = None
+
+
+@dataclass
+class AuditConfig:
+    seed: int = 0
+    corpus: str | None = None  # a UTF-8 file; None = the built-in default corpus
+    insert: InsertConfig = field(default_factory=InsertConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    measure: MeasureConfig = field(default_factory=MeasureConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _type_name(t: Any) -> str:
+    return {int: "an integer", float: "a number", str: "text", bool: "true or false"}.get(t, str(t))
+
+
+def _check_value(value: Any, t: Any, key: str) -> Any:
+    origin = typing.get_origin(t)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(t)
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _check_value(value, inner, key)
+    if origin is list:
+        (inner,) = typing.get_args(t)
+        if not isinstance(value, list):
+            raise AuditError(f"{key}: expected a list, got {value!r}")
+        if not value:
+            raise AuditError(f"{key}: must not be empty")
+        return [_check_value(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+    if t is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise AuditError(f"{key}: expected a number, got {value!r}")
+        value = float(value)
+        if value != value or value in (float("inf"), float("-inf")):
+            raise AuditError(f"{key}: expected a finite number, got {value!r}")
+    elif t is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise AuditError(f"{key}: expected an integer, got {value!r}")
+    elif t is str:
+        if not isinstance(value, str):
+            raise AuditError(f"{key}: expected text, got {value!r}")
+    bounds = _BOUNDS.get(key.split("[")[0])
+    if bounds and isinstance(value, (int, float)):
+        lo, hi = bounds
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            rng = f"{lo if lo is not None else '-inf'}..{hi if hi is not None else 'inf'}"
+            raise AuditError(f"{key}: {value!r} is out of range ({rng})")
+    return value
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise AuditError(f"{prefix or 'config'}: expected a mapping of keys, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        full = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            raise AuditError(f"unknown key {full!r} (known: {', '.join(sorted(names))})")
+        t = hints[key]
+        if dataclasses.is_dataclass(t):
+            kwargs[key] = _build(t, value if value is not None else {}, full)
+        else:
+            kwargs[key] = _check_value(value, t, full)
+    return cls(**kwargs)
+
+
+def config_from_dict(data: Any, where: str = "config") -> AuditConfig:
+    try:
+        cfg = _build(AuditConfig, {} if data is None else data, "")
+        validate(cfg)
+        return cfg
+    except AuditError as e:
+        raise AuditError(f"{where}: {e}") from None
+
+
+def validate(cfg: AuditConfig) -> None:
+    """Checks across keys and of the values' meaning."""
+    from .exposure.measure import METHODS
+    from .formats import Format
+
+    for i, f in enumerate(cfg.insert.formats):
+        try:
+            Format.parse(f)
+        except AuditError as e:
+            raise AuditError(f"insert.formats[{i}]: {e}") from None
+    if len(set(cfg.insert.formats)) != len(cfg.insert.formats):
+        raise AuditError("insert.formats: a format is listed twice")
+    if any(n < 0 for n in cfg.insert.schedule):
+        raise AuditError("insert.schedule: insertion counts must be >= 0")
+    if len(set(cfg.insert.schedule)) != len(cfg.insert.schedule):
+        raise AuditError("insert.schedule: a count is listed twice")
+    if cfg.measure.method not in METHODS:
+        raise AuditError(f"measure.method: {cfg.measure.method!r} is not one of {', '.join(METHODS)}")
+
+
+def load_config(path: str | Path | None) -> AuditConfig:
+    """Read a YAML config (None: the defaults, as in configs/default.yaml)."""
+    if path is None:
+        return AuditConfig()
+    path = Path(path)
+    if not path.exists():
+        raise AuditError(f"config {path} does not exist")
+    if path.is_dir():
+        raise AuditError(f"config {path} is a folder, not a YAML file")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise AuditError(f"config {path} is not UTF-8 text (byte {e.start})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise AuditError(f"config {path} is not valid YAML{where}") from None
+    return config_from_dict(data, str(path))
+
+
+def apply_overrides(cfg: AuditConfig, overrides: dict[str, Any]) -> AuditConfig:
+    """Set ``section.key`` values from the command line, checked like the file's."""
+    data = cfg.to_dict()
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        node = data
+        *parents, last = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[last] = value
+    return config_from_dict(data, "command line")

@@ -1,0 +1,20 @@
+"""Exposure: the math (pure), the prefix-tree engine, estimates, and ``measure``."""
+
+from .math import exposure_from_rank, rank_from_scores, sampling_estimate, skewnorm_exposure
+from .engine import TIE_TOLERANCE, brute_force_counts, compile_format, enumerate_counts, pruned_rank, score
+from .measure import CanaryResult, measure
+
+__all__ = [
+    "TIE_TOLERANCE",
+    "CanaryResult",
+    "brute_force_counts",
+    "compile_format",
+    "enumerate_counts",
+    "exposure_from_rank",
+    "measure",
+    "pruned_rank",
+    "rank_from_scores",
+    "sampling_estimate",
+    "score",
+    "skewnorm_exposure",
+]

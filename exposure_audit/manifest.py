@@ -1,0 +1,130 @@
+"""The canaries manifest (``canaries.json``): what was planted where, checked on load.
+
+The file carries a schema version and a SHA-256 of its canonical content, so a truncated or
+hand-edited manifest is refused rather than silently measured.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import AuditError
+from .files import atomic_write_json, canonical_sha256, read_json
+from .formats import Format
+
+SCHEMA = 1
+KIND = "exposure-audit/canaries"
+
+
+@dataclass
+class Canary:
+    id: str
+    format: str
+    secret: str  # the hole characters, concatenated
+    text: str  # the canary line as inserted (format with the secret filled in)
+    insertions: int
+    positions: list[int] = field(default_factory=list)  # 0-based line numbers in train.txt
+
+    @property
+    def fmt(self) -> Format:
+        return Format.parse(self.format)
+
+    @property
+    def space_size(self) -> int:
+        return self.fmt.space_size
+
+
+@dataclass
+class Manifest:
+    seed: int
+    corpus: dict[str, Any]
+    settings: dict[str, Any]
+    train: dict[str, Any]
+    valid: dict[str, Any]
+    canaries: list[Canary]
+
+    def to_json(self) -> dict[str, Any]:
+        body = {
+            "schema": SCHEMA,
+            "kind": KIND,
+            "seed": self.seed,
+            "corpus": self.corpus,
+            "settings": self.settings,
+            "train": self.train,
+            "valid": self.valid,
+            "canaries": [
+                {**asdict(c), "space_size": str(c.space_size)} for c in self.canaries
+            ],
+        }
+        return {**body, "sha256": canonical_sha256(body)}
+
+    def write(self, path: Path) -> None:
+        atomic_write_json(path, self.to_json())
+
+    @classmethod
+    def read(cls, path: Path) -> Manifest:
+        return cls.from_json(read_json(path, "manifest"), str(path))
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "manifest") -> Manifest:
+        def bad(msg: str) -> AuditError:
+            return AuditError(f"manifest {where}: {msg}")
+
+        if not isinstance(data, dict):
+            raise bad("not a JSON object")
+        if data.get("kind") != KIND:
+            raise bad("not an exposure-audit canaries file (no \"kind\": \"exposure-audit/canaries\")")
+        if data.get("schema") != SCHEMA:
+            raise bad(f"schema {data.get('schema')!r} is not supported (this version reads schema {SCHEMA})")
+        body = {k: v for k, v in data.items() if k != "sha256"}
+        if data.get("sha256") != canonical_sha256(body):
+            raise bad("content does not match its sha256 (the file was edited or damaged)")
+        for key, typ in (("seed", int), ("corpus", dict), ("settings", dict), ("train", dict), ("valid", dict), ("canaries", list)):
+            if not isinstance(data.get(key), typ) or isinstance(data.get(key), bool):
+                raise bad(f"key {key!r} missing or not a {typ.__name__}")
+        canaries: list[Canary] = []
+        seen: set[str] = set()
+        for i, raw in enumerate(data["canaries"]):
+            if not isinstance(raw, dict):
+                raise bad(f"canary {i} is not an object")
+            try:
+                c = Canary(
+                    id=_typed(raw, "id", str),
+                    format=_typed(raw, "format", str),
+                    secret=_typed(raw, "secret", str),
+                    text=_typed(raw, "text", str),
+                    insertions=_typed(raw, "insertions", int),
+                    positions=_typed(raw, "positions", list),
+                )
+            except KeyError as e:
+                raise bad(f"canary {i}: {e.args[0]}") from None
+            fmt = Format.parse(c.format)
+            if fmt.render(c.secret) != c.text:
+                raise bad(f"canary {c.id}: text does not match its format and secret")
+            if raw.get("space_size") != str(fmt.space_size):
+                raise bad(f"canary {c.id}: space_size does not match its format")
+            if c.insertions < 0 or len(c.positions) != c.insertions:
+                raise bad(f"canary {c.id}: {len(c.positions)} positions for {c.insertions} insertions")
+            if c.id in seen:
+                raise bad(f"canary id {c.id} appears twice")
+            seen.add(c.id)
+            canaries.append(c)
+        if not canaries:
+            raise bad("holds no canaries")
+        return cls(
+            seed=data["seed"],
+            corpus=data["corpus"],
+            settings=data["settings"],
+            train=data["train"],
+            valid=data["valid"],
+            canaries=canaries,
+        )
+
+
+def _typed(raw: dict[str, Any], key: str, typ: type) -> Any:
+    value = raw.get(key)
+    if not isinstance(value, typ) or isinstance(value, bool):
+        raise KeyError(f"key {key!r} missing or not a {typ.__name__}")
+    return value

@@ -1,0 +1,164 @@
+"""The character-level LSTM of the Secret Sharer paper and its checkpoint format.
+
+Checkpoint = a folder with ``model.safetensors`` (weights; no pickle) and ``config.json``:
+
+```
+{"format": "exposure-audit/char-lstm", "format_version": 1,
+ "architecture": {"embedding": 64, "hidden": 200, "layers": 2, "dropout": 0.0},
+ "vocabulary": ["\\n", " ", ...],   # id i+1 is vocabulary[i]; id 0 is the unknown symbol
+ "seed": 0, "training": {...}, "data": {...},
+ "weights_sha256": "<sha256 of model.safetensors>"}
+```
+Tensor names are those of ``torch.nn.Embedding`` / ``LSTM`` / ``Linear`` (``embed.weight``,
+``lstm.weight_ih_l0``, ..., ``head.weight``, ``head.bias``). Logits are ``head(lstm(embed(x)))``;
+the state before any text is all zeros.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import AuditError
+from ..files import atomic_write_bytes, atomic_write_json, sha256_file
+from .vocab import Vocabulary
+
+CHECKPOINT_FORMAT = "exposure-audit/char-lstm"
+CHECKPOINT_VERSION = 1
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+LN2 = math.log(2.0)
+
+
+@dataclass
+class CharLSTMConfig:
+    embedding: int = 64
+    hidden: int = 200
+    layers: int = 2
+    dropout: float = 0.0
+
+
+class CharLSTM(nn.Module):
+    """Embedding -> multi-layer LSTM -> linear softmax over the vocabulary (plus unknown)."""
+
+    def __init__(self, vocab: Vocabulary, config: CharLSTMConfig) -> None:
+        super().__init__()
+        self.vocab = vocab
+        self.config = config
+        v = len(vocab)
+        self.embed = nn.Embedding(v, config.embedding)
+        self.lstm = nn.LSTM(
+            config.embedding,
+            config.hidden,
+            config.layers,
+            batch_first=True,
+            dropout=config.dropout if config.layers > 1 else 0.0,
+        )
+        self.head = nn.Linear(config.hidden, v)
+
+    def forward(self, ids: torch.Tensor, state: Any = None) -> tuple[torch.Tensor, Any]:
+        out, state = self.lstm(self.embed(ids), state)
+        return self.head(out), state
+
+    # -- the scoring interface (see models/__init__.py) --------------------------------
+    def _log2probs(self, out: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(self.head(out), dim=-1) / LN2
+
+    @torch.inference_mode()
+    def start(self, context: str) -> tuple[Any, torch.Tensor]:
+        ids = torch.as_tensor(self.vocab.encode(context), dtype=torch.long).view(1, -1)
+        if ids.shape[1] == 0:
+            raise AuditError("context must not be empty")
+        out, state = self.lstm(self.embed(ids))
+        return state, self._log2probs(out[:, -1])
+
+    @torch.inference_mode()
+    def step(self, state: Any, ids: torch.Tensor) -> tuple[Any, torch.Tensor]:
+        out, state = self.lstm(self.embed(ids.view(-1, 1)), state)
+        return state, self._log2probs(out[:, 0])
+
+    @staticmethod
+    def take(state: Any, rows: torch.Tensor) -> Any:
+        h, c = state
+        return h.index_select(1, rows), c.index_select(1, rows)
+
+
+def save_checkpoint(model: CharLSTM, folder: Path, extra: dict[str, Any]) -> None:
+    """Write ``model.safetensors`` and ``config.json`` into ``folder`` (both atomically)."""
+    from safetensors.torch import save
+
+    folder = Path(folder)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    atomic_write_bytes(folder / WEIGHTS, save(tensors, metadata={"format": CHECKPOINT_FORMAT}))
+    config = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_VERSION,
+        "architecture": asdict(model.config),
+        "vocabulary": list(model.vocab.chars),
+        **extra,
+        "weights_sha256": sha256_file(folder / WEIGHTS),
+    }
+    atomic_write_json(folder / CONFIG, config)
+
+
+def read_checkpoint_config(folder: Path) -> dict[str, Any]:
+    from ..files import read_json
+
+    folder = Path(folder)
+    if not folder.exists():
+        raise AuditError(f"model {folder} does not exist")
+    if not folder.is_dir():
+        raise AuditError(f"model {folder} is not a checkpoint folder (expected {WEIGHTS} and {CONFIG} inside)")
+    config = read_json(folder / CONFIG, "checkpoint config")
+    if not isinstance(config, dict) or config.get("format") != CHECKPOINT_FORMAT:
+        raise AuditError(f"{folder / CONFIG} is not an exposure-audit char-lstm checkpoint")
+    if config.get("format_version") != CHECKPOINT_VERSION:
+        raise AuditError(
+            f"{folder}: checkpoint format version {config.get('format_version')!r} is not supported "
+            f"(this version reads {CHECKPOINT_VERSION})"
+        )
+    return config
+
+
+def load_checkpoint(folder: Path) -> tuple[CharLSTM, dict[str, Any]]:
+    """Load and verify a checkpoint folder; any mismatch is an :class:`AuditError`."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    config = read_checkpoint_config(folder)
+    weights = folder / WEIGHTS
+    if not weights.is_file():
+        raise AuditError(f"model {folder}: {WEIGHTS} is missing")
+    if sha256_file(weights) != config.get("weights_sha256"):
+        raise AuditError(f"model {folder}: {WEIGHTS} does not match the sha256 in {CONFIG} (damaged or replaced)")
+    try:
+        arch = CharLSTMConfig(**config["architecture"])
+        vocab = Vocabulary(tuple(config["vocabulary"]))
+        if not all(isinstance(v, int) and v > 0 for v in (arch.embedding, arch.hidden, arch.layers)):
+            raise ValueError("sizes must be positive integers")
+    except (KeyError, TypeError, ValueError) as e:
+        raise AuditError(f"model {folder}: bad architecture or vocabulary in {CONFIG} ({e})") from None
+    try:
+        tensors = load_file(str(weights))
+    except Exception as e:  # safetensors raises its own error type for damaged headers and data
+        raise AuditError(f"model {folder}: cannot read {WEIGHTS} ({e})") from None
+    model = CharLSTM(vocab, arch)
+    expected = model.state_dict()
+    if set(tensors) != set(expected) or any(tensors[k].shape != expected[k].shape for k in expected):
+        raise AuditError(f"model {folder}: weights do not fit the architecture in {CONFIG}")
+    model.load_state_dict(tensors)
+    model.eval()
+    return model, config
+
+
+def describe(config: dict[str, Any]) -> str:
+    a = config.get("architecture", {})
+    return f"char-LSTM {a.get('layers')}x{a.get('hidden')}, vocabulary {len(config.get('vocabulary', [])) + 1}"
+
+
+__all__ = ["CharLSTM", "CharLSTMConfig", "load_checkpoint", "save_checkpoint", "read_checkpoint_config"]
