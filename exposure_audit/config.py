@@ -61,8 +61,8 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 10
-    batch_size: int = 64
+    epochs: int = 12
+    batch_size: int = 32
     seq_len: int = 100
     learning_rate: float = 0.003
     weight_decay: float = 0.0

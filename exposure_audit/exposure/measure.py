@@ -27,12 +27,15 @@ from ..formats import Format
 from ..models.base import Scorer
 from ..progress import Progress
 from . import engine
-from .math import exposure_from_rank, log2_int, sampling_estimate, skewnorm_exposure
+from .math import SkewNormFit, exposure_from_rank, fit_skewnorm, log2_int, sampling_estimate
 
 METHODS = ("auto", "enumerate", "pruned", "estimate", "brute")
 DEFAULT_MAX_STEPS = 20_000_000
 DEFAULT_SAMPLES = 10_000
 MIN_SAMPLING_COUNT = 20  # below this many samples under the canary, extrapolate instead
+# Pruned walks took 13-20 model steps per unit of rank on the default model (docs/benchmarks.md);
+# auto tries the exact walk when the estimated rank says it should fit the budget.
+PRUNED_STEPS_PER_RANK = 25
 
 
 class CanaryLike(Protocol):
@@ -84,13 +87,32 @@ class CanaryResult:
 
 @dataclass
 class FormatSamples:
-    """Uniform samples of a format's candidates and their scores, shared by its canaries."""
+    """Uniform samples of a format's candidates and their scores, shared by its canaries.
+
+    The skew-normal fit and its bootstrap refits are made once per format, on first use.
+    """
 
     scores: np.ndarray
     steps: int
     seconds: float
-    fit: Any = None
-    fit_error: str | None = None
+    _fits: Any = None
+
+    def fits(self, bootstrap: int, seed: int) -> tuple[SkewNormFit, list[SkewNormFit]] | str:
+        if self._fits is None:
+            try:
+                fit = fit_skewnorm(self.scores)
+            except ValueError as e:
+                self._fits = str(e)
+                return self._fits
+            rng = np.random.default_rng(seed)
+            refits = []
+            for _ in range(bootstrap):
+                try:
+                    refits.append(fit_skewnorm(self.scores[rng.integers(0, len(self.scores), len(self.scores))], with_ks=False))
+                except ValueError:
+                    continue
+            self._fits = (fit, refits)
+        return self._fits
 
 
 def check_method(method: str, max_steps: int, samples: int) -> None:
@@ -202,29 +224,34 @@ def _measure_format(
 
     # pruned / estimate / auto on a large space
     shared: FormatSamples | None = None
-    if method in ("estimate", "auto", "pruned"):
-        shared = _sample_scores(scorer, tail, samples, seed, batch, quiet) if method != "pruned" else None
     out: list[CanaryResult] = []
     for c, p in zip(group, px):
         t1 = time.perf_counter()
         s1 = scorer.steps
-        bounds: tuple[int, int] | None = None
+        estimate: CanaryResult | None = None
+        if method in ("estimate", "auto"):
+            if shared is None:
+                shared = _sample_scores(scorer, tail, samples, seed, batch, quiet)
+            estimate = _estimated(c, fmt, float(p), shared, None, confidence, bootstrap, seed, 0, 0.0)
         try_pruned = method == "pruned"
-        if method == "auto" and shared is not None:
-            # Only a canary scoring under every sample is likely to have a small rank: worth exact work.
-            try_pruned = int(np.count_nonzero(shared.scores <= p + engine.TIE_TOLERANCE)) == 0
+        if method == "auto" and estimate is not None:
+            # Exact work is worth it where exposure is high (a likely memorized canary): the
+            # estimated rank tells whether the pruned walk should fit the budget.
+            predicted_rank = size * 2.0 ** (-estimate.exposure)
+            try_pruned = PRUNED_STEPS_PER_RANK * predicted_rank <= max_steps
+        bounds: tuple[int, int] | None = None
         if try_pruned:
-            with Progress(total=max_steps, desc=f"pruned {c.secret}", quiet=quiet, unit="step") as bar:
+            with Progress(total=max_steps, desc=f"pruned {fmt.source}", quiet=quiet, unit="step") as bar:
                 pr = engine.pruned_rank(scorer, tail, float(p), max_steps=max_steps, batch=batch, progress=bar.update)
             if pr.rank is not None:
-                out.append(
-                    _exact(c, fmt, float(p), pr.rank, "pruned", scorer.steps - s1, time.perf_counter() - t1)
-                )
+                out.append(_exact(c, fmt, float(p), pr.rank, "pruned", scorer.steps - s1, time.perf_counter() - t1))
                 continue
             bounds = pr.bounds
         if shared is None:
             shared = _sample_scores(scorer, tail, samples, seed, batch, quiet)
-        out.append(_estimated(c, fmt, float(p), shared, bounds, confidence, bootstrap, seed, scorer.steps - s1, time.perf_counter() - t1))
+        out.append(
+            _estimated(c, fmt, float(p), shared, bounds, confidence, bootstrap, seed, scorer.steps - s1, time.perf_counter() - t1)
+        )
     return out
 
 
@@ -264,17 +291,25 @@ def _estimated(
         "samples_at_or_below": k,
         "estimate_sampling": {"exposure": samp.exposure, "ci": list(samp.ci)},
     }
-    try:
-        fit, point, ci = skewnorm_exposure(np.array([px]), shared.scores, size, confidence=confidence, bootstrap=bootstrap, seed=seed)
-        sk = (float(point[0]), (float(ci[0, 0]), float(ci[0, 1])))
+    fits = shared.fits(bootstrap, seed)
+    if isinstance(fits, str):
+        sk = None
+        details["estimate_skewnorm"] = {"error": fits}
+    else:
+        fit, refits = fits
+        point = float(fit.exposure(px, size))
+        if refits:
+            draws = np.array([float(f.exposure(px, size)) for f in refits])
+            alpha = 1.0 - confidence
+            ci_sk = (float(np.quantile(draws, alpha / 2)), float(np.quantile(draws, 1 - alpha / 2)))
+        else:
+            ci_sk = (point, point)
+        sk = (point, (min(ci_sk[0], point), max(ci_sk[1], point)))
         details["estimate_skewnorm"] = {
             "exposure": sk[0],
             "ci": list(sk[1]),
             "fit": {"a": fit.a, "loc": fit.loc, "scale": fit.scale, "ks_statistic": fit.ks_statistic},
         }
-    except ValueError as e:
-        sk = None
-        details["estimate_skewnorm"] = {"error": str(e)}
     if k >= MIN_SAMPLING_COUNT or sk is None:
         exposure, ci, how = samp.exposure, samp.ci, "estimate:sampling"
     else:
