@@ -1,3 +1,33 @@
-"""exposure-audit: measure unintended memorization of planted secrets (Secret Sharer exposure)."""
+"""exposure-audit: measure unintended memorization of planted secrets (Secret Sharer exposure).
+
+The library under the CLI::
+
+    from exposure_audit import Format, load_checkpoint, score, measure
+"""
 
 __version__ = "0.1.0"
+
+from .errors import AuditError
+from .exposure.engine import score
+from .exposure.measure import CanaryResult, measure
+from .formats import Format
+from .manifest import Canary, Manifest
+from .models import CharLSTM, load_checkpoint, save_checkpoint
+from .pipeline import insert_folder
+from .train import train, train_folder
+
+__all__ = [
+    "AuditError",
+    "Canary",
+    "CanaryResult",
+    "CharLSTM",
+    "Format",
+    "Manifest",
+    "insert_folder",
+    "load_checkpoint",
+    "measure",
+    "save_checkpoint",
+    "score",
+    "train",
+    "train_folder",
+]
