@@ -34,12 +34,22 @@ _BOUNDS: dict[str, tuple[float | None, float | None]] = {
     "train.grad_clip": (0.0, 1e6),
     "train.max_chars": (1, None),
     "train.threads": (0, 1024),
+    "train.checkpoint_every": (0, None),
     "measure.max_steps": (1, None),
     "measure.samples": (10, 100_000_000),
     "measure.batch": (1, 1 << 20),
     "measure.confidence": (0.5, 0.999),
     "measure.bootstrap": (0, 100_000),
     "measure.fail_above": (0.0, None),
+    "train.dp.noise_multiplier": (0.0, 1e4),
+    "train.dp.target_epsilon": (1e-6, 1e6),
+    "train.dp.delta": (1e-300, 0.5),
+    "train.dp.max_grad_norm": (1e-9, 1e6),
+    "train.track.every": (0, None),
+    "train.track.samples": (10, 10_000_000),
+    "train.track.max_steps": (1, None),
+    "extract.top": (1, 1_000_000),
+    "extract.max_steps": (1, None),
 }
 
 
@@ -60,6 +70,29 @@ class ModelConfig:
 
 
 @dataclass
+class DPConfig:
+    """DP-SGD through Opacus (per-window gradient clipping + Gaussian noise, RDP accountant).
+
+    Give ``noise_multiplier`` or ``target_epsilon`` (then the noise is solved for the schedule)."""
+
+    enabled: bool = False
+    noise_multiplier: float | None = None
+    target_epsilon: float | None = None
+    delta: float = 1e-5
+    max_grad_norm: float = 1.0
+
+
+@dataclass
+class TrackConfig:
+    """Measure the canaries during training (exact where the budget allows, else estimated)."""
+
+    enabled: bool = False
+    every: int = 0  # steps between measurements (0 = only at epoch ends)
+    samples: int = 2000
+    max_steps: int = 2_000_000
+
+
+@dataclass
 class TrainConfig:
     epochs: int = 12
     batch_size: int = 32
@@ -69,6 +102,9 @@ class TrainConfig:
     grad_clip: float = 5.0  # max gradient norm (0 = off)
     max_chars: int | None = None  # train on at most this many characters per epoch (None = all)
     threads: int = 0  # torch threads (0 = all cores)
+    checkpoint_every: int = 200  # steps between resumable training states (0 = only at epoch ends)
+    dp: DPConfig = field(default_factory=DPConfig)
+    track: TrackConfig = field(default_factory=TrackConfig)
 
 
 @dataclass
@@ -83,6 +119,15 @@ class MeasureConfig:
 
 
 @dataclass
+class ExtractConfig:
+    """Extraction in `audit`: best-first search for each format's most likely secrets."""
+
+    enabled: bool = True
+    top: int = 10
+    max_steps: int = 200_000
+
+
+@dataclass
 class AuditConfig:
     seed: int = 0
     corpus: str | None = None  # a UTF-8 file; None = the built-in default corpus
@@ -90,6 +135,7 @@ class AuditConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     measure: MeasureConfig = field(default_factory=MeasureConfig)
+    extract: ExtractConfig = field(default_factory=ExtractConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -120,6 +166,9 @@ def _check_value(value: Any, t: Any, key: str) -> Any:
         value = float(value)
         if value != value or value in (float("inf"), float("-inf")):
             raise AuditError(f"{key}: expected a finite number, got {value!r}")
+    elif t is bool:
+        if not isinstance(value, bool):
+            raise AuditError(f"{key}: expected true or false, got {value!r}")
     elif t is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise AuditError(f"{key}: expected an integer, got {value!r}")
@@ -178,6 +227,9 @@ def validate(cfg: AuditConfig) -> None:
         raise AuditError("insert.schedule: insertion counts must be >= 0")
     if len(set(cfg.insert.schedule)) != len(cfg.insert.schedule):
         raise AuditError("insert.schedule: a count is listed twice")
+    dp = cfg.train.dp
+    if dp.enabled and (dp.noise_multiplier is None) == (dp.target_epsilon is None):
+        raise AuditError("train.dp: give exactly one of noise_multiplier and target_epsilon")
     if cfg.measure.method not in METHODS:
         raise AuditError(f"measure.method: {cfg.measure.method!r} is not one of {', '.join(METHODS)}")
 

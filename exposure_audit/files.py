@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -95,17 +95,30 @@ def check_output_dir(path: Path, force: bool) -> None:
         raise AuditError(f"cannot write to folder {parent}")
 
 
+def staging_path(path: Path, kind: str) -> Path:
+    """The fixed staging folder of a resumable output (e.g. training): ``.partial-NAME.KIND``."""
+    path = Path(path)
+    return path.resolve().parent / f"{TMP_MARK}{path.name}.{kind}"
+
+
 @contextlib.contextmanager
-def output_dir(path: Path, force: bool) -> Iterator[Path]:
+def output_dir(
+    path: Path, force: bool, staging: Path | None = None, resumable: Callable[[Path], bool] | None = None
+) -> Iterator[Path]:
     """Yield a temporary sibling folder; on success it replaces ``path`` in one rename.
 
-    On any error the temporary folder is removed and ``path`` is left as it was.
+    On any error the temporary folder is removed and ``path`` is left as it was, except a
+    fixed ``staging`` folder that ``resumable(staging)`` says holds resumable work.
     """
     path = Path(path)
     check_output_dir(path, force)
     parent = path.resolve().parent
-    tmp = Path(tempfile.mkdtemp(prefix=TMP_MARK + path.name + ".", dir=parent))
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; the finished folder gets the usual mode
+    if staging is not None:
+        staging.mkdir(exist_ok=True)
+        tmp = staging
+    else:
+        tmp = Path(tempfile.mkdtemp(prefix=TMP_MARK + path.name + ".", dir=parent))
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; the finished folder gets the usual mode
     try:
         yield tmp
         _fsync_dir(tmp)
@@ -118,7 +131,8 @@ def output_dir(path: Path, force: bool) -> Iterator[Path]:
             os.replace(tmp, path)
         _fsync_dir(parent)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if staging is None or resumable is None or not resumable(staging):
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 

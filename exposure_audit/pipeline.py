@@ -56,5 +56,92 @@ def insert_folder(folder: Path, corpus: str | Path | None, cfg: InsertConfig, se
     return manifest
 
 
-def config_summary(cfg: AuditConfig) -> dict[str, Any]:
-    return cfg.to_dict()
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return out
+
+
+def load_sweep(path: str | Path) -> tuple[AuditConfig, list[tuple[str, AuditConfig]]]:
+    """A sweep config: an audit config plus ``runs``, each ``{name, <overrides>}``.
+
+    Runs share the insertion, so they may not override ``seed``, ``corpus`` or ``insert``."""
+    import yaml
+
+    from .config import config_from_dict, load_config
+    from .errors import AuditError
+
+    load_config_text = Path(path)
+    base_cfg = None
+    try:
+        raw = yaml.safe_load(load_config_text.read_text(encoding="utf-8")) if load_config_text.is_file() else None
+    except (yaml.YAMLError, UnicodeDecodeError):
+        raw = None
+    if not isinstance(raw, dict) or "runs" not in raw:
+        if raw is None:
+            load_config(path)  # raises the precise error (missing, folder, bad YAML)
+        raise AuditError(f"sweep config {path}: needs a 'runs' list of {{name: ..., overrides}}")
+    runs_raw = raw.pop("runs")
+    base_cfg = config_from_dict(raw, str(path))
+    if not isinstance(runs_raw, list) or not runs_raw:
+        raise AuditError(f"sweep config {path}: 'runs' must be a non-empty list")
+    runs: list[tuple[str, AuditConfig]] = []
+    for i, run in enumerate(runs_raw):
+        if not isinstance(run, dict) or not isinstance(run.get("name"), str) or not run["name"].strip():
+            raise AuditError(f"sweep config {path}: runs[{i}] needs a name")
+        name = run["name"]
+        if not all(c.isalnum() or c in "-_." for c in name) or name in ("data",) or name.startswith("."):
+            raise AuditError(f"sweep config {path}: run name {name!r} must be letters, digits, '-', '_' or '.'")
+        over = {k: v for k, v in run.items() if k != "name"}
+        shared = {"seed", "corpus", "insert"} & set(over)
+        if shared:
+            raise AuditError(f"sweep config {path}: run {name!r} overrides {sorted(shared)}, which all runs share")
+        runs.append((name, config_from_dict(_merge(base_cfg.to_dict(), over), f"{path} (run {name})")))
+    names = [n for n, _ in runs]
+    if len(set(names)) != len(names):
+        raise AuditError(f"sweep config {path}: run names must be distinct")
+    return base_cfg, runs
+
+
+def sweep_row(name: str, cfg: AuditConfig, folder: Path) -> dict[str, Any]:
+    """One setting's figures: utility (validation bits/char), epsilon, exposure per insertion count."""
+    import statistics
+
+    from .files import read_json
+
+    report = read_json(folder / "report.json", "report")
+    final = report["model"]["training"]["final"]
+    privacy = report["model"].get("privacy")
+    by_n: dict[int, list[float]] = {}
+    for c in report["canaries"]:
+        by_n.setdefault(c["insertions"], []).append(c["exposure"])
+    inserted = [e for n, es in by_n.items() if n > 0 for e in es]
+    return {
+        "name": name,
+        "valid_bpc": final["valid_bpc"],
+        "train_bpc": final["train_bpc"],
+        "epsilon": privacy["epsilon"] if privacy else None,
+        "delta": privacy["delta"] if privacy else None,
+        "dropout": cfg.model.dropout,
+        "weight_decay": cfg.train.weight_decay,
+        "training_seconds": report["model"]["training"]["seconds"],
+        "exposure_inserted_mean": statistics.fmean(inserted) if inserted else 0.0,
+        "exposure_by_insertions": {
+            str(n): {"mean": statistics.fmean(es), "max": max(es)} for n, es in sorted(by_n.items())
+        },
+    }
+
+
+def sweep_table(rows: list[dict[str, Any]]) -> str:
+    counts = sorted({int(n) for r in rows for n in r["exposure_by_insertions"]})
+    head = f"{'setting':<16} {'valid bpc':>9} {'epsilon':>8}  " + "  ".join(f"{('n=' + str(n)):>11}" for n in counts)
+    lines = [head, " " * 37 + "  ".join(f"{'mean/max':>11}" for _ in counts)]
+    for r in rows:
+        eps = f"{r['epsilon']:.3g}" if r["epsilon"] is not None else "-"
+        cells = []
+        for n in counts:
+            e = r["exposure_by_insertions"].get(str(n))
+            cells.append(f"{e['mean']:5.1f}/{e['max']:5.1f}" if e else f"{'-':>11}")
+        lines.append(f"{r['name']:<16} {r['valid_bpc']:>9.3f} {eps:>8}  " + "  ".join(cells))
+    return "\n".join(lines)

@@ -2,8 +2,6 @@
 
 import json
 import xml.etree.ElementTree as ET
-from pathlib import Path
-
 import pytest
 
 from exposure_audit.cli import main
@@ -111,57 +109,6 @@ def test_existing_output_needs_force(pipeline, capsys):
     assert_usage_error(code, err, "--force")
 
 
-def bad_cases(root: Path):
-    data, model = root / "data", root / "model"
-    (root / "empty.txt").write_text("")
-    (root / "binary.bin").write_bytes(b"\x00\x01\x02" * 100)
-    (root / "bad.yaml").write_text("train:\n  epoch: 3\n")
-    (root / "notjson.json").write_text("{ nope")
-    (root / "other.json").write_text(json.dumps({"schema": 1, "kind": "something else"}))
-    corrupt = root / "corrupt_model"
-    corrupt.mkdir(exist_ok=True)
-    (corrupt / "config.json").write_text((model / "config.json").read_text())
-    (corrupt / "model.safetensors").write_bytes((model / "model.safetensors").read_bytes()[:100])
-    ins = ["insert", "--out", root / "o_insert", "-q"]
-    measure = ["measure", "--model", model, "--canaries", data / "canaries.json", "-q"]
-    return [
-        ([*ins, "--corpus", root / "missing.txt"], "does not exist"),
-        ([*ins, "--corpus", root / "empty.txt"], "empty"),
-        ([*ins, "--corpus", root / "binary.bin"], "binary"),
-        ([*ins, "--corpus", root], "folder"),
-        ([*ins, "--corpus", root / "corpus.txt", "--format", "pin {q:3}"], "unknown hole class"),
-        ([*ins, "--corpus", root / "corpus.txt", "--format", "no holes"], "no hole"),
-        ([*ins, "--corpus", root / "corpus.txt", "--format", "pin {d:3}", "--schedule", "0,500,900"], "too small"),
-        ([*ins, "--corpus", root / "corpus.txt", "--schedule", "1,x"], "schedule"),
-        ([*ins, "--config", root / "bad.yaml"], "train.epoch"),
-        ([*ins, "--per-count", "abc"], "per-count"),
-        (["train", "--data", root / "nowhere", "--out", root / "o_train"], "does not exist"),
-        (["train", "--data", data, "--out", root / "o_train", "--epochs", "0"], "train.epochs"),
-        (["measure", "--model", root / "nowhere", "--canaries", data / "canaries.json"], "does not exist"),
-        (["measure", "--model", corrupt, "--canaries", data / "canaries.json"], "sha256"),
-        (["measure", "--model", model, "--canaries", root / "notjson.json"], "not valid JSON"),
-        (["measure", "--model", model, "--canaries", root / "other.json"], "not an exposure-audit canaries file"),
-        ([*measure, "--method", "fastest"], "measure.method"),
-        ([*measure, "--max-steps", "0"], "max_steps"),
-        ([*measure, "--method", "enumerate", "--max-steps", "10"], "pruned or estimate"),
-        ([*measure, "--json", root], "folder"),
-        ([*measure, "--json", root / "no_such_dir" / "r.json"], "does not exist"),
-        (["audit", root / "bad.yaml", "--out", root / "o_audit"], "unknown key 'train.epoch'"),
-        (["frobnicate"], "No such command"),
-        (["measure", "--model", model], "Missing option"),
-    ]
-
-
-def test_bad_inputs_give_one_error_line_exit_2_and_no_output(pipeline, capsys):
-    for args, match in bad_cases(pipeline):
-        before = {p.name for p in pipeline.iterdir()}
-        code, out, err = run(capsys, *args)
-        assert_usage_error(code, err, match)
-        after = {p.name for p in pipeline.iterdir()}
-        assert after <= before | {"empty.txt", "binary.bin", "bad.yaml", "notjson.json", "other.json", "corrupt_model"}, (args, after - before)
-        assert not any(name.startswith(".partial-") for name in after)
-
-
 def test_manifest_from_other_data_is_refused_unless_asked(pipeline, tmp_path, capsys):
     corpus = tmp_path / "c.txt"
     make_corpus(corpus, lines=500, seed=9)
@@ -187,3 +134,39 @@ def test_audit_runs_the_whole_pipeline(pipeline, tmp_path, capsys):
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert len(report["canaries"]) == 2 and report["passed"]
     assert "insertions" in out
+
+
+def test_extract_single_format_and_manifest(pipeline, capsys, tmp_path):
+    out_json = tmp_path / "x.json"
+    code, out, _ = run(capsys, "extract", "--model", pipeline / "model", "--format", "pin {d:3}", "--top", "5", "--json", out_json, "-q")
+    assert code == 0 and "proven" in out
+    data = json.loads(out_json.read_text())
+    assert data["schema"] == 1 and data["proven"] is True and len(data["candidates"]) == 5
+    assert {"format", "candidates", "model_steps", "seconds", "proven"} <= set(data)
+    lp = [c["log_perplexity"] for c in data["candidates"]]
+    assert lp == sorted(lp)
+
+    code, out, _ = run(capsys, "extract", "--model", pipeline / "model", "--canaries", pipeline / "data" / "canaries.json",
+                       "--top", "3", "--json", tmp_path / "m.json", "-q")
+    assert code == 0 and "extracted at #1" in out
+    report = json.loads((tmp_path / "m.json").read_text())
+    assert len(report["canaries"]) == 6 and set(report["success_by_insertions"]) == {"0", "1", "8"}
+
+    code, out, _ = run(capsys, "extract", "--model", pipeline / "model", "--format", "pin {d:3}", "--beam", "4", "--top", "2", "--redact")
+    assert code == 0 and "approximate" in out
+    assert "*" in out
+
+
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        (["--format", "pin {d:3}", "--top", "0"], "--top"),
+        (["--format", "pin {d:3}", "--max-steps", "0"], "--max-steps"),
+        (["--format", "no holes"], "no hole"),
+        (["--format", "PIN {d:3}"], "vocabulary"),
+        ([], "--format"),
+    ],
+)
+def test_extract_bad_inputs(pipeline, capsys, extra, match):
+    code, _, err = run(capsys, "extract", "--model", pipeline / "model", *extra)
+    assert_usage_error(code, err, match)

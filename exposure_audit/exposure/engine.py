@@ -72,14 +72,21 @@ class Tail:
         return torch.as_tensor(np.stack([self.vocab.encode(t) for t in texts]), dtype=torch.long)
 
 
-def compile_format(scorer: Scorer, fmt: Format, context: str = NEWLINE) -> Tail:
-    """Run the model over ``context`` + the format's fixed prefix once; build the tail levels."""
-    vocab = scorer.vocab
+def check_vocabulary(vocab: Vocabulary, fmt: Format, context: str = NEWLINE) -> None:
+    """Error unless the model can produce every character of the context and the format."""
+    if not context:
+        raise AuditError("the context must not be empty (it is the text before the canary, e.g. a newline)")
     vocab.require(context, "the context")
     for c in sorted(fmt.characters):
         if c not in vocab:
             raise AuditError(f"format {fmt.source!r}: character {c!r} is missing from the model's vocabulary")
     vocab.require(NEWLINE, "the line break")
+
+
+def compile_format(scorer: Scorer, fmt: Format, context: str = NEWLINE) -> Tail:
+    """Run the model over ``context`` + the format's fixed prefix once; build the tail levels."""
+    vocab = scorer.vocab
+    check_vocabulary(vocab, fmt, context)
     steps0 = scorer.steps
     state, logp = scorer.start(context)
     cost = 0.0

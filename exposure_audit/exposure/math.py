@@ -62,6 +62,24 @@ def sampling_estimate(canary: float, samples: np.ndarray, space_size: int, confi
     return Estimate(clamp_exposure(point, space_size), (lo, hi)), k
 
 
+MIN_SAMPLING_COUNT = 20  # below this many samples at or under the canary, extrapolate instead
+
+
+def combine_estimates(sampling: Estimate, k: int, skewnorm_point: float | None) -> tuple[float, tuple[float, float], str]:
+    """The estimate ``measure`` reports: (exposure, interval, method).
+
+    The interval is always the Clopper-Pearson one of the sampling estimate: it makes no
+    assumption about the shape of the distribution, so it keeps its coverage where the
+    skew-normal's tail is wrong (measured: benchmarks/engine.py). The point is the sampling
+    estimate while at least MIN_SAMPLING_COUNT samples score at or under the canary, else the
+    skew-normal extrapolation, kept inside that interval.
+    """
+    if k >= MIN_SAMPLING_COUNT or skewnorm_point is None:
+        return sampling.exposure, sampling.ci, "estimate:sampling"
+    lo, hi = sampling.ci
+    return float(min(max(skewnorm_point, lo), hi)), sampling.ci, "estimate:skewnorm"
+
+
 def skewnorm_log2_cdf(x: float | np.ndarray, a: float, loc: float, scale: float) -> np.ndarray:
     """log2 CDF of a skew-normal, finite everywhere.
 

@@ -27,12 +27,11 @@ from ..formats import Format
 from ..models.base import Scorer
 from ..progress import Progress
 from . import engine
-from .math import SkewNormFit, exposure_from_rank, fit_skewnorm, log2_int, sampling_estimate
+from .math import SkewNormFit, combine_estimates, exposure_from_rank, fit_skewnorm, log2_int, sampling_estimate
 
 METHODS = ("auto", "enumerate", "pruned", "estimate", "brute")
 DEFAULT_MAX_STEPS = 20_000_000
 DEFAULT_SAMPLES = 10_000
-MIN_SAMPLING_COUNT = 20  # below this many samples under the canary, extrapolate instead
 # Pruned walks took 13-20 model steps per unit of rank on the default model (docs/benchmarks.md);
 # auto tries the exact walk when the estimated rank says it should fit the budget.
 PRUNED_STEPS_PER_RANK = 25
@@ -159,8 +158,13 @@ def measure(
     bootstrap: int = 100,
     context: str = engine.NEWLINE,
     quiet: bool = True,
+    collect: dict[str, Any] | None = None,
 ) -> list[CanaryResult]:
-    """Measure every canary; results come back in the order given."""
+    """Measure every canary; results come back in the order given.
+
+    ``collect``, if given, receives per format the uniform samples' log-perplexities and the
+    skew-normal fit (``{"scores": [...], "fit": {...}}``), for the report's histogram.
+    """
     check_method(method, max_steps, samples)
     scorer = model if isinstance(model, Scorer) else Scorer(model)
     results: list[CanaryResult | None] = [None] * len(canaries)
@@ -170,8 +174,18 @@ def measure(
     for source, idxs in groups.items():
         fmt = Format.parse(source)
         group = [canaries[i] for i in idxs]
-        for i, r in zip(idxs, _measure_format(scorer, fmt, group, method, max_steps, samples, seed, batch, confidence, bootstrap, context, quiet)):
+        shared: dict[str, FormatSamples] = {}
+        for i, r in zip(idxs, _measure_format(scorer, fmt, group, method, max_steps, samples, seed, batch, confidence, bootstrap, context, quiet, shared)):
             results[i] = r
+        if collect is not None:
+            fs = shared.get("samples")
+            if fs is None:
+                fs = _sample_scores(scorer, engine.compile_format(scorer, fmt, context), samples, seed, batch, quiet)
+            fits = fs.fits(0, seed)
+            collect[source] = {
+                "scores": fs.scores.tolist(),
+                "fit": None if isinstance(fits, str) else {"a": fits[0].a, "loc": fits[0].loc, "scale": fits[0].scale},
+            }
     return [r for r in results if r is not None]
 
 
@@ -188,6 +202,7 @@ def _measure_format(
     bootstrap: int,
     context: str,
     quiet: bool,
+    keep: dict[str, FormatSamples],
 ) -> list[CanaryResult]:
     t0 = time.perf_counter()
     s0 = scorer.steps
@@ -231,7 +246,7 @@ def _measure_format(
         estimate: CanaryResult | None = None
         if method in ("estimate", "auto"):
             if shared is None:
-                shared = _sample_scores(scorer, tail, samples, seed, batch, quiet)
+                shared = keep["samples"] = _sample_scores(scorer, tail, samples, seed, batch, quiet)
             estimate = _estimated(c, fmt, float(p), shared, None, confidence, bootstrap, seed, 0, 0.0)
         try_pruned = method == "pruned"
         if method == "auto" and estimate is not None:
@@ -248,7 +263,7 @@ def _measure_format(
                 continue
             bounds = pr.bounds
         if shared is None:
-            shared = _sample_scores(scorer, tail, samples, seed, batch, quiet)
+            shared = keep["samples"] = _sample_scores(scorer, tail, samples, seed, batch, quiet)
         out.append(
             _estimated(c, fmt, float(p), shared, bounds, confidence, bootstrap, seed, scorer.steps - s1, time.perf_counter() - t1)
         )
@@ -304,16 +319,13 @@ def _estimated(
             ci_sk = (float(np.quantile(draws, alpha / 2)), float(np.quantile(draws, 1 - alpha / 2)))
         else:
             ci_sk = (point, point)
-        sk = (point, (min(ci_sk[0], point), max(ci_sk[1], point)))
+        sk = point
         details["estimate_skewnorm"] = {
-            "exposure": sk[0],
-            "ci": list(sk[1]),
+            "exposure": point,
+            "ci_bootstrap": [min(ci_sk[0], point), max(ci_sk[1], point)],
             "fit": {"a": fit.a, "loc": fit.loc, "scale": fit.scale, "ks_statistic": fit.ks_statistic},
         }
-    if k >= MIN_SAMPLING_COUNT or sk is None:
-        exposure, ci, how = samp.exposure, samp.ci, "estimate:sampling"
-    else:
-        exposure, ci, how = sk[0], sk[1], "estimate:skewnorm"
+    exposure, ci, how = combine_estimates(samp, k, sk)
     if bounds is not None:
         # The pruned walk proved lo <= rank <= hi: the estimate must sit inside that.
         e_lo, e_hi = exposure_from_rank(bounds[1], size), exposure_from_rank(bounds[0], size)

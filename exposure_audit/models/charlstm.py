@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..errors import AuditError
-from ..files import atomic_write_bytes, atomic_write_json, sha256_file
+from ..files import atomic_write_bytes, atomic_write_json, canonical_sha256, sha256_file
 from .vocab import Vocabulary
 
 CHECKPOINT_FORMAT = "exposure-audit/char-lstm"
@@ -46,13 +46,17 @@ class CharLSTMConfig:
 class CharLSTM(nn.Module):
     """Embedding -> multi-layer LSTM -> linear softmax over the vocabulary (plus unknown)."""
 
-    def __init__(self, vocab: Vocabulary, config: CharLSTMConfig) -> None:
+    def __init__(self, vocab: Vocabulary, config: CharLSTMConfig, dp: bool = False) -> None:
         super().__init__()
         self.vocab = vocab
         self.config = config
         v = len(vocab)
         self.embed = nn.Embedding(v, config.embedding)
-        self.lstm = nn.LSTM(
+        if dp:  # Opacus' LSTM computes per-sample gradients; its state_dict names match nn.LSTM's
+            from opacus.layers import DPLSTM as lstm_cls
+        else:
+            lstm_cls = nn.LSTM
+        self.lstm = lstm_cls(
             config.embedding,
             config.hidden,
             config.layers,
@@ -103,6 +107,7 @@ def save_checkpoint(model: CharLSTM, folder: Path, extra: dict[str, Any]) -> Non
         **extra,
         "weights_sha256": sha256_file(folder / WEIGHTS),
     }
+    config["sha256"] = canonical_sha256(config)  # of everything above: an edited config is refused
     atomic_write_json(folder / CONFIG, config)
 
 
@@ -122,6 +127,8 @@ def read_checkpoint_config(folder: Path) -> dict[str, Any]:
             f"{folder}: checkpoint format version {config.get('format_version')!r} is not supported "
             f"(this version reads {CHECKPOINT_VERSION})"
         )
+    if config.get("sha256") != canonical_sha256({k: v for k, v in config.items() if k != "sha256"}):
+        raise AuditError(f"model {folder}: {CONFIG} does not match its sha256 (edited or damaged)")
     return config
 
 

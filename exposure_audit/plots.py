@@ -1,0 +1,199 @@
+"""Figures (matplotlib, PNG) and a self-contained HTML report that embeds them.
+
+Everything here renders from saved JSON (``report.json``, ``metrics.jsonl``, a sweep's
+``sweep.json``), so ``exposure-audit report PATH`` can redraw a run without the model.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import AuditError
+from .files import atomic_write_bytes, atomic_write_text, read_json
+
+
+def _plt():
+    try:
+        import matplotlib
+    except ImportError:  # pragma: no cover - installed by `make`
+        raise AuditError("plots need matplotlib: pip install 'exposure-audit[plots]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    atomic_write_bytes(path, buf.getvalue())
+    fig.clf()
+    return path
+
+
+def plot_exposure_vs_insertions(report: dict[str, Any], path: Path) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    by_format: dict[str, list[dict[str, Any]]] = {}
+    for c in report["canaries"]:
+        by_format.setdefault(c["format"], []).append(c)
+    for fmt, cs in by_format.items():
+        xs = [c["insertions"] for c in cs]
+        ys = [c["exposure"] for c in cs]
+        ax.scatter([max(x, 0.5) for x in xs], ys, alpha=0.7, label=fmt)
+        counts = sorted(set(xs))
+        means = [sum(c["exposure"] for c in cs if c["insertions"] == n) / xs.count(n) for n in counts]
+        ax.plot([max(n, 0.5) for n in counts], means, "-", alpha=0.6)
+        ax.axhline(cs[0]["exposure_max"], ls=":", color="gray", lw=1)
+    ax.axhline(1 / math.log(2), ls="--", color="gray", lw=1, label="chance (1.44 bits)")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("insertions (0 shown at 0.5)")
+    ax.set_ylabel("exposure (bits)")
+    ax.set_title("Exposure grows with insertion count")
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_histogram(samples: Sequence[float], canaries: Sequence[dict[str, Any]], fit: dict[str, float] | None, fmt: str, path: Path) -> Path:
+    """The paper's figure: log-perplexities of uniform candidates, the fitted skew-normal, the canaries."""
+    import numpy as np
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.hist(samples, bins=60, density=True, alpha=0.5, label=f"{len(samples)} uniform candidates")
+    if fit:
+        from scipy.stats import skewnorm
+
+        xs = np.linspace(min(min(samples), min(c["log_perplexity"] for c in canaries)), max(samples), 400)
+        ax.plot(xs, skewnorm.pdf(xs, fit["a"], fit["loc"], fit["scale"]), lw=1.5, label="skew-normal fit")
+    for c in canaries:
+        ax.axvline(c["log_perplexity"], color="red" if c["insertions"] else "green", alpha=0.5, lw=1)
+    ax.plot([], [], color="red", label="inserted canaries")
+    ax.plot([], [], color="green", label="controls")
+    ax.set_xlabel("log-perplexity (bits)")
+    ax.set_ylabel("density")
+    ax.set_title(fmt, fontsize=9)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_training(metrics: Sequence[dict[str, Any]], path: Path) -> Path | None:
+    """Losses and (if tracked) exposure against training step."""
+    tracked = [m for m in metrics if "exposure_by_insertions" in m]
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    epochs = [m for m in metrics if m.get("event", "epoch") == "epoch"]
+    if not epochs:
+        return None
+    ax.plot([m["step"] for m in epochs], [m["train_bpc"] for m in epochs], "o-", label="train bits/char")
+    valid = [m for m in metrics if m.get("valid_bpc") is not None]
+    ax.plot([m["step"] for m in valid], [m["valid_bpc"] for m in valid], "s-", label="validation bits/char")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("bits per character")
+    if tracked:
+        ax2 = ax.twinx()
+        counts = sorted({int(n) for m in tracked for n in m["exposure_by_insertions"]})
+        for n in counts:
+            pts = [(m["step"], m["exposure_by_insertions"][str(n)]) for m in tracked if str(n) in m["exposure_by_insertions"]]
+            ax2.plot([p[0] for p in pts], [p[1] for p in pts], "--", label=f"exposure, {n} insertions")
+        ax2.set_ylabel("mean exposure (bits)")
+        ax2.legend(fontsize=7, loc="center right")
+    ax.legend(fontsize=7, loc="upper right")
+    ax.set_title("Training: loss and exposure")
+    return _save(fig, path)
+
+
+def plot_frontier(rows: Sequence[dict[str, Any]], path: Path) -> Path:
+    """Privacy/utility: validation bits/char against the mean exposure of inserted canaries."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in rows:
+        ax.scatter(r["valid_bpc"], r["exposure_inserted_mean"], s=40)
+        eps = r.get("epsilon")
+        label = r["name"] + (f" (eps={eps:.2g})" if eps is not None else "")
+        ax.annotate(label, (r["valid_bpc"], r["exposure_inserted_mean"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    ax.set_xlabel("validation bits/char (lower = more useful)")
+    ax.set_ylabel("mean exposure of inserted canaries (bits)")
+    ax.set_title("Privacy / utility")
+    return _save(fig, path)
+
+
+def render_html(title: str, sections: Sequence[tuple[str, str | Path]], path: Path) -> Path:
+    """A single self-contained HTML file: text sections and PNGs embedded as data URIs."""
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title>",
+        "<style>body{font-family:sans-serif;max-width:960px;margin:2em auto}pre{background:#f6f6f6;padding:1em;overflow-x:auto}"
+        "img{max-width:100%}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+    ]
+    for heading, content in sections:
+        parts.append(f"<h2>{html.escape(heading)}</h2>")
+        if isinstance(content, Path):
+            data = base64.b64encode(content.read_bytes()).decode("ascii")
+            parts.append(f"<img alt='{html.escape(heading)}' src='data:image/png;base64,{data}'>")
+        else:
+            parts.append(f"<pre>{html.escape(content)}</pre>")
+    parts.append("</body></html>")
+    atomic_write_text(path, "\n".join(parts))
+    return path
+
+
+def render_run(folder: Path) -> Path:
+    """Draw the figures of an audit folder (report.json, optional samples.json and model/metrics.jsonl)
+    into ``folder`` and write ``folder/report.html``."""
+    folder = Path(folder)
+    report = read_json(folder / "report.json", "report")
+    if not isinstance(report, dict) or report.get("kind") != "exposure-audit/report":
+        raise AuditError(f"{folder / 'report.json'} is not an exposure-audit report")
+    sections: list[tuple[str, str | Path]] = []
+    summary = report.get("table")
+    if summary:
+        sections.append(("Exposure", summary))
+    sections.append(("Exposure against insertion count", plot_exposure_vs_insertions(report, folder / "exposure_vs_insertions.png")))
+    samples_path = folder / "samples.json"
+    if samples_path.exists():
+        samples = read_json(samples_path, "samples")
+        for i, (fmt, entry) in enumerate(samples.items()):
+            cs = [c for c in report["canaries"] if c["format"] == fmt]
+            png = plot_histogram(entry["scores"], cs, entry.get("fit"), fmt, folder / f"histogram_{i}.png")
+            sections.append((f"Log-perplexity of candidates: {fmt}", png))
+    metrics_path = folder / "model" / "metrics.jsonl"
+    if metrics_path.exists():
+        metrics = [json.loads(x) for x in metrics_path.read_text(encoding="utf-8").splitlines() if x.strip()]
+        png = plot_training(metrics, folder / "training.png")
+        if png is not None:
+            sections.append(("Training", png))
+    return render_html(f"exposure-audit report: {folder.name}", sections, folder / "report.html")
+
+
+def render_sweep(folder: Path) -> Path:
+    """The privacy/utility figure and sweep.html for a sweep folder."""
+    from .pipeline import sweep_table
+
+    folder = Path(folder)
+    data = read_json(folder / "sweep.json", "sweep")
+    if not isinstance(data, dict) or data.get("kind") != "exposure-audit/sweep":
+        raise AuditError(f"{folder / 'sweep.json'} is not an exposure-audit sweep")
+    rows = data["runs"]
+    sections: list[tuple[str, str | Path]] = [("Settings", sweep_table(rows))]
+    sections.append(("Privacy / utility", plot_frontier(rows, folder / "privacy_utility.png")))
+    for r in rows:
+        run = folder / r["name"]
+        if (run / "report.json").is_file():
+            render_run(run)
+            png = run / "exposure_vs_insertions.png"
+            if png.is_file():
+                sections.append((f"{r['name']}: exposure against insertion count", png))
+            png = run / "training.png"
+            if png.is_file():
+                sections.append((f"{r['name']}: training", png))
+    return render_html(f"exposure-audit sweep: {folder.name}", sections, folder / "sweep.html")

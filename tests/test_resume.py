@@ -1,0 +1,74 @@
+"""Training survives SIGKILL: `train --resume` ends with the same weights as an uninterrupted run."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from safetensors.torch import load_file
+
+from exposure_audit.cli import main
+from exposure_audit.files import staging_path
+
+from .conftest import make_corpus
+
+ARGS = ["--hidden", "24", "--layers", "2", "--embedding", "8", "--epochs", "12", "--seq-len", "30",
+        "--batch-size", "8", "--checkpoint-every", "7", "--dropout", "0.1", "-q"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("resume")
+    make_corpus(root / "c.txt", lines=300)
+    assert main(["insert", "--corpus", str(root / "c.txt"), "--out", str(root / "data"), "--format", "pin {d:3}",
+                 "--schedule", "0,2", "-q"]) == 0
+    return root
+
+
+def test_sigkill_then_resume_gives_bit_identical_weights(data, tmp_path):
+    ref = tmp_path / "ref"
+    assert main(["train", "--data", str(data / "data"), "--out", str(ref), *ARGS]) == 0
+
+    out = tmp_path / "killed"
+    staging = staging_path(out, "train")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "exposure_audit", "train", "--data", str(data / "data"), "--out", str(out), *ARGS],
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    deadline = time.time() + 120
+    state = staging / "train_state.json"
+    # wait for a mid-epoch state (a step count that is not an epoch end), then kill hard
+    while time.time() < deadline and proc.poll() is None:
+        if state.exists():
+            try:
+                pos = json.loads(state.read_text())["position"]
+            except (json.JSONDecodeError, KeyError):
+                pos = None
+            if pos and pos["step"] >= 14 and pos["batch"] > 0:
+                break
+        time.sleep(0.02)
+    assert proc.poll() is None, "training finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists() and staging.is_dir()
+
+    # a fresh start is refused while an interrupted run is saved
+    assert main(["train", "--data", str(data / "data"), "--out", str(out), *ARGS]) == 2
+    assert main(["train", "--resume", str(out), "-q"]) == 0
+    assert not staging.exists()
+    a, b = load_file(str(ref / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert (a[k] == b[k]).all(), k
+    ma = [json.loads(x) for x in (ref / "metrics.jsonl").read_text().splitlines()]
+    mb = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in mb] == list(range(1, 13))
+    assert [(m["train_bpc"], m["valid_bpc"]) for m in ma] == [(m["train_bpc"], m["valid_bpc"]) for m in mb]
+
+
+def test_resume_without_saved_state_is_an_error(tmp_path, capsys):
+    assert main(["train", "--resume", str(tmp_path / "nothing")]) == 2
+    assert "no interrupted training" in capsys.readouterr().err
