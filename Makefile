@@ -5,13 +5,13 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# Pin torch first: a bare `torch` requirement would pull a multi-GB CUDA build here.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test,plots]' torch==2.13.0
+	$(BIN)/pip install -q -e '.[test,plots,dp]' torch==2.13.0
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -20,8 +20,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
-bench: $(STAMP)
-	$(BIN)/python benchmarks/engine.py
+lint: $(STAMP)
+	$(BIN)/pip install -q ruff
+	$(BIN)/ruff check exposure_audit tests benchmarks --select F,E9
+	$(BIN)/ruff format --check exposure_audit tests benchmarks
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -43,7 +43,9 @@ def bare_throughput(model, batch: int, seconds: float = 3.0) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--audit", required=True, type=Path, help="an audit output folder (model/ and data/canaries.json)")
-    ap.add_argument("--brute-fraction", type=float, default=1.0, help="brute-force this share of the 10^6 space and scale up")
+    ap.add_argument(
+        "--brute-fraction", type=float, default=1.0, help="brute-force this share of the 10^6 space and scale up"
+    )
     ap.add_argument("--repeats", type=int, default=20, help="independent sample sets for estimator coverage")
     ap.add_argument("--samples", type=int, default=10_000)
     args = ap.parse_args()
@@ -76,8 +78,12 @@ def main() -> None:
     agree = np.max(np.abs(brute_scores - scores[:n_brute]))
     scaled = " (scaled from a sample)" if args.brute_fraction < 1 else ""
     print(f"   brute force   {brute_s:8.1f} s  {brute_steps:>12,} steps{scaled}")
-    print(f"   enumeration   {enum_s:8.1f} s  {enum_steps:>12,} steps   {enum_steps / enum_s:,.0f} steps/s = {enum_steps / enum_s / bare:.0%} of bare")
-    print(f"   ratio         {brute_s / enum_s:8.1f}x time  {brute_steps / enum_steps:8.1f}x steps; max |score difference| {agree:.2e} bits")
+    print(
+        f"   enumeration   {enum_s:8.1f} s  {enum_steps:>12,} steps   {enum_steps / enum_s:,.0f} steps/s = {enum_steps / enum_s / bare:.0%} of bare"
+    )
+    print(
+        f"   ratio         {brute_s / enum_s:8.1f}x time  {brute_steps / enum_steps:8.1f}x steps; max |score difference| {agree:.2e} bits"
+    )
     assert walk.complete
 
     print("== (c) pruned exact rank of memorized 9-digit canaries (exposure >= 20 in the audit's report)")
@@ -97,25 +103,30 @@ def main() -> None:
             print(f"   n={c.insertions:>2}: over budget after {steps:,} steps; rank in {pr.bounds}")
             continue
         e = exposure_from_rank(pr.rank, fmt9.space_size)
-        print(f"   n={c.insertions:>2}: rank {pr.rank:>6}  exposure {e:5.2f}  {secs:6.2f} s  {steps:>9,} steps  "
-              f"brute force would need {brute9:,} steps = {brute9 / max(steps, 1):,.0f}x more")
+        print(
+            f"   n={c.insertions:>2}: rank {pr.rank:>6}  exposure {e:5.2f}  {secs:6.2f} s  {steps:>9,} steps  "
+            f"brute force would need {brute9:,} steps = {brute9 / max(steps, 1):,.0f}x more"
+        )
 
     print(f"== (d) estimates vs exact exposure, {SIX!r}, {args.samples} samples, {args.repeats} sample sets")
     order = np.sort(scores)
     targets = []  # canaries at exact exposures from about 2 to 15 bits
     for e in np.linspace(2, 15, 27):
-        rank = max(1, int(round(fmt.space_size * 2.0 ** -e)))
+        rank = max(1, int(round(fmt.space_size * 2.0**-e)))
         targets.append(float(order[rank - 1]))
     targets = np.array(targets)
-    exact = np.array([exposure_from_rank(int(np.sum(scores <= t + engine.TIE_TOLERANCE)), fmt.space_size) for t in targets])
-    # pruned == enumeration for these canaries (the cheap ones: rank <= 2^14)
-    checked = 0
+    exact = np.array(
+        [exposure_from_rank(int(np.sum(scores <= t + engine.TIE_TOLERANCE)), fmt.space_size) for t in targets]
+    )
+    # pruned == enumeration for every one of these canaries
+    s0, t0 = scorer.steps, time.perf_counter()
     for t, ex in zip(targets, exact):
-        if ex >= 6:
-            pr = engine.pruned_rank(scorer, tail, float(t))
-            assert exposure_from_rank(pr.rank, fmt.space_size) == ex, (t, pr.rank)
-            checked += 1
-    print(f"   pruned rank == enumeration rank for all {checked} canaries checked (exposure 6-15 bits)")
+        pr = engine.pruned_rank(scorer, tail, float(t))
+        assert exposure_from_rank(pr.rank, fmt.space_size) == ex, (t, pr.rank)
+    print(
+        f"   pruned rank == enumeration rank for all {len(targets)} canaries (exposure {exact.min():.1f}-{exact.max():.1f} bits); "
+        f"{scorer.steps - s0:,} steps, {time.perf_counter() - t0:.0f} s in all"
+    )
     errs, covered, errs_sk, errs_samp = [], [], [], []
     rng = np.random.default_rng(0)
     worst = (0.0, 0.0)
@@ -134,13 +145,19 @@ def main() -> None:
             errs_samp.append(est.exposure - ex)
     errs, errs_sk, errs_samp = map(np.abs, map(np.array, (errs, errs_sk, errs_samp)))
     exact_all = np.tile(exact, args.repeats)
-    print(f"   as measure reports:  mean |error| {errs.mean():.2f} bits, max {errs.max():.2f} (at exact {worst[1]:.1f} bits), "
-          f"90% interval coverage {np.mean(covered):.0%}")
+    print(
+        f"   as measure reports:  mean |error| {errs.mean():.2f} bits, max {errs.max():.2f} (at exact {worst[1]:.1f} bits), "
+        f"90% interval coverage {np.mean(covered):.0%}"
+    )
     for lo, hi in ((2, 9), (9, 12), (12, 15.01)):
         sel = (exact_all >= lo) & (exact_all < hi)
-        print(f"     exact {lo:>2}-{min(hi, 15):>2} bits: mean |error| {errs[sel].mean():.2f}, max {errs[sel].max():.2f}, coverage {np.mean(np.array(covered)[sel]):.0%}")
+        print(
+            f"     exact {lo:>2}-{min(hi, 15):>2} bits: mean |error| {errs[sel].mean():.2f}, max {errs[sel].max():.2f}, coverage {np.mean(np.array(covered)[sel]):.0%}"
+        )
     print(f"   skew-normal alone:              mean |error| {errs_sk.mean():.2f} bits, max {errs_sk.max():.2f}")
-    print(f"   sampling alone:                 mean |error| {errs_samp.mean():.2f} bits, max {errs_samp.max():.2f} (capped at log2(m+1) = {math.log2(args.samples + 1):.1f})")
+    print(
+        f"   sampling alone:                 mean |error| {errs_samp.mean():.2f} bits, max {errs_samp.max():.2f} (capped at log2(m+1) = {math.log2(args.samples + 1):.1f})"
+    )
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"== peak memory of this process: {peak:,.0f} MB")
 

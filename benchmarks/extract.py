@@ -41,9 +41,11 @@ def main() -> None:
         ex = best_first(model, fmt, top=args.top, max_steps=args.max_steps)
         brute = engine.brute_force_steps(fmt)
         print(f"== {source!r}: |R| = {fmt.space_size:.3g}")
-        print(f"   best-first top {args.top}: {ex.model_steps:,} model steps, {ex.seconds:.1f} s, "
-              f"{'proven' if ex.proven else 'NOT proven (budget)'}; brute force: {brute:.3g} steps "
-              f"= {brute / ex.model_steps:.3g}x more")
+        print(
+            f"   best-first top {args.top}: {ex.model_steps:,} model steps, {ex.seconds:.1f} s, "
+            f"{'proven' if ex.proven else 'NOT proven (budget)'}; brute force: {brute:.3g} steps "
+            f"= {brute / ex.model_steps:.3g}x more"
+        )
         print(f"   {'canary':<20} {'ins':>3}  {'exposure':>8}  position")
         for c in sorted((c for c in manifest.canaries if c.format == source), key=lambda c: c.insertions):
             pos = ex.position(c.secret)

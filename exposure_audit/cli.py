@@ -15,10 +15,19 @@ import click
 
 from . import __version__
 from .config import AuditConfig, apply_overrides, load_config
+from .audit import (
+    EXIT_OK,
+    extraction_report_lines,
+    extraction_summary,
+    extraction_table,
+    measure_and_report,
+    redact_secret,
+    run_audit,
+    run_extraction,
+)
 from .errors import AuditError
-from .formats import Format
 
-EXIT_OK, EXIT_EXPOSED, EXIT_USAGE = 0, 1, 2
+EXIT_USAGE = 2
 
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 force_option = click.option("--force", is_flag=True, help="Replace existing outputs.")
@@ -92,7 +101,9 @@ def insert(corpus, out, config_path, formats, schedule, per_count, valid_fractio
 @cli.command()
 @click.option("--data", "data", type=str, default=None, help="An insert output folder.")
 @click.option("--out", "out", type=str, default=None, help="Checkpoint folder to write.")
-@click.option("--resume", "resume", type=str, default=None, help="Continue the interrupted training that was writing this folder.")
+@click.option(
+    "--resume", "resume", type=str, default=None, help="Continue the interrupted training that was writing this folder."
+)
 @click.option("--config", "config_path", type=str, default=None, help="YAML config (its model: and train: sections).")
 @click.option("--epochs", type=int, default=None)
 @click.option("--seed", type=int, default=None, help="Seed for initial weights and batch order.")
@@ -112,11 +123,42 @@ def insert(corpus, out, config_path, formats, schedule, per_count, valid_fractio
 @click.option("--target-epsilon", type=float, default=None, help="DP-SGD: solve the noise for this epsilon.")
 @click.option("--delta", type=float, default=None, help="DP-SGD delta (default 1e-5).")
 @click.option("--max-grad-norm", type=float, default=None, help="DP-SGD per-example clipping norm.")
-@click.option("--track-exposure", is_flag=True, default=None, help="Measure the canaries during training (into metrics.jsonl).")
-@click.option("--track-every", type=int, default=None, help="Steps between exposure measurements (default: epoch ends).")
+@click.option(
+    "--track-exposure", is_flag=True, default=None, help="Measure the canaries during training (into metrics.jsonl)."
+)
+@click.option(
+    "--track-every", type=int, default=None, help="Steps between exposure measurements (default: epoch ends)."
+)
 @force_option
 @quiet_option
-def train(data, out, resume, config_path, epochs, seed, batch_size, seq_len, learning_rate, max_chars, embedding, hidden, layers, dropout, weight_decay, checkpoint_every, grad_clip, dp, noise_multiplier, target_epsilon, delta, max_grad_norm, track_exposure, track_every, force, quiet) -> None:
+def train(
+    data,
+    out,
+    resume,
+    config_path,
+    epochs,
+    seed,
+    batch_size,
+    seq_len,
+    learning_rate,
+    max_chars,
+    embedding,
+    hidden,
+    layers,
+    dropout,
+    weight_decay,
+    checkpoint_every,
+    grad_clip,
+    dp,
+    noise_multiplier,
+    target_epsilon,
+    delta,
+    max_grad_norm,
+    track_exposure,
+    track_every,
+    force,
+    quiet,
+) -> None:
     """Train the character-level LSTM; write model.safetensors, config.json, metrics.jsonl.
 
     Training state is saved every --checkpoint-every steps and at each epoch end in a hidden
@@ -178,11 +220,17 @@ def train(data, out, resume, config_path, epochs, seed, batch_size, seq_len, lea
     with output_dir(Path(out), force, staging=staging, resumable=lambda d: (d / STATE_JSON).is_file()) as tmp:
         if resume is None:
             atomic_write_json(tmp / "run.json", {"data": str(Path(data).resolve()), "config": cfg.to_dict()})
-        result = train_folder(Path(data), tmp, cfg.model, cfg.train, seed=cfg.seed, quiet=quiet, resume=resume is not None)
+        result = train_folder(
+            Path(data), tmp, cfg.model, cfg.train, seed=cfg.seed, quiet=quiet, resume=resume is not None
+        )
         (tmp / "run.json").unlink(missing_ok=True)
     last = [m for m in result.metrics if m.get("event", "epoch") == "epoch"][-1]
     valid = f"{last['valid_bpc']:.3f}" if last["valid_bpc"] is not None else "n/a"
-    privacy = f"; DP-SGD epsilon {result.privacy['epsilon']:.3g} at delta {result.privacy['delta']:g}" if result.privacy else ""
+    privacy = (
+        f"; DP-SGD epsilon {result.privacy['epsilon']:.3g} at delta {result.privacy['delta']:g}"
+        if result.privacy
+        else ""
+    )
     click.echo(
         f"{out}: {last['epoch']} epochs, {last['step']} steps in {result.seconds:.0f}s; "
         f"train {last['train_bpc']:.3f} bits/char, validation {valid} bits/char{privacy}"
@@ -195,7 +243,12 @@ def _measure_options(f):
             click.option("--method", type=str, default=None, help="auto | enumerate | pruned | estimate | brute."),
             click.option("--max-steps", type=int, default=None, help="Model-step budget for exact methods."),
             click.option("--samples", type=int, default=None, help="Uniform candidates for estimates."),
-            click.option("--fail-above", type=float, default=None, help="Exit 1 if an inserted canary's exposure exceeds this (bits)."),
+            click.option(
+                "--fail-above",
+                type=float,
+                default=None,
+                help="Exit 1 if an inserted canary's exposure exceeds this (bits).",
+            ),
             click.option("--redact", is_flag=True, help="Hide secrets in terminal output, JSON and JUnit."),
         ]
     ):
@@ -217,14 +270,31 @@ def _measure_overrides(method, max_steps, samples, fail_above, seed=None) -> dic
 @click.option("--model", "model_dir", required=True, type=str, help="Checkpoint folder (from train).")
 @click.option("--canaries", "canaries_path", required=True, type=str, help="canaries.json (from insert).")
 @click.option("--json", "json_path", type=str, default=None, help="Write the JSON report here.")
-@click.option("--junit", "junit_path", type=str, default=None, help="Write JUnit XML here (a test case per inserted canary).")
+@click.option(
+    "--junit", "junit_path", type=str, default=None, help="Write JUnit XML here (a test case per inserted canary)."
+)
 @click.option("--config", "config_path", type=str, default=None, help="YAML config (its measure: section).")
 @click.option("--seed", type=int, default=None, help="Seed for sampled candidates.")
 @click.option("--any-model", is_flag=True, help="Measure even if the model was not trained on this manifest's data.")
 @_measure_options
 @force_option
 @quiet_option
-def measure(model_dir, canaries_path, json_path, junit_path, config_path, seed, any_model, method, max_steps, samples, fail_above, redact, force, quiet) -> None:
+def measure(
+    model_dir,
+    canaries_path,
+    json_path,
+    junit_path,
+    config_path,
+    seed,
+    any_model,
+    method,
+    max_steps,
+    samples,
+    fail_above,
+    redact,
+    force,
+    quiet,
+) -> None:
     """Log-perplexity, rank and exposure of every canary."""
     from .files import check_writable_file
     from .manifest import Manifest
@@ -242,59 +312,10 @@ def measure(model_dir, canaries_path, json_path, junit_path, config_path, seed, 
             f"model {model_dir} was not trained on the data of {canaries_path} (train.txt sha256 differs); "
             "pass --any-model to measure anyway"
         )
-    code, _ = _measure_and_report(model, model_config, manifest, cfg, model_dir, json_path, junit_path, redact, quiet)
-    sys.exit(code)
-
-
-def _measure_and_report(
-    model, model_config, manifest, cfg: AuditConfig, model_ref, json_path, junit_path, redact, quiet, extra=None, collect=None, echo_table=True
-) -> tuple[int, dict[str, Any]]:
-    from .exposure.measure import measure as run_measure
-    from .models.charlstm import describe
-    from .report import junit_xml, passed, report_json, table, write_json, write_junit
-
-    m = cfg.measure
-    t0 = time.perf_counter()
-    results = run_measure(
-        model,
-        manifest.canaries,
-        method=m.method,
-        max_steps=m.max_steps,
-        samples=m.samples,
-        seed=cfg.seed,
-        batch=m.batch,
-        confidence=m.confidence,
-        bootstrap=m.bootstrap,
-        quiet=quiet,
-        collect=collect,
+    code, _ = measure_and_report(
+        model, model_config, manifest, cfg, model_dir, json_path, junit_path, redact, quiet, click.echo
     )
-    threshold = m.fail_above
-    ok = passed(results, threshold)
-    privacy = model_config.get("privacy")
-    info = {
-        "model_path": str(model_ref),
-        "model_description": describe(model_config),
-        "privacy": privacy,
-        "seed": cfg.seed,
-        "measure": {**vars(m)},
-        "seconds": round(time.perf_counter() - t0, 3),
-        **(extra or {}),
-    }
-    text = table(results, redact_secrets=redact, threshold=threshold)
-    if privacy:
-        text += f"\n\nmodel trained with DP-SGD: epsilon {privacy['epsilon']:.3g} at delta {privacy['delta']:g} (per {privacy['unit']})"
-    report = report_json(results, model=info, threshold=threshold, redact_secrets=redact, extra={"table": text})
-    if json_path:
-        write_json(Path(json_path), report)
-    if junit_path:
-        write_junit(Path(junit_path), junit_xml(results, threshold, redact_secrets=redact))
-    if echo_table:
-        click.echo(text)
-    if threshold is not None:
-        worst = max((r.exposure for r in results if r.insertions > 0), default=0.0)
-        verdict = "PASS" if ok else "FAIL"
-        click.echo(f"\n{verdict}: highest exposure of an inserted canary {worst:.2f} bits; threshold {threshold:g} bits")
-    return (EXIT_OK if ok else EXIT_EXPOSED), report
+    sys.exit(code)
 
 
 @cli.command()
@@ -325,146 +346,36 @@ def audit(config_path, out, corpus, epochs, seed, method, max_steps, samples, fa
         Path("runs").mkdir(exist_ok=True)
     echo = (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
     with output_dir(Path(out), force) as tmp:
-        code = run_audit(cfg, tmp, Path(out), redact=redact, quiet=quiet, echo=echo)
+        code = run_audit(cfg, tmp, Path(out), redact=redact, quiet=quiet, echo=echo, emit=click.echo)
     click.echo(f"\nwrote {out}/ (data/, model/, report.json, report.junit.xml, report.html)")
     sys.exit(code)
 
 
-def run_audit(cfg: AuditConfig, tmp: Path, final: Path, *, redact: bool, quiet: bool, echo, data_dir: Path | None = None) -> int:
-    """Insert (unless ``data_dir`` is shared), train, measure, extract and render into ``tmp``."""
-    import yaml
-
-    from .files import atomic_write_json, atomic_write_text
-    from .manifest import Manifest
-    from .models.charlstm import load_checkpoint
-    from .pipeline import insert_folder
-    from .plots import render_run
-    from .train import train_folder
-
-    (tmp / "model").mkdir()
-    atomic_write_text(tmp / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    if data_dir is None:
-        data_dir = tmp / "data"
-        data_dir.mkdir()
-        echo(f"[1/4] insert: {', '.join(cfg.insert.formats)} x schedule {cfg.insert.schedule}")
-        insert_folder(data_dir, cfg.corpus, cfg.insert, cfg.seed)
-    manifest = Manifest.read(data_dir / "canaries.json")
-    dp = " with DP-SGD" if cfg.train.dp.enabled else ""
-    echo(f"[2/4] train: {cfg.model.layers}x{cfg.model.hidden} LSTM, {cfg.train.epochs} epochs{dp}")
-    result = train_folder(data_dir, tmp / "model", cfg.model, cfg.train, seed=cfg.seed, quiet=quiet)
-    last = [m for m in result.metrics if m.get("event", "epoch") == "epoch"][-1]
-    echo(f"      validation {last['valid_bpc']:.3f} bits/char after {result.seconds:.0f}s")
-    model, model_config = load_checkpoint(tmp / "model")
-    echo("[3/4] measure")
-    samples: dict[str, Any] = {}
-    code, report = _measure_and_report(
-        model, model_config, manifest, cfg, final / "model", None, tmp / "report.junit.xml", redact, quiet,
-        extra={"training": {"seconds": round(result.seconds, 3), "final": last}}, collect=samples,
-    )
-    if cfg.extract.enabled:
-        echo(f"[4/4] extract: best-first top {cfg.extract.top} per format")
-        extractions = {
-            src: _run_extraction(model, Format.parse(src), cfg.extract.top, cfg.extract.max_steps, "\n", None, quiet)
-            for src in dict.fromkeys(c.format for c in manifest.canaries)
-        }
-        rows, by_n = extraction_summary(extractions, manifest.canaries)
-        lines = _extraction_report_lines(rows, by_n, cfg.extract.top, redact)
-        proof = ", ".join(f"{'proven' if e.proven else 'NOT proven'} in {e.model_steps:,} steps" for e in extractions.values())
-        lines.insert(1, f"extraction ({proof})")
-        text = "\n".join(lines)
-        click.echo(text)
-        report["extraction"] = {
-            "top": cfg.extract.top,
-            "formats": [e.to_json(redact) for e in extractions.values()],
-            "canaries": [{**r, "secret": redact_secret(r["secret"], redact)} for r in rows],
-            "success_by_insertions": {str(n): v for n, v in sorted(by_n.items())},
-        }
-        report["table"] += "\n" + text
-    atomic_write_json(tmp / "report.json", report)
-    if not redact:
-        atomic_write_json(tmp / "samples.json", samples)
-    try:
-        render_run(tmp)
-    except AuditError as e:  # plots are a convenience; the report stands without them
-        echo(f"note: no plots ({e})")
-    return code
-
-
-def _extraction_table(ex, redact: bool, canaries=None) -> str:
-    from .report import redact as hide
-
-    kind = "exact order" if ex.method == "best-first" else f"beam {ex.details.get('beam_width')}, approximate"
-    status = "proven" if ex.proven else ("approximate" if ex.method == "beam" else "NOT proven (budget exhausted; best found so far)")
-    lines = [
-        f"extract {ex.format!r} ({kind}): {len(ex.candidates)} candidates, {status}; "
-        f"{ex.model_steps:,} model steps, {ex.seconds:.1f} s"
-    ]
-    planted = {c.secret: c for c in (canaries or [])}
-    lines.append(f"{'#':>3}  {'secret':<{max(6, ex.candidates and len(ex.candidates[0].secret) or 6)}}  {'log-ppl':>8}  {'P(after prefix)':>15}  planted")
-    for i, c in enumerate(ex.candidates, 1):
-        share = 2.0 ** -(c.log_perplexity - ex.prefix_cost)
-        mark = f"canary, inserted {planted[c.secret].insertions}x" if c.secret in planted else ""
-        lines.append(f"{i:>3}  {hide(c.secret) if redact else c.secret}  {c.log_perplexity:>8.2f}  {share:>15.3e}  {mark}")
-    lines.append(f"these {len(ex.candidates)} hold {ex.mass:.1%} of the probability of completing the format's prefix")
-    return "\n".join(lines)
-
-
-def _run_extraction(model, fmt, top, max_steps, context, beam, quiet):
-    from .exposure.engine import check_vocabulary
-    from .extract import beam_search, best_first
-    from .progress import Progress
-
-    check_vocabulary(model.vocab, fmt, context)  # before a progress bar is drawn
-
-    if beam is not None:
-        return beam_search(model, fmt, width=beam, top=top, max_steps=max_steps, context=context)
-    with Progress(total=max_steps, desc=f"extract {fmt.source}", quiet=quiet, unit="step") as bar:
-        return best_first(model, fmt, top=top, max_steps=max_steps, context=context, progress=bar.update)
-
-
-def extraction_summary(extractions, canaries) -> tuple[list[dict[str, Any]], dict[int, dict[str, int]]]:
-    """Each canary's position in its format's extracted list, and the success rate per count."""
-    rows, by_n = [], {}
-    for c in canaries:
-        ex = extractions[c.format]
-        pos = ex.position(c.secret)
-        rows.append({"id": c.id, "format": c.format, "secret": c.secret, "insertions": c.insertions, "position": pos})
-        stat = by_n.setdefault(c.insertions, {"canaries": 0, "extracted_top1": 0, "in_top_k": 0})
-        stat["canaries"] += 1
-        stat["extracted_top1"] += int(pos == 1)
-        stat["in_top_k"] += int(pos is not None)
-    return rows, by_n
-
-
-def _extraction_report_lines(rows, by_n, top: int, redact: bool) -> list[str]:
-    from .report import redact as hide
-
-    lines = ["", f"{'canary':<12}  {'ins':>3}  position in top {top}"]
-    for r in rows:
-        secret = hide(r["secret"]) if redact else r["secret"]
-        lines.append(f"{secret:<12}  {r['insertions']:>3}  {r['position'] if r['position'] else f'not in top {top}'}")
-    lines.append("")
-    lines.append("insertions  canaries  extracted at #1  in top " + str(top))
-    for n in sorted(by_n):
-        st = by_n[n]
-        label = f"{n} (control)" if n == 0 else str(n)
-        lines.append(f"{label:>10}  {st['canaries']:>8}  {st['extracted_top1']:>15}  {st['in_top_k']:>8}")
-    return lines
-
-
 @cli.command()
 @click.option("--model", "model_dir", required=True, type=str, help="Checkpoint folder (from train).")
-@click.option("--format", "format_source", type=str, default=None, help="The format to extract, e.g. 'my pin is {d:6}'.")
-@click.option("--canaries", "canaries_path", type=str, default=None, help="A manifest: extract every format in it and report where each canary lands.")
+@click.option(
+    "--format", "format_source", type=str, default=None, help="The format to extract, e.g. 'my pin is {d:6}'."
+)
+@click.option(
+    "--canaries",
+    "canaries_path",
+    type=str,
+    default=None,
+    help="A manifest: extract every format in it and report where each canary lands.",
+)
 @click.option("--top", type=int, default=10, show_default=True, help="How many candidates to recover.")
 @click.option("--max-steps", type=int, default=1_000_000, show_default=True, help="Budget in model steps (per format).")
 @click.option("--context", type=str, default="\\n", show_default=True, help="Text before the format (\\n = newline).")
 @click.option("--beam", type=int, default=None, help="Beam search with this width instead (faster, approximate).")
 @click.option("--json", "json_path", type=str, default=None, help="Write the result as JSON here.")
-@click.option("--redact", is_flag=True, help="Show only the first and last character of each secret (terminal and JSON).")
+@click.option(
+    "--redact", is_flag=True, help="Show only the first and last character of each secret (terminal and JSON)."
+)
 @force_option
 @quiet_option
-def extract(model_dir, format_source, canaries_path, top, max_steps, context, beam, json_path, redact, force, quiet) -> None:
+def extract(
+    model_dir, format_source, canaries_path, top, max_steps, context, beam, json_path, redact, force, quiet
+) -> None:
     """Recover the most likely secrets of a format by shortest-path search over its prefix tree."""
     from .files import atomic_write_json, check_writable_file
     from .formats import Format
@@ -483,17 +394,21 @@ def extract(model_dir, format_source, canaries_path, top, max_steps, context, be
         check_writable_file(Path(json_path), force)
     context = context.replace("\\n", "\n").replace("\\t", "\t")
     manifest = Manifest.read(Path(canaries_path)) if canaries_path else None
-    formats = [Format.parse(format_source)] if format_source else [Format.parse(f) for f in dict.fromkeys(c.format for c in manifest.canaries)]
+    formats = (
+        [Format.parse(format_source)]
+        if format_source
+        else [Format.parse(f) for f in dict.fromkeys(c.format for c in manifest.canaries)]
+    )
     model, _ = load_checkpoint(Path(model_dir))
     results = {}
     for fmt in formats:
-        results[fmt.source] = _run_extraction(model, fmt, top, max_steps, context, beam, quiet)
-        click.echo(_extraction_table(results[fmt.source], redact, manifest.canaries if manifest else None))
+        results[fmt.source] = run_extraction(model, fmt, top, max_steps, context, beam, quiet)
+        click.echo(extraction_table(results[fmt.source], redact, manifest.canaries if manifest else None))
     if manifest is None:
         payload = results[formats[0].source].to_json(redact)
     else:
         rows, by_n = extraction_summary(results, manifest.canaries)
-        click.echo("\n".join(_extraction_report_lines(rows, by_n, top, redact)))
+        click.echo("\n".join(extraction_report_lines(rows, by_n, top, redact)))
         payload = {
             "schema": 1,
             "kind": "exposure-audit/extraction",
@@ -503,12 +418,6 @@ def extract(model_dir, format_source, canaries_path, top, max_steps, context, be
         }
     if json_path is not None:
         atomic_write_json(Path(json_path), payload)
-
-
-def redact_secret(secret: str, redact: bool) -> str:
-    from .report import redact as hide
-
-    return hide(secret) if redact else secret
 
 
 @cli.command()
@@ -540,7 +449,16 @@ def sweep(config_path, out, force, quiet) -> None:
         for name, cfg in runs:
             echo(f"== run {name}")
             (tmp / name).mkdir()
-            run_audit(cfg, tmp / name, Path(out) / name, redact=False, quiet=quiet, echo=echo, data_dir=tmp / "data")
+            run_audit(
+                cfg,
+                tmp / name,
+                Path(out) / name,
+                redact=False,
+                quiet=quiet,
+                echo=echo,
+                emit=click.echo,
+                data_dir=tmp / "data",
+            )
             rows.append(sweep_row(name, cfg, tmp / name))
         atomic_write_json(tmp / "sweep.json", {"schema": 1, "kind": "exposure-audit/sweep", "runs": rows})
         render_sweep(tmp)

@@ -64,7 +64,9 @@ def iter_lines(source: str | Path, digest: "hashlib._Hash | None" = None) -> Ite
             try:
                 text = decoder.decode(raw)
             except UnicodeDecodeError as e:
-                raise AuditError(f"corpus {source} is not UTF-8: invalid byte at byte offset {offset + e.start}") from None
+                raise AuditError(
+                    f"corpus {source} is not UTF-8: invalid byte at byte offset {offset + e.start}"
+                ) from None
             offset += len(raw)
             if digest is not None:
                 digest.update(raw)
@@ -167,9 +169,7 @@ def insert_canaries(
         raise AuditError("valid_fraction must be in [0, 1)")
     stats = scan(source)
     valid_blocks = _valid_blocks(stats.lines, valid_fraction, seed)
-    valid_lines = sum(
-        min(VALID_BLOCK_LINES, stats.lines - b * VALID_BLOCK_LINES) for b in valid_blocks
-    )
+    valid_lines = sum(min(VALID_BLOCK_LINES, stats.lines - b * VALID_BLOCK_LINES) for b in valid_blocks)
     train_lines = stats.lines - valid_lines
     canaries = draw_canaries(formats, schedule, per_count, seed)
     total = sum(c.insertions for c in canaries)
@@ -194,9 +194,10 @@ def insert_canaries(
             line_no += 1
         return line_no
 
-    with open(train_path, "w", encoding="utf-8", newline="\n") as train, open(
-        valid_path, "w", encoding="utf-8", newline="\n"
-    ) as valid:
+    with (
+        open(train_path, "w", encoding="utf-8", newline="\n") as train,
+        open(valid_path, "w", encoding="utf-8", newline="\n") as valid,
+    ):
         t = 0  # training corpus lines seen
         out_line = 0  # lines written to train.txt
         for i, line in enumerate(iter_lines(source)):

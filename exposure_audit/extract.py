@@ -71,7 +71,8 @@ class Extraction:
             "method": self.method,
             "approximate": self.method != "best-first",
             "candidates": [
-                {"secret": hide(c.secret) if redact else c.secret, "log_perplexity": c.log_perplexity} for c in self.candidates
+                {"secret": hide(c.secret) if redact else c.secret, "log_perplexity": c.log_perplexity}
+                for c in self.candidates
             ],
             "mass": self.mass,
             "model_steps": self.model_steps,

@@ -281,9 +281,7 @@ class Format:
         if n < 0:
             raise AuditError("sample size must be >= 0")
         if distinct and n > self.space_size:
-            raise AuditError(
-                f"format {self.source!r} has only {self.space_size} distinct secrets; {n} were asked for"
-            )
+            raise AuditError(f"format {self.source!r} has only {self.space_size} distinct secrets; {n} were asked for")
         if not distinct:
             return [rng.randrange(self.space_size) for _ in range(n)]
         seen: set[int] = set()

@@ -54,9 +54,7 @@ class Manifest:
             "settings": self.settings,
             "train": self.train,
             "valid": self.valid,
-            "canaries": [
-                {**asdict(c), "space_size": str(c.space_size)} for c in self.canaries
-            ],
+            "canaries": [{**asdict(c), "space_size": str(c.space_size)} for c in self.canaries],
         }
         return {**body, "sha256": canonical_sha256(body)}
 
@@ -75,13 +73,20 @@ class Manifest:
         if not isinstance(data, dict):
             raise bad("not a JSON object")
         if data.get("kind") != KIND:
-            raise bad("not an exposure-audit canaries file (no \"kind\": \"exposure-audit/canaries\")")
+            raise bad('not an exposure-audit canaries file (no "kind": "exposure-audit/canaries")')
         if data.get("schema") != SCHEMA:
             raise bad(f"schema {data.get('schema')!r} is not supported (this version reads schema {SCHEMA})")
         body = {k: v for k, v in data.items() if k != "sha256"}
         if data.get("sha256") != canonical_sha256(body):
             raise bad("content does not match its sha256 (the file was edited or damaged)")
-        for key, typ in (("seed", int), ("corpus", dict), ("settings", dict), ("train", dict), ("valid", dict), ("canaries", list)):
+        for key, typ in (
+            ("seed", int),
+            ("corpus", dict),
+            ("settings", dict),
+            ("train", dict),
+            ("valid", dict),
+            ("canaries", list),
+        ):
             if not isinstance(data.get(key), typ) or isinstance(data.get(key), bool):
                 raise bad(f"key {key!r} missing or not a {typ.__name__}")
         canaries: list[Canary] = []

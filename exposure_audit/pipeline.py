@@ -38,7 +38,11 @@ def insert_folder(folder: Path, corpus: str | Path | None, cfg: InsertConfig, se
             "characters": result.stats.characters,
         },
         settings=dataclasses.asdict(cfg),
-        train={"file": "train.txt", "sha256": sha256_file(folder / "train.txt"), "lines": result.train_lines + sum(c.insertions for c in result.canaries)},
+        train={
+            "file": "train.txt",
+            "sha256": sha256_file(folder / "train.txt"),
+            "lines": result.train_lines + sum(c.insertions for c in result.canaries),
+        },
         valid={"file": "valid.txt", "sha256": sha256_file(folder / "valid.txt"), "lines": result.valid_lines},
         canaries=[
             Canary(

@@ -35,7 +35,9 @@ def _save(fig, path: Path) -> Path:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     atomic_write_bytes(path, buf.getvalue())
-    fig.clf()
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
     return path
 
 
@@ -62,7 +64,9 @@ def plot_exposure_vs_insertions(report: dict[str, Any], path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_histogram(samples: Sequence[float], canaries: Sequence[dict[str, Any]], fit: dict[str, float] | None, fmt: str, path: Path) -> Path:
+def plot_histogram(
+    samples: Sequence[float], canaries: Sequence[dict[str, Any]], fit: dict[str, float] | None, fmt: str, path: Path
+) -> Path:
     """The paper's figure: log-perplexities of uniform candidates, the fitted skew-normal, the canaries."""
     import numpy as np
 
@@ -102,7 +106,11 @@ def plot_training(metrics: Sequence[dict[str, Any]], path: Path) -> Path | None:
         ax2 = ax.twinx()
         counts = sorted({int(n) for m in tracked for n in m["exposure_by_insertions"]})
         for n in counts:
-            pts = [(m["step"], m["exposure_by_insertions"][str(n)]) for m in tracked if str(n) in m["exposure_by_insertions"]]
+            pts = [
+                (m["step"], m["exposure_by_insertions"][str(n)])
+                for m in tracked
+                if str(n) in m["exposure_by_insertions"]
+            ]
             ax2.plot([p[0] for p in pts], [p[1] for p in pts], "--", label=f"exposure, {n} insertions")
         ax2.set_ylabel("mean exposure (bits)")
         ax2.legend(fontsize=7, loc="center right")
@@ -119,7 +127,9 @@ def plot_frontier(rows: Sequence[dict[str, Any]], path: Path) -> Path:
         ax.scatter(r["valid_bpc"], r["exposure_inserted_mean"], s=40)
         eps = r.get("epsilon")
         label = r["name"] + (f" (eps={eps:.2g})" if eps is not None else "")
-        ax.annotate(label, (r["valid_bpc"], r["exposure_inserted_mean"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
+        ax.annotate(
+            label, (r["valid_bpc"], r["exposure_inserted_mean"]), fontsize=7, xytext=(4, 4), textcoords="offset points"
+        )
     ax.set_xlabel("validation bits/char (lower = more useful)")
     ax.set_ylabel("mean exposure of inserted canaries (bits)")
     ax.set_title("Privacy / utility")
@@ -158,7 +168,9 @@ def render_run(folder: Path) -> Path:
     summary = report.get("table")
     if summary:
         sections.append(("Exposure", summary))
-    sections.append(("Exposure against insertion count", plot_exposure_vs_insertions(report, folder / "exposure_vs_insertions.png")))
+    sections.append(
+        ("Exposure against insertion count", plot_exposure_vs_insertions(report, folder / "exposure_vs_insertions.png"))
+    )
     samples_path = folder / "samples.json"
     if samples_path.exists():
         samples = read_json(samples_path, "samples")

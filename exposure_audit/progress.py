@@ -9,14 +9,23 @@ from tqdm import tqdm
 
 
 class Progress:
-    def __init__(self, total: int | None = None, desc: str = "", quiet: bool = False, unit: str = "it", **kw: Any) -> None:
+    def __init__(
+        self, total: int | None = None, desc: str = "", quiet: bool = False, unit: str = "it", **kw: Any
+    ) -> None:
         if quiet:
             self.bar = None
             return
         # A log file (CI) gets a line every 30 s; a terminal a live bar.
         interval = 0.2 if sys.stderr.isatty() else 30.0
         self.bar = tqdm(
-            total=total, desc=desc, unit=unit, unit_scale=True, leave=False, dynamic_ncols=True, mininterval=interval, **kw
+            total=total,
+            desc=desc,
+            unit=unit,
+            unit_scale=True,
+            leave=False,
+            dynamic_ncols=True,
+            mininterval=interval,
+            **kw,
         )
 
     def update(self, n: int = 1) -> None:

@@ -42,8 +42,20 @@ def table(results: Sequence[CanaryResult], *, redact_secrets: bool = False, thre
     for r in results:
         text = r.text if not redact_secrets else r.format
         flag = " !" if threshold is not None and r.insertions > 0 and r.exposure > threshold else ""
-        exp = f"{r.exposure:.2f}" + (f" [{r.exposure_ci[0]:.1f}, {r.exposure_ci[1]:.1f}]" if r.exposure_ci and r.rank is None else "")
-        rows.append((text, str(r.insertions), f"{r.log_perplexity:.2f}", _rank_text(r), exp + flag, f"{r.exposure_max:.2f}", r.method))
+        exp = f"{r.exposure:.2f}" + (
+            f" [{r.exposure_ci[0]:.1f}, {r.exposure_ci[1]:.1f}]" if r.exposure_ci and r.rank is None else ""
+        )
+        rows.append(
+            (
+                text,
+                str(r.insertions),
+                f"{r.log_perplexity:.2f}",
+                _rank_text(r),
+                exp + flag,
+                f"{r.exposure_max:.2f}",
+                r.method,
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     right = {1, 2, 3, 5}
     lines = []
@@ -65,7 +77,12 @@ def table(results: Sequence[CanaryResult], *, redact_secrets: bool = False, thre
 
 
 def report_json(
-    results: Sequence[CanaryResult], *, model: Any, threshold: float | None, extra: dict[str, Any] | None = None, redact_secrets: bool = False
+    results: Sequence[CanaryResult],
+    *,
+    model: Any,
+    threshold: float | None,
+    extra: dict[str, Any] | None = None,
+    redact_secrets: bool = False,
 ) -> dict[str, Any]:
     canaries = []
     for r in results:
@@ -112,7 +129,10 @@ def junit_xml(results: Sequence[CanaryResult], threshold: float | None, *, redac
         )
         if r in failures:
             ET.SubElement(
-                case, "failure", message=f"exposure {r.exposure:.2f} bits > threshold {threshold:g}", type="ExposureAboveThreshold"
+                case,
+                "failure",
+                message=f"exposure {r.exposure:.2f} bits > threshold {threshold:g}",
+                type="ExposureAboveThreshold",
             ).text = f"canary {secret} inserted {r.insertions} times has exposure {r.exposure:.3f} bits (max {r.exposure_max:.3f})"
     ET.indent(suite)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suite, encoding="unicode") + "\n"

@@ -74,10 +74,20 @@ def load_data(folder: Path, seq_len: int) -> TrainData:
             chars |= Format.parse(c.format).characters
         info["manifest_sha256"] = manifest.to_json()["sha256"]
     vocab = Vocabulary.from_chars(chars)
-    train = vocab.encode(train_text)
+    # ids fit in 16 bits for any vocabulary under 65536 characters: a quarter of int64's memory
+    dtype = np.uint16 if len(vocab) < 65536 else np.int32
+    train = _encode(vocab, train_text, dtype)
     if len(train) < seq_len + 2:
         raise AuditError(f"training text has {len(train)} characters; needs more than seq_len + 1 = {seq_len + 1}")
-    return TrainData(train=train, valid=vocab.encode(valid_text), vocab=vocab, info=info)
+    return TrainData(train=train, valid=_encode(vocab, valid_text, dtype), vocab=vocab, info=info)
+
+
+def _encode(vocab: Vocabulary, text: str, dtype: type, chunk: int = 1 << 24) -> np.ndarray:
+    """Encode in pieces, so the transient int64 array stays small whatever the text's size."""
+    out = np.empty(len(text), dtype=dtype)
+    for lo in range(0, len(text), chunk):
+        out[lo : lo + chunk] = vocab.encode(text[lo : lo + chunk])
+    return out
 
 
 def _windows(n: int, seq_len: int, rng: np.random.Generator) -> np.ndarray:
@@ -106,7 +116,7 @@ def evaluate_bpc(model: CharLSTM, ids: np.ndarray, seq_len: int, batch: int = 25
         for sel, length in ((full, seq_len), *(([s], len(ids) - 1 - s) for s in rest)):
             if not sel or length < 1:
                 continue
-            x = torch.as_tensor(np.stack([ids[s : s + length + 1] for s in sel]))
+            x = torch.as_tensor(np.stack([ids[s : s + length + 1] for s in sel]).astype(np.int64))
             logits, _ = model(x[:, :-1])
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="sum")
             total += float(loss)
@@ -172,7 +182,11 @@ def load_train_state(folder: Path, model: CharLSTM, opt: torch.optim.Optimizer, 
     from safetensors.torch import load
 
     meta = read_json(folder / STATE_JSON, "training state")
-    if not isinstance(meta, dict) or meta.get("format") != "exposure-audit/train-state" or meta.get("format_version") != 1:
+    if (
+        not isinstance(meta, dict)
+        or meta.get("format") != "exposure-audit/train-state"
+        or meta.get("format_version") != 1
+    ):
         raise AuditError(f"{folder / STATE_JSON} is not a training state this version can resume")
     if meta.get("identity") != identity:
         raise AuditError(f"{folder}: the saved training state belongs to other data or settings; cannot resume")
@@ -197,7 +211,15 @@ def _identity(data: TrainData, model_cfg: ModelConfig, cfg: TrainConfig, seed: i
     from .files import canonical_sha256
 
     settings = {k: v for k, v in asdict(cfg).items() if k not in ("threads", "checkpoint_every")}
-    return canonical_sha256({"data": data.info, "model": asdict(model_cfg), "train": settings, "seed": seed, "vocab": list(data.vocab.chars)})
+    return canonical_sha256(
+        {
+            "data": data.info,
+            "model": asdict(model_cfg),
+            "train": settings,
+            "seed": seed,
+            "vocab": list(data.vocab.chars),
+        }
+    )
 
 
 # hook(event, record, model_fn): event "step" (every step) or "epoch"; model_fn() returns the
@@ -231,7 +253,9 @@ def train(
         torch.set_num_threads(max(1, os.cpu_count() or 1))
     if cfg.dp.enabled:
         if resume:
-            raise AuditError("DP-SGD runs cannot be resumed (the privacy accountant's history is not saved); start over")
+            raise AuditError(
+                "DP-SGD runs cannot be resumed (the privacy accountant's history is not saved); start over"
+            )
         return train_dp(data, model_cfg, cfg, seed=seed, quiet=quiet, folder=folder, hooks=hooks)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -274,7 +298,9 @@ def train(
             pos.seconds = time.perf_counter() - t_start
             save_train_state(folder, model, opt, pos, identity)
 
-    with Progress(total=batches_per_epoch * cfg.epochs, desc="train", quiet=quiet, unit="batch", initial=pos.step) as bar:
+    with Progress(
+        total=batches_per_epoch * cfg.epochs, desc="train", quiet=quiet, unit="batch", initial=pos.step
+    ) as bar:
         for epoch in range(pos.epoch, cfg.epochs + 1):
             if pos.epoch_rng is not None and epoch == pos.epoch:
                 rng.bit_generator.state = pos.epoch_rng  # replay this epoch's batch order
@@ -284,7 +310,7 @@ def train(
                 if b < pos.batch:
                     continue  # done before the interruption
                 group = starts[lo : lo + cfg.batch_size]
-                x = torch.as_tensor(np.stack([data.train[s : s + cfg.seq_len + 1] for s in group]))
+                x = torch.as_tensor(np.stack([data.train[s : s + cfg.seq_len + 1] for s in group]).astype(np.int64))
                 logits, _ = model(x[:, :-1])
                 loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
                 opt.zero_grad(set_to_none=True)
@@ -368,25 +394,37 @@ def train_dp(
     opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     n = len(data.train)
     starts = np.arange(0, n - cfg.seq_len - 1, cfg.seq_len)
-    windows = torch.as_tensor(np.stack([data.train[s : s + cfg.seq_len + 1] for s in starts]))
+    windows = torch.as_tensor(np.stack([data.train[s : s + cfg.seq_len + 1] for s in starts]).astype(np.int64))
     generator = torch.Generator().manual_seed(seed)
     loader = DataLoader(TensorDataset(windows), batch_size=cfg.batch_size, shuffle=True, generator=generator)
-    engine = PrivacyEngine(accountant="rdp")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # opacus warns about secure RNG; reproducibility wants the seeded one
+        engine = PrivacyEngine(accountant="rdp")
         try:
             if dp.target_epsilon is not None:
                 private, opt, loader = engine.make_private_with_epsilon(
-                    module=model, optimizer=opt, data_loader=loader, target_epsilon=dp.target_epsilon,
-                    target_delta=dp.delta, epochs=cfg.epochs, max_grad_norm=dp.max_grad_norm, poisson_sampling=True,
+                    module=model,
+                    optimizer=opt,
+                    data_loader=loader,
+                    target_epsilon=dp.target_epsilon,
+                    target_delta=dp.delta,
+                    epochs=cfg.epochs,
+                    max_grad_norm=dp.max_grad_norm,
+                    poisson_sampling=True,
                 )
             else:
                 private, opt, loader = engine.make_private(
-                    module=model, optimizer=opt, data_loader=loader, noise_multiplier=dp.noise_multiplier,
-                    max_grad_norm=dp.max_grad_norm, poisson_sampling=True,
+                    module=model,
+                    optimizer=opt,
+                    data_loader=loader,
+                    noise_multiplier=dp.noise_multiplier,
+                    max_grad_norm=dp.max_grad_norm,
+                    poisson_sampling=True,
                 )
         except ValueError as e:
-            raise AuditError(f"DP-SGD: {e} (target epsilon {dp.target_epsilon} cannot be reached with this schedule?)") from None
+            raise AuditError(
+                f"DP-SGD: {e} (target epsilon {dp.target_epsilon} cannot be reached with this schedule?)"
+            ) from None
     noise = float(opt.noise_multiplier)
     metrics: list[dict[str, Any]] = []
     metrics_path = folder / "metrics.jsonl" if folder is not None else None
@@ -404,9 +442,15 @@ def train_dp(
     def plain() -> CharLSTM:
         """A copy with torch's own LSTM, for measuring and saving (same weights and names)."""
         m = CharLSTM(data.vocab, CharLSTMConfig(**asdict(model_cfg)))
-        m.load_state_dict(model.state_dict())
+        # each part's own state_dict: DPLSTM renames its parameters to nn.LSTM's names only there
+        state = {
+            f"{name}.{k}": v for name in ("embed", "lstm", "head") for k, v in getattr(model, name).state_dict().items()
+        }
+        m.load_state_dict(state)
         return m.eval()
 
+    # Opacus' hooks make torch warn that no input requires grad (the input is token ids): harmless.
+    warnings.filterwarnings("ignore", message="Full backward hook is firing")
     with Progress(total=len(loader) * cfg.epochs, desc="train (DP-SGD)", quiet=quiet, unit="batch") as bar:
         for epoch in range(1, cfg.epochs + 1):
             loss_sum, loss_n = 0.0, 0

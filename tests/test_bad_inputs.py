@@ -17,15 +17,44 @@ from exposure_audit.manifest import Manifest
 
 from .conftest import make_corpus
 
-TINY = ["--hidden", "12", "--layers", "1", "--embedding", "8", "--epochs", "1", "--seq-len", "40", "--batch-size", "16", "-q"]
+TINY = [
+    "--hidden",
+    "12",
+    "--layers",
+    "1",
+    "--embedding",
+    "8",
+    "--epochs",
+    "1",
+    "--seq-len",
+    "40",
+    "--batch-size",
+    "16",
+    "-q",
+]
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("bad")
     make_corpus(root / "corpus.txt", lines=400)
-    assert main(["insert", "--corpus", str(root / "corpus.txt"), "--out", str(root / "data"), "--format", "pin {d:3}",
-                 "--schedule", "0,1,4", "-q"]) == 0
+    assert (
+        main(
+            [
+                "insert",
+                "--corpus",
+                str(root / "corpus.txt"),
+                "--out",
+                str(root / "data"),
+                "--format",
+                "pin {d:3}",
+                "--schedule",
+                "0,1,4",
+                "-q",
+            ]
+        )
+        == 0
+    )
     assert main(["train", "--data", str(root / "data"), "--out", str(root / "model"), *TINY]) == 0
     manifest = json.loads((root / "data" / "canaries.json").read_text())
     config = json.loads((root / "model" / "config.json").read_text())
@@ -41,15 +70,26 @@ def world(tmp_path_factory):
         "truncated.json": (root / "data" / "canaries.json").read_bytes()[:300],
         "schema2.json": json.dumps({**manifest, "schema": 2}).encode(),
         "nocanaries.json": json.dumps({k: v for k, v in manifest.items() if k != "canaries"}).encode(),
-        "wrongtype.json": json.dumps({**manifest, "canaries": [{**manifest["canaries"][0], "insertions": "3"}]}).encode(),
+        "wrongtype.json": json.dumps(
+            {**manifest, "canaries": [{**manifest["canaries"][0], "insertions": "3"}]}
+        ).encode(),
         "a_file": b"x",
     }
     for name, data in files.items():
         (root / name).write_bytes(data)
     models = {
-        "m_truncated": {"config.json": (root / "model" / "config.json").read_bytes(), "model.safetensors": (root / "model" / "model.safetensors").read_bytes()[:64]},
-        "m_version": {"config.json": json.dumps({**config, "format_version": 9}).encode(), "model.safetensors": (root / "model" / "model.safetensors").read_bytes()},
-        "m_noarch": {"config.json": json.dumps({k: v for k, v in config.items() if k != "architecture"}).encode(), "model.safetensors": (root / "model" / "model.safetensors").read_bytes()},
+        "m_truncated": {
+            "config.json": (root / "model" / "config.json").read_bytes(),
+            "model.safetensors": (root / "model" / "model.safetensors").read_bytes()[:64],
+        },
+        "m_version": {
+            "config.json": json.dumps({**config, "format_version": 9}).encode(),
+            "model.safetensors": (root / "model" / "model.safetensors").read_bytes(),
+        },
+        "m_noarch": {
+            "config.json": json.dumps({k: v for k, v in config.items() if k != "architecture"}).encode(),
+            "model.safetensors": (root / "model" / "model.safetensors").read_bytes(),
+        },
         "m_badjson": {"config.json": b"{", "model.safetensors": b""},
         "m_noweights": {"config.json": (root / "model" / "config.json").read_bytes()},
     }
@@ -147,9 +187,13 @@ def test_bad_input_catalogue(world, capsys):
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
-                    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
-                    max_leaves=20))
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+        lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+        max_leaves=20,
+    )
+)
 def test_manifest_reader_never_crashes(data):
     try:
         Manifest.from_json(data)
@@ -157,13 +201,19 @@ def test_manifest_reader_never_crashes(data):
         pass
 
 
-keys = st.sampled_from(["seed", "corpus", "insert", "model", "train", "measure", "formats", "epochs", "hidden", "schedule", "x"])
+keys = st.sampled_from(
+    ["seed", "corpus", "insert", "model", "train", "measure", "formats", "epochs", "hidden", "schedule", "x"]
+)
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.recursive(st.none() | st.booleans() | st.integers(-10**20, 10**20) | st.floats() | st.text(max_size=12),
-                    lambda children: st.lists(children, max_size=3) | st.dictionaries(keys, children, max_size=4),
-                    max_leaves=20))
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers(-(10**20), 10**20) | st.floats() | st.text(max_size=12),
+        lambda children: st.lists(children, max_size=3) | st.dictionaries(keys, children, max_size=4),
+        max_leaves=20,
+    )
+)
 def test_config_loader_never_crashes(data):
     try:
         config_from_dict(data)
@@ -172,8 +222,13 @@ def test_config_loader_never_crashes(data):
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.dictionaries(st.sampled_from(["epochs", "batch_size", "learning_rate", "dropout", "max_chars", "x"]),
-                       st.none() | st.integers(-5, 10**12) | st.floats() | st.text(max_size=4), max_size=3))
+@given(
+    st.dictionaries(
+        st.sampled_from(["epochs", "batch_size", "learning_rate", "dropout", "max_chars", "x"]),
+        st.none() | st.integers(-5, 10**12) | st.floats() | st.text(max_size=4),
+        max_size=3,
+    )
+)
 def test_config_sections_never_crash(section):
     for name in ("train", "model", "measure", "insert"):
         try:

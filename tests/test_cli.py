@@ -30,8 +30,27 @@ def pipeline(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     corpus = root / "corpus.txt"
     make_corpus(corpus, lines=600)
-    assert main(["insert", "--corpus", str(corpus), "--out", str(root / "data"), "--format", "pin {d:3}",
-                 "--schedule", "0,1,8", "--per-count", "2", "--seed", "5", "-q"]) == 0
+    assert (
+        main(
+            [
+                "insert",
+                "--corpus",
+                str(corpus),
+                "--out",
+                str(root / "data"),
+                "--format",
+                "pin {d:3}",
+                "--schedule",
+                "0,1,8",
+                "--per-count",
+                "2",
+                "--seed",
+                "5",
+                "-q",
+            ]
+        )
+        == 0
+    )
     assert main(["train", "--data", str(root / "data"), "--out", str(root / "model"), *TINY_TRAIN, "-q"]) == 0
     return root
 
@@ -46,7 +65,20 @@ def test_version_and_help(capsys):
 
 def test_insert_twice_with_one_seed_is_identical(pipeline, tmp_path, capsys):
     corpus = pipeline / "corpus.txt"
-    args = ["insert", "--corpus", corpus, "--format", "pin {d:3}", "--schedule", "0,1,8", "--per-count", "2", "--seed", "5", "-q"]
+    args = [
+        "insert",
+        "--corpus",
+        corpus,
+        "--format",
+        "pin {d:3}",
+        "--schedule",
+        "0,1,8",
+        "--per-count",
+        "2",
+        "--seed",
+        "5",
+        "-q",
+    ]
     assert run(capsys, *args, "--out", tmp_path / "again")[0] == 0
     for name in ("train.txt", "valid.txt", "canaries.json"):
         assert (tmp_path / "again" / name).read_bytes() == (pipeline / "data" / name).read_bytes()
@@ -66,14 +98,38 @@ def test_train_writes_checkpoint_and_metrics(pipeline):
 def test_measure_reports_and_threshold_exit_codes(pipeline, capsys):
     rep = pipeline / "r.json"
     junit = pipeline / "r.xml"
-    code, out, _ = run(capsys, "measure", "--model", pipeline / "model", "--canaries", pipeline / "data" / "canaries.json",
-                       "--json", rep, "--junit", junit, "-q", "--force")
+    code, out, _ = run(
+        capsys,
+        "measure",
+        "--model",
+        pipeline / "model",
+        "--canaries",
+        pipeline / "data" / "canaries.json",
+        "--json",
+        rep,
+        "--junit",
+        junit,
+        "-q",
+        "--force",
+    )
     assert code == 0
     assert "exposure" in out and "control" in out
     report = json.loads(rep.read_text())
     assert report["schema"] == 1 and report["passed"] is True and report["threshold"] is None
-    keys = {"format", "secret", "insertions", "space_size", "log_perplexity", "rank", "rank_bounds", "exposure",
-            "exposure_max", "method", "model_steps", "seconds"}
+    keys = {
+        "format",
+        "secret",
+        "insertions",
+        "space_size",
+        "log_perplexity",
+        "rank",
+        "rank_bounds",
+        "exposure",
+        "exposure_max",
+        "method",
+        "model_steps",
+        "seconds",
+    }
     for c in report["canaries"]:
         assert keys <= set(c)
         assert c["space_size"] == "1000" and c["method"] == "enumerate" and 1 <= c["rank"] <= 1000
@@ -82,11 +138,32 @@ def test_measure_reports_and_threshold_exit_codes(pipeline, capsys):
     assert int(suite.get("tests")) == len(suite.findall("testcase")) == len(inserted)
 
     worst = max(c["exposure"] for c in inserted)
-    code, out, _ = run(capsys, "measure", "--model", pipeline / "model", "--canaries", pipeline / "data" / "canaries.json",
-                       "--fail-above", worst, "-q")
+    code, out, _ = run(
+        capsys,
+        "measure",
+        "--model",
+        pipeline / "model",
+        "--canaries",
+        pipeline / "data" / "canaries.json",
+        "--fail-above",
+        worst,
+        "-q",
+    )
     assert code == 0 and "PASS" in out
-    code, out, _ = run(capsys, "measure", "--model", pipeline / "model", "--canaries", pipeline / "data" / "canaries.json",
-                       "--fail-above", worst - 0.01, "--junit", junit, "--force", "-q")
+    code, out, _ = run(
+        capsys,
+        "measure",
+        "--model",
+        pipeline / "model",
+        "--canaries",
+        pipeline / "data" / "canaries.json",
+        "--fail-above",
+        worst - 0.01,
+        "--junit",
+        junit,
+        "--force",
+        "-q",
+    )
     assert code == 1 and "FAIL" in out
     assert int(ET.parse(junit).getroot().get("failures")) >= 1
 
@@ -94,16 +171,37 @@ def test_measure_reports_and_threshold_exit_codes(pipeline, capsys):
 def test_exposure_is_not_raised_by_controls(pipeline, capsys, tmp_path):
     """A threshold below every control's exposure but above every inserted one's still passes."""
     rep = tmp_path / "r.json"
-    run(capsys, "measure", "--model", pipeline / "model", "--canaries", pipeline / "data" / "canaries.json", "--json", rep, "-q")
+    run(
+        capsys,
+        "measure",
+        "--model",
+        pipeline / "model",
+        "--canaries",
+        pipeline / "data" / "canaries.json",
+        "--json",
+        rep,
+        "-q",
+    )
     report = json.loads(rep.read_text())
     inserted_max = max(c["exposure"] for c in report["canaries"] if c["insertions"] > 0)
-    code, _, _ = run(capsys, "measure", "--model", pipeline / "model", "--canaries", pipeline / "data" / "canaries.json",
-                     "--fail-above", inserted_max, "-q")
+    code, _, _ = run(
+        capsys,
+        "measure",
+        "--model",
+        pipeline / "model",
+        "--canaries",
+        pipeline / "data" / "canaries.json",
+        "--fail-above",
+        inserted_max,
+        "-q",
+    )
     assert code == 0
 
 
 def test_existing_output_needs_force(pipeline, capsys):
-    code, _, err = run(capsys, "insert", "--corpus", pipeline / "corpus.txt", "--out", pipeline / "data", "--format", "pin {d:3}")
+    code, _, err = run(
+        capsys, "insert", "--corpus", pipeline / "corpus.txt", "--out", pipeline / "data", "--format", "pin {d:3}"
+    )
     assert_usage_error(code, err, "--force")
     code, _, err = run(capsys, "train", "--data", pipeline / "data", "--out", pipeline / "model", *TINY_TRAIN)
     assert_usage_error(code, err, "--force")
@@ -112,10 +210,36 @@ def test_existing_output_needs_force(pipeline, capsys):
 def test_manifest_from_other_data_is_refused_unless_asked(pipeline, tmp_path, capsys):
     corpus = tmp_path / "c.txt"
     make_corpus(corpus, lines=500, seed=9)
-    assert run(capsys, "insert", "--corpus", corpus, "--out", tmp_path / "d2", "--format", "pin {d:3}", "--schedule", "0,1", "-q")[0] == 0
-    code, _, err = run(capsys, "measure", "--model", pipeline / "model", "--canaries", tmp_path / "d2" / "canaries.json", "-q")
+    assert (
+        run(
+            capsys,
+            "insert",
+            "--corpus",
+            corpus,
+            "--out",
+            tmp_path / "d2",
+            "--format",
+            "pin {d:3}",
+            "--schedule",
+            "0,1",
+            "-q",
+        )[0]
+        == 0
+    )
+    code, _, err = run(
+        capsys, "measure", "--model", pipeline / "model", "--canaries", tmp_path / "d2" / "canaries.json", "-q"
+    )
     assert_usage_error(code, err, "--any-model")
-    code, out, _ = run(capsys, "measure", "--model", pipeline / "model", "--canaries", tmp_path / "d2" / "canaries.json", "--any-model", "-q")
+    code, out, _ = run(
+        capsys,
+        "measure",
+        "--model",
+        pipeline / "model",
+        "--canaries",
+        tmp_path / "d2" / "canaries.json",
+        "--any-model",
+        "-q",
+    )
     assert code == 0 and "pin" in out
 
 
@@ -129,7 +253,14 @@ def test_audit_runs_the_whole_pipeline(pipeline, tmp_path, capsys):
     )
     code, out, _ = run(capsys, "audit", cfg, "--out", tmp_path / "run", "-q")
     assert code == 0
-    for p in ("data/train.txt", "data/canaries.json", "model/model.safetensors", "model/config.json", "report.json", "report.junit.xml"):
+    for p in (
+        "data/train.txt",
+        "data/canaries.json",
+        "model/model.safetensors",
+        "model/config.json",
+        "report.json",
+        "report.junit.xml",
+    ):
         assert (tmp_path / "run" / p).is_file(), p
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert len(report["canaries"]) == 2 and report["passed"]
@@ -138,7 +269,19 @@ def test_audit_runs_the_whole_pipeline(pipeline, tmp_path, capsys):
 
 def test_extract_single_format_and_manifest(pipeline, capsys, tmp_path):
     out_json = tmp_path / "x.json"
-    code, out, _ = run(capsys, "extract", "--model", pipeline / "model", "--format", "pin {d:3}", "--top", "5", "--json", out_json, "-q")
+    code, out, _ = run(
+        capsys,
+        "extract",
+        "--model",
+        pipeline / "model",
+        "--format",
+        "pin {d:3}",
+        "--top",
+        "5",
+        "--json",
+        out_json,
+        "-q",
+    )
     assert code == 0 and "proven" in out
     data = json.loads(out_json.read_text())
     assert data["schema"] == 1 and data["proven"] is True and len(data["candidates"]) == 5
@@ -146,13 +289,36 @@ def test_extract_single_format_and_manifest(pipeline, capsys, tmp_path):
     lp = [c["log_perplexity"] for c in data["candidates"]]
     assert lp == sorted(lp)
 
-    code, out, _ = run(capsys, "extract", "--model", pipeline / "model", "--canaries", pipeline / "data" / "canaries.json",
-                       "--top", "3", "--json", tmp_path / "m.json", "-q")
+    code, out, _ = run(
+        capsys,
+        "extract",
+        "--model",
+        pipeline / "model",
+        "--canaries",
+        pipeline / "data" / "canaries.json",
+        "--top",
+        "3",
+        "--json",
+        tmp_path / "m.json",
+        "-q",
+    )
     assert code == 0 and "extracted at #1" in out
     report = json.loads((tmp_path / "m.json").read_text())
     assert len(report["canaries"]) == 6 and set(report["success_by_insertions"]) == {"0", "1", "8"}
 
-    code, out, _ = run(capsys, "extract", "--model", pipeline / "model", "--format", "pin {d:3}", "--beam", "4", "--top", "2", "--redact")
+    code, out, _ = run(
+        capsys,
+        "extract",
+        "--model",
+        pipeline / "model",
+        "--format",
+        "pin {d:3}",
+        "--beam",
+        "4",
+        "--top",
+        "2",
+        "--redact",
+    )
     assert code == 0 and "approximate" in out
     assert "*" in out
 

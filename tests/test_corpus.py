@@ -3,7 +3,7 @@ import json
 import pytest
 
 from exposure_audit.config import InsertConfig
-from exposure_audit.corpus import DEFAULT_CORPUS, default_corpus_text, insert_canaries, scan
+from exposure_audit.corpus import DEFAULT_CORPUS, default_corpus_text, scan
 from exposure_audit.errors import AuditError
 from exposure_audit.formats import Format
 from exposure_audit.manifest import Manifest
@@ -77,7 +77,12 @@ def test_corpus_too_small(tmp_path):
 
 @pytest.mark.parametrize(
     "data, match",
-    [(b"", "empty"), (b"\n\n  \n", "empty"), (b"abc\x00def", "binary.*offset 3"), (b"ok line\n\xff\xfe bad", "UTF-8.*offset 8")],
+    [
+        (b"", "empty"),
+        (b"\n\n  \n", "empty"),
+        (b"abc\x00def", "binary.*offset 3"),
+        (b"ok line\n\xff\xfe bad", "UTF-8.*offset 8"),
+    ],
 )
 def test_bad_corpora(tmp_path, data, match):
     corpus = tmp_path / "c.txt"

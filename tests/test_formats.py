@@ -58,7 +58,19 @@ def test_index_order_is_lexicographic_first_char_most_significant():
 
 @pytest.mark.parametrize(
     "bad",
-    ["no holes here", "{d:0}", "{q:3}", "{d:x}", "{d:3", "a } b", "{[]:2}", "{[aa]:2}", "{[z-a]:1}", "{d:99999}", "two\nlines {d}"],
+    [
+        "no holes here",
+        "{d:0}",
+        "{q:3}",
+        "{d:x}",
+        "{d:3",
+        "a } b",
+        "{[]:2}",
+        "{[aa]:2}",
+        "{[z-a]:1}",
+        "{d:99999}",
+        "two\nlines {d}",
+    ],
 )
 def test_malformed_formats_are_errors(bad):
     with pytest.raises(AuditError):

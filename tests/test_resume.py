@@ -15,16 +15,48 @@ from exposure_audit.files import staging_path
 
 from .conftest import make_corpus
 
-ARGS = ["--hidden", "24", "--layers", "2", "--embedding", "8", "--epochs", "12", "--seq-len", "30",
-        "--batch-size", "8", "--checkpoint-every", "7", "--dropout", "0.1", "-q"]
+ARGS = [
+    "--hidden",
+    "24",
+    "--layers",
+    "2",
+    "--embedding",
+    "8",
+    "--epochs",
+    "12",
+    "--seq-len",
+    "30",
+    "--batch-size",
+    "8",
+    "--checkpoint-every",
+    "7",
+    "--dropout",
+    "0.1",
+    "-q",
+]
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
     make_corpus(root / "c.txt", lines=300)
-    assert main(["insert", "--corpus", str(root / "c.txt"), "--out", str(root / "data"), "--format", "pin {d:3}",
-                 "--schedule", "0,2", "-q"]) == 0
+    assert (
+        main(
+            [
+                "insert",
+                "--corpus",
+                str(root / "c.txt"),
+                "--out",
+                str(root / "data"),
+                "--format",
+                "pin {d:3}",
+                "--schedule",
+                "0,2",
+                "-q",
+            ]
+        )
+        == 0
+    )
     return root
 
 

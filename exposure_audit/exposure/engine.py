@@ -158,9 +158,7 @@ def score(model: Any, texts: Sequence[str], *, context: str = NEWLINE, batch: in
         for lo in range(0, len(idxs), batch):
             group = idxs[lo : lo + batch]
             n = len(group)
-            ids = torch.as_tensor(
-                np.stack([vocab.encode(texts[i] + NEWLINE) for i in group]), dtype=torch.long
-            )
+            ids = torch.as_tensor(np.stack([vocab.encode(texts[i] + NEWLINE) for i in group]), dtype=torch.long)
             state = scorer.take(start_state, torch.zeros(n, dtype=torch.long))
             nlp = _nlp(start_logp).expand(n, -1)
             cost = torch.zeros(n, dtype=torch.float64)

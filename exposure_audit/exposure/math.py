@@ -43,7 +43,9 @@ class Estimate:
     ci: tuple[float, float]
 
 
-def sampling_estimate(canary: float, samples: np.ndarray, space_size: int, confidence: float = 0.9, tolerance: float = 0.0) -> tuple[Estimate, int]:
+def sampling_estimate(
+    canary: float, samples: np.ndarray, space_size: int, confidence: float = 0.9, tolerance: float = 0.0
+) -> tuple[Estimate, int]:
     """Interpolation: -log2((1 + k) / (m + 1)), k = samples scoring <= the canary.
 
     At most log2(m + 1). The interval is Clopper-Pearson for the share p = rank / |R| (exact
@@ -65,7 +67,9 @@ def sampling_estimate(canary: float, samples: np.ndarray, space_size: int, confi
 MIN_SAMPLING_COUNT = 20  # below this many samples at or under the canary, extrapolate instead
 
 
-def combine_estimates(sampling: Estimate, k: int, skewnorm_point: float | None) -> tuple[float, tuple[float, float], str]:
+def combine_estimates(
+    sampling: Estimate, k: int, skewnorm_point: float | None
+) -> tuple[float, tuple[float, float], str]:
     """The estimate ``measure`` reports: (exposure, interval, method).
 
     The interval is always the Clopper-Pearson one of the sampling estimate: it makes no

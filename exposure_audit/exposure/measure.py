@@ -107,7 +107,9 @@ class FormatSamples:
             refits = []
             for _ in range(bootstrap):
                 try:
-                    refits.append(fit_skewnorm(self.scores[rng.integers(0, len(self.scores), len(self.scores))], with_ks=False))
+                    refits.append(
+                        fit_skewnorm(self.scores[rng.integers(0, len(self.scores), len(self.scores))], with_ks=False)
+                    )
                 except ValueError:
                     continue
             self._fits = (fit, refits)
@@ -123,7 +125,9 @@ def check_method(method: str, max_steps: int, samples: int) -> None:
         raise AuditError("--samples must be at least 1")
 
 
-def _exact(c: CanaryLike, fmt: Format, px: float, rank: int, method: str, steps: int, seconds: float, **details: Any) -> CanaryResult:
+def _exact(
+    c: CanaryLike, fmt: Format, px: float, rank: int, method: str, steps: int, seconds: float, **details: Any
+) -> CanaryResult:
     size = fmt.space_size
     rank = min(rank, size)
     return CanaryResult(
@@ -175,7 +179,24 @@ def measure(
         fmt = Format.parse(source)
         group = [canaries[i] for i in idxs]
         shared: dict[str, FormatSamples] = {}
-        for i, r in zip(idxs, _measure_format(scorer, fmt, group, method, max_steps, samples, seed, batch, confidence, bootstrap, context, quiet, shared)):
+        for i, r in zip(
+            idxs,
+            _measure_format(
+                scorer,
+                fmt,
+                group,
+                method,
+                max_steps,
+                samples,
+                seed,
+                batch,
+                confidence,
+                bootstrap,
+                context,
+                quiet,
+                shared,
+            ),
+        ):
             results[i] = r
         if collect is not None:
             fs = shared.get("samples")
@@ -225,7 +246,12 @@ def _measure_format(
     if method in ("enumerate", "brute"):
         t1 = time.perf_counter()
         s1 = scorer.steps
-        with Progress(total=tree_steps if method == "enumerate" else size, desc=f"{method} {fmt.source}", quiet=quiet, unit="step" if method == "enumerate" else "cand") as bar:
+        with Progress(
+            total=tree_steps if method == "enumerate" else size,
+            desc=f"{method} {fmt.source}",
+            quiet=quiet,
+            unit="step" if method == "enumerate" else "cand",
+        ) as bar:
             if method == "enumerate":
                 counts, _ = engine.enumerate_counts(scorer, tail, px, batch=batch, progress=bar.update)
             else:
@@ -265,12 +291,25 @@ def _measure_format(
         if shared is None:
             shared = keep["samples"] = _sample_scores(scorer, tail, samples, seed, batch, quiet)
         out.append(
-            _estimated(c, fmt, float(p), shared, bounds, confidence, bootstrap, seed, scorer.steps - s1, time.perf_counter() - t1)
+            _estimated(
+                c,
+                fmt,
+                float(p),
+                shared,
+                bounds,
+                confidence,
+                bootstrap,
+                seed,
+                scorer.steps - s1,
+                time.perf_counter() - t1,
+            )
         )
     return out
 
 
-def _sample_scores(scorer: Scorer, tail: engine.Tail, samples: int, seed: int, batch: int, quiet: bool) -> FormatSamples:
+def _sample_scores(
+    scorer: Scorer, tail: engine.Tail, samples: int, seed: int, batch: int, quiet: bool
+) -> FormatSamples:
     fmt = tail.fmt
     t0 = time.perf_counter()
     s0 = scorer.steps

@@ -1,0 +1,76 @@
+"""Peak memory of `insert` on a large corpus (default 1 GB), which it streams line by line.
+
+    .venv/bin/python benchmarks/insert_memory.py [--gigabytes 1.0] [--workdir /tmp]
+
+Writes a synthetic UTF-8 corpus of the given size (random words, 40-120 characters a line),
+runs `exposure-audit insert` on it in a child process, and prints its wall time and peak
+resident memory (from the kernel's rusage of the child). Not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+WORDS = "the of and to in is was for on that with as by at from his her an be this which or had not are but".split()
+
+
+def make_corpus(path: Path, size: int, seed: int = 0) -> None:
+    rng = random.Random(seed)
+    block = []
+    for _ in range(20_000):
+        n = rng.randint(6, 20)
+        block.append(" ".join(rng.choice(WORDS) for _ in range(n)))
+    chunk = ("\n".join(block) + "\n").encode("utf-8")
+    with open(path, "wb") as fh:
+        written = 0
+        while written < size:
+            piece = chunk[: size - written]
+            fh.write(piece)
+            written += len(piece)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--gigabytes", type=float, default=1.0)
+    ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()))
+    args = ap.parse_args()
+    size = int(args.gigabytes * 1e9)
+    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+        corpus = Path(tmp) / "corpus.txt"
+        t0 = time.perf_counter()
+        make_corpus(corpus, size)
+        print(f"corpus: {size / 1e9:.2f} GB written in {time.perf_counter() - t0:.0f} s")
+        t0 = time.perf_counter()
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "exposure_audit",
+                "insert",
+                "--corpus",
+                str(corpus),
+                "--out",
+                str(Path(tmp) / "out"),
+                "--quiet",
+            ],
+            capture_output=True,
+            text=True,
+        )
+        wall = time.perf_counter() - t0
+        peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        if proc.returncode != 0:
+            print(proc.stderr)
+            sys.exit(proc.returncode)
+        print(proc.stdout.strip())
+        print(f"insert: {wall:.0f} s, {size / 1e6 / wall:.0f} MB/s, peak resident memory {peak_mb:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
