@@ -90,7 +90,7 @@ def insert(corpus, out, config_path, formats, schedule, per_count, valid_fractio
         },
     )
     with output_dir(Path(out), force) as tmp:
-        manifest = insert_folder(tmp, cfg.corpus, cfg.insert, cfg.seed)
+        manifest = insert_folder(tmp, cfg.corpus, cfg.insert, cfg.seed, quiet=quiet)
     inserted = sum(c.insertions for c in manifest.canaries)
     click.echo(
         f"{out}: {len(manifest.canaries)} canaries ({inserted} insertions) in {manifest.train['lines']} training lines; "
@@ -470,17 +470,35 @@ def sweep(config_path, out, force, quiet) -> None:
 @cli.command()
 @click.argument("path", type=str)
 def report(path) -> None:
-    """Re-render the figures and report.html of an audit or sweep folder from its saved JSON."""
+    """Re-render the figures and report.html of an audit or sweep folder from its saved JSON,
+    and print its tables (exposure; the sweep's settings; exposure during training if tracked)."""
+    import json
+
+    from .files import read_json
+    from .pipeline import sweep_table
     from .plots import render_run, render_sweep
+    from .report import tracking_table
 
     folder = Path(path)
     if (folder / "sweep.json").is_file():
         out = render_sweep(folder)
+        rows = read_json(folder / "sweep.json", "sweep")["runs"]
+        click.echo(sweep_table(rows))
+        runs = [folder / r["name"] for r in rows]
     elif (folder / "report.json").is_file():
         out = render_run(folder)
+        click.echo(read_json(folder / "report.json", "report").get("table", ""))
+        runs = [folder]
     else:
         raise AuditError(f"{folder} holds neither report.json (an audit) nor sweep.json (a sweep)")
-    click.echo(str(out))
+    for run in runs:
+        metrics_path = run / "model" / "metrics.jsonl"
+        if metrics_path.is_file():
+            metrics = [json.loads(x) for x in metrics_path.read_text(encoding="utf-8").splitlines() if x.strip()]
+            text = tracking_table(metrics)
+            if text:
+                click.echo(f"\n{run.name}: exposure during training\n{text}")
+    click.echo(f"\nwrote {out}")
 
 
 def main(argv: list[str] | None = None) -> int:

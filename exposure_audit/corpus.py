@@ -12,7 +12,7 @@ import codecs
 import hashlib
 import io
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -86,12 +86,18 @@ class CorpusStats:
     characters: int
 
 
-def scan(source: str | Path) -> CorpusStats:
+def scan(source: str | Path, progress: Callable[[int], None] | None = None) -> CorpusStats:
     """Pass 1: validate, hash and count the corpus."""
     h = hashlib.sha256()
     lines = chars = nbytes = 0
     nonblank = False
+    pending = 0
     for line in iter_lines(source, h):
+        if progress is not None:
+            pending += len(line) + 1
+            if pending >= 1 << 20:
+                progress(pending)
+                pending = 0
         nbytes += len(line.encode("utf-8")) + 1
         lines += 1
         chars += len(line) + 1
@@ -155,6 +161,7 @@ def insert_canaries(
     per_count: int = 2,
     seed: int = 0,
     valid_fraction: float = 0.1,
+    progress: Callable[[int], None] | None = None,
 ) -> InsertionResult:
     """Write ``train_path`` (corpus + canaries) and ``valid_path`` (held-out corpus lines only).
 
@@ -167,7 +174,7 @@ def insert_canaries(
         raise AuditError("the schedule needs insertion counts >= 0, e.g. 0,1,2,4")
     if not 0 <= valid_fraction < 1:
         raise AuditError("valid_fraction must be in [0, 1)")
-    stats = scan(source)
+    stats = scan(source, progress)
     valid_blocks = _valid_blocks(stats.lines, valid_fraction, seed)
     valid_lines = sum(min(VALID_BLOCK_LINES, stats.lines - b * VALID_BLOCK_LINES) for b in valid_blocks)
     train_lines = stats.lines - valid_lines
@@ -200,7 +207,13 @@ def insert_canaries(
     ):
         t = 0  # training corpus lines seen
         out_line = 0  # lines written to train.txt
+        pending = 0
         for i, line in enumerate(iter_lines(source)):
+            if progress is not None:
+                pending += len(line) + 1
+                if pending >= 1 << 20:
+                    progress(pending)
+                    pending = 0
             if i // VALID_BLOCK_LINES in valid_blocks:
                 valid.write(line + "\n")
                 continue

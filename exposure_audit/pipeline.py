@@ -13,12 +13,24 @@ from .formats import Format
 from .manifest import Canary, Manifest
 
 
-def insert_folder(folder: Path, corpus: str | Path | None, cfg: InsertConfig, seed: int) -> Manifest:
+def insert_folder(folder: Path, corpus: str | Path | None, cfg: InsertConfig, seed: int, quiet: bool = True) -> Manifest:
     """Write ``train.txt``, ``valid.txt`` and ``canaries.json`` into ``folder`` (a staging folder)."""
+    import os
+
+    from .progress import Progress
+
     folder = Path(folder)
     formats = [Format.parse(f) for f in cfg.formats]
     source = DEFAULT_CORPUS if corpus is None else Path(corpus)
-    result = insert_canaries(
+    size = os.path.getsize(source) if source != DEFAULT_CORPUS and Path(source).is_file() else None
+    # two passes over the corpus (validate and count, then write): the bar counts both
+    with Progress(total=2 * size if size else None, desc="insert", quiet=quiet or not size, unit="B") as bar:
+        result = _insert(source, folder, formats, cfg, seed, bar.update)
+    return _manifest(folder, source, cfg, seed, result)
+
+
+def _insert(source, folder: Path, formats, cfg: InsertConfig, seed: int, progress):
+    return insert_canaries(
         source,
         folder / "train.txt",
         folder / "valid.txt",
@@ -27,7 +39,11 @@ def insert_folder(folder: Path, corpus: str | Path | None, cfg: InsertConfig, se
         per_count=cfg.per_count,
         seed=seed,
         valid_fraction=cfg.valid_fraction,
+        progress=progress,
     )
+
+
+def _manifest(folder: Path, source, cfg: InsertConfig, seed: int, result) -> Manifest:
     width = len(str(len(result.canaries)))
     manifest = Manifest(
         seed=seed,

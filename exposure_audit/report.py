@@ -144,3 +144,24 @@ def write_json(path: Any, data: dict[str, Any]) -> None:
 
 def write_junit(path: Any, xml: str) -> None:
     atomic_write_text(path, xml)
+
+
+def tracking_table(metrics: Sequence[dict[str, Any]]) -> str | None:
+    """Losses and mean exposure per insertion count at each tracked point of a training run."""
+    rows = [m for m in metrics if "exposure_by_insertions" in m]
+    if not rows:
+        return None
+    counts = sorted({int(n) for m in rows for n in m["exposure_by_insertions"]})
+    head = f"{'epoch':>5} {'step':>6} {'train bpc':>9} {'valid bpc':>9} " + " ".join(f"{('n=' + str(n)):>6}" for n in counts)
+    if any("epsilon" in m for m in rows):
+        head += f" {'epsilon':>8}"
+    lines = [head, "mean exposure (bits) by insertion count n".rjust(len(head))]
+    for m in rows:
+        train = f"{m['train_bpc']:9.3f}" if "train_bpc" in m else f"{'':9}"
+        valid = f"{m['valid_bpc']:9.3f}" if m.get("valid_bpc") is not None else f"{'':9}"
+        cells = " ".join(f"{m['exposure_by_insertions'].get(str(n), float('nan')):6.2f}" for n in counts)
+        line = f"{m['epoch']:>5} {m['step']:>6} {train} {valid} {cells}"
+        if "epsilon" in m:
+            line += f" {m['epsilon']:8.3g}"
+        lines.append(line)
+    return "\n".join(lines)

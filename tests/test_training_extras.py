@@ -235,7 +235,10 @@ def test_sweep_and_report_rendering(corpus, tmp_path, capsys):
     (out / "plain" / "report.html").unlink()
     assert main(["report", str(out / "plain")]) == 0
     assert (out / "plain" / "report.html").is_file()
+    capsys.readouterr()
     assert main(["report", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "valid bpc" in printed and "plain: exposure during training" in printed and "n=4" in printed
     assert main(["report", str(tmp_path)]) == 2
 
 
