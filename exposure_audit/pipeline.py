@@ -13,7 +13,9 @@ from .formats import Format
 from .manifest import Canary, Manifest
 
 
-def insert_folder(folder: Path, corpus: str | Path | None, cfg: InsertConfig, seed: int, quiet: bool = True) -> Manifest:
+def insert_folder(
+    folder: Path, corpus: str | Path | None, cfg: InsertConfig, seed: int, quiet: bool = True
+) -> Manifest:
     """Write ``train.txt``, ``valid.txt`` and ``canaries.json`` into ``folder`` (a staging folder)."""
     import os
 

@@ -152,7 +152,9 @@ def tracking_table(metrics: Sequence[dict[str, Any]]) -> str | None:
     if not rows:
         return None
     counts = sorted({int(n) for m in rows for n in m["exposure_by_insertions"]})
-    head = f"{'epoch':>5} {'step':>6} {'train bpc':>9} {'valid bpc':>9} " + " ".join(f"{('n=' + str(n)):>6}" for n in counts)
+    head = f"{'epoch':>5} {'step':>6} {'train bpc':>9} {'valid bpc':>9} " + " ".join(
+        f"{('n=' + str(n)):>6}" for n in counts
+    )
     if any("epsilon" in m for m in rows):
         head += f" {'epsilon':>8}"
     lines = [head, "mean exposure (bits) by insertion count n".rjust(len(head))]

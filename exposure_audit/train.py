@@ -228,6 +228,39 @@ def _identity(data: TrainData, model_cfg: ModelConfig, cfg: TrainConfig, seed: i
 Hook = Callable[[str, dict[str, Any], Callable[[], CharLSTM]], None]
 
 
+class MetricsLog:
+    """``metrics.jsonl``: one JSON object a line (epoch records and "track" records), appended
+    as training goes, so an interrupted run keeps what it measured."""
+
+    def __init__(self, path: Path | None, records: Sequence[dict[str, Any]] = ()) -> None:
+        self.path = path
+        self.records = list(records)
+
+    def add(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+        if self.path is not None:
+            with open(self.path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(record) + "\n")
+
+    def step_hooks(
+        self,
+        hooks: Sequence[Hook],
+        epoch: int,
+        step: int,
+        model_fn: Callable[[], CharLSTM],
+        seconds: float,
+        **extra: Any,
+    ) -> None:
+        """Run the per-step hooks; log a "track" line if any of them added figures."""
+        track: dict[str, Any] = {"event": "track", "epoch": epoch, "step": step}
+        for hook in hooks:
+            hook("step", track, model_fn)
+        if len(track) > 3:
+            track["seconds"] = round(seconds, 3)
+            track.update({k: v() if callable(v) else v for k, v in extra.items()})
+            self.add(track)
+
+
 def train(
     data: TrainData,
     model_cfg: ModelConfig,
@@ -283,15 +316,11 @@ def train(
     batches_per_epoch = -(-per_epoch // cfg.batch_size)
     t_start = time.perf_counter() - pos.seconds
 
+    log = MetricsLog(metrics_path, metrics)
+
     def current() -> CharLSTM:
         model.eval()
         return model
-
-    def log(record: dict[str, Any]) -> None:
-        metrics.append(record)
-        if metrics_path is not None:
-            with open(metrics_path, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(record) + "\n")
 
     def checkpoint() -> None:
         if folder is not None:
@@ -326,13 +355,8 @@ def train(
                 bar.update(1)
                 bar.postfix(epoch=epoch, bpc=f"{loss_value / LN2:.3f}")
                 if hooks:
-                    track: dict[str, Any] = {"event": "track", "epoch": epoch, "step": pos.step}
-                    for hook in hooks:
-                        hook("step", track, current)
+                    log.step_hooks(hooks, epoch, pos.step, current, time.perf_counter() - t_start)
                     model.train()
-                    if len(track) > 3:
-                        track["seconds"] = round(time.perf_counter() - t_start, 3)
-                        log(track)
                 if cfg.checkpoint_every and pos.step % cfg.checkpoint_every == 0:
                     checkpoint()
             record = {
@@ -346,12 +370,12 @@ def train(
             for hook in hooks:
                 hook("epoch", record, current)
             model.train()
-            log(record)
+            log.add(record)
             pos.epoch, pos.batch, pos.loss_sum, pos.loss_n = epoch + 1, 0, 0.0, 0
             pos.epoch_rng = rng.bit_generator.state
             checkpoint()
     model.eval()
-    return TrainResult(model=model, metrics=metrics, seconds=time.perf_counter() - t_start)
+    return TrainResult(model=model, metrics=log.records, seconds=time.perf_counter() - t_start)
 
 
 def check_dp(cfg: TrainConfig) -> None:
@@ -426,18 +450,12 @@ def train_dp(
                 f"DP-SGD: {e} (target epsilon {dp.target_epsilon} cannot be reached with this schedule?)"
             ) from None
     noise = float(opt.noise_multiplier)
-    metrics: list[dict[str, Any]] = []
     metrics_path = folder / "metrics.jsonl" if folder is not None else None
     if metrics_path is not None and metrics_path.exists():
         metrics_path.unlink()
+    log = MetricsLog(metrics_path)
     t0 = time.perf_counter()
     step = 0
-
-    def log(record: dict[str, Any]) -> None:
-        metrics.append(record)
-        if metrics_path is not None:
-            with open(metrics_path, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(record) + "\n")
 
     def plain() -> CharLSTM:
         """A copy with torch's own LSTM, for measuring and saving (same weights and names)."""
@@ -469,13 +487,8 @@ def train_dp(
                 bar.update(1)
                 bar.postfix(epoch=epoch, bpc=f"{loss_value / LN2:.3f}")
                 if hooks:
-                    track: dict[str, Any] = {"event": "track", "epoch": epoch, "step": step}
-                    for hook in hooks:
-                        hook("step", track, plain)
-                    if len(track) > 3:
-                        track["seconds"] = round(time.perf_counter() - t0, 3)
-                        track["epsilon"] = float(engine.get_epsilon(dp.delta))
-                        log(track)
+                    epsilon_now = lambda: float(engine.get_epsilon(dp.delta))  # noqa: E731
+                    log.step_hooks(hooks, epoch, step, plain, time.perf_counter() - t0, epsilon=epsilon_now)
             epsilon = float(engine.get_epsilon(dp.delta))
             record = {
                 "event": "epoch",
@@ -488,7 +501,7 @@ def train_dp(
             }
             for hook in hooks:
                 hook("epoch", record, plain)
-            log(record)
+            log.add(record)
     privacy = {
         "mechanism": "DP-SGD (Opacus, Poisson sampling, RDP accountant)",
         "epsilon": float(engine.get_epsilon(dp.delta)),
@@ -499,7 +512,7 @@ def train_dp(
         "steps": step,
         "unit": f"one window of {cfg.seq_len + 1} characters",
     }
-    return TrainResult(model=plain(), metrics=metrics, seconds=time.perf_counter() - t0, privacy=privacy)
+    return TrainResult(model=plain(), metrics=log.records, seconds=time.perf_counter() - t0, privacy=privacy)
 
 
 def train_folder(
