@@ -7,12 +7,14 @@ Every random choice (initial weights, batch order) flows from ``seed``.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import math
 import os
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -41,30 +43,70 @@ class TrainData:
     info: dict[str, Any]
 
 
-def _read_text(path: Path, what: str) -> str:
+IN_MEMORY_CHARS = 1 << 26  # larger texts are encoded into a memory-mapped temporary file
+
+
+def _chunks(path: Path, what: str, size: int = 1 << 24) -> Iterator[str]:
+    """The text of ``path`` in pieces, decoded strictly; NUL bytes and invalid UTF-8 are errors
+    naming the byte offset. Streaming: memory stays bounded whatever the file's size."""
     if not path.is_file():
         raise AuditError(f"{what} {path} is missing")
-    raw = path.read_bytes()
-    if b"\0" in raw:
-        raise AuditError(f"{what} {path} looks binary: NUL byte at byte offset {raw.index(bytes(1))}")
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="strict")
+    offset = 0
+    with open(path, "rb") as fh:
+        while raw := fh.read(size):
+            nul = raw.find(b"\0")
+            if nul >= 0:
+                raise AuditError(f"{what} {path} looks binary: NUL byte at byte offset {offset + nul}")
+            try:
+                yield decoder.decode(raw)
+            except UnicodeDecodeError as e:
+                raise AuditError(
+                    f"{what} {path} is not UTF-8: invalid byte at byte offset {offset + e.start}"
+                ) from None
+            offset += len(raw)
     try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise AuditError(f"{what} {path} is not UTF-8: invalid byte at byte offset {e.start}") from None
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        raise AuditError(f"{what} {path} is not UTF-8: truncated character at byte offset {offset}") from None
+
+
+def _encode_file(path: Path, vocab: Vocabulary, count: int, what: str) -> np.ndarray:
+    """Character ids of a text file as 16-bit integers (32 if the vocabulary needs it), in memory
+    up to IN_MEMORY_CHARS characters, else in a memory-mapped temporary file."""
+    dtype = np.uint16 if len(vocab) < 65536 else np.int32
+    if count <= IN_MEMORY_CHARS:
+        out = np.empty(count, dtype=dtype)
+    else:
+        out = np.memmap(tempfile.TemporaryFile(prefix="exposure-audit-ids-"), dtype=dtype, mode="w+", shape=(count,))
+    pos = 0
+    for piece in _chunks(path, what):
+        out[pos : pos + len(piece)] = vocab.encode(piece)
+        pos += len(piece)
+    return out
+
+
+def _scan(path: Path, what: str) -> tuple[set[str], int]:
+    chars: set[str] = set()
+    count = 0
+    for piece in _chunks(path, what):
+        chars.update(piece)
+        count += len(piece)
+    return chars, count
 
 
 def load_data(folder: Path, seq_len: int) -> TrainData:
-    """Read an ``insert`` output folder. The vocabulary is every character of the training text
-    plus every character the manifest's formats can produce (so never-inserted canaries can
-    still be scored), plus the unknown symbol."""
+    """Read an ``insert`` output folder, streaming. The vocabulary is every character of the
+    training text plus every character the manifest's formats can produce (so never-inserted
+    canaries can still be scored), plus the unknown symbol."""
     folder = Path(folder)
     if not folder.is_dir():
         raise AuditError(f"data folder {folder} does not exist (it is the --out of 'exposure-audit insert')")
-    train_text = _read_text(folder / "train.txt", "training text")
-    valid_path = folder / "valid.txt"
-    valid_text = _read_text(valid_path, "validation text") if valid_path.exists() else ""
-    chars = set(train_text) | {"\n"}
-    info: dict[str, Any] = {"train_sha256": sha256_file(folder / "train.txt")}
+    train_path, valid_path = folder / "train.txt", folder / "valid.txt"
+    chars, n_train = _scan(train_path, "training text")
+    n_valid = _scan(valid_path, "validation text")[1] if valid_path.exists() else 0
+    chars.add("\n")
+    info: dict[str, Any] = {"train_sha256": sha256_file(train_path)}
     manifest_path = folder / "canaries.json"
     if manifest_path.exists():
         manifest = Manifest.read(manifest_path)
@@ -74,20 +116,11 @@ def load_data(folder: Path, seq_len: int) -> TrainData:
             chars |= Format.parse(c.format).characters
         info["manifest_sha256"] = manifest.to_json()["sha256"]
     vocab = Vocabulary.from_chars(chars)
-    # ids fit in 16 bits for any vocabulary under 65536 characters: a quarter of int64's memory
-    dtype = np.uint16 if len(vocab) < 65536 else np.int32
-    train = _encode(vocab, train_text, dtype)
-    if len(train) < seq_len + 2:
-        raise AuditError(f"training text has {len(train)} characters; needs more than seq_len + 1 = {seq_len + 1}")
-    return TrainData(train=train, valid=_encode(vocab, valid_text, dtype), vocab=vocab, info=info)
-
-
-def _encode(vocab: Vocabulary, text: str, dtype: type, chunk: int = 1 << 24) -> np.ndarray:
-    """Encode in pieces, so the transient int64 array stays small whatever the text's size."""
-    out = np.empty(len(text), dtype=dtype)
-    for lo in range(0, len(text), chunk):
-        out[lo : lo + chunk] = vocab.encode(text[lo : lo + chunk])
-    return out
+    if n_train < seq_len + 2:
+        raise AuditError(f"training text has {n_train} characters; needs more than seq_len + 1 = {seq_len + 1}")
+    train = _encode_file(train_path, vocab, n_train, "training text")
+    valid = _encode_file(valid_path, vocab, n_valid, "validation text") if n_valid else np.zeros(0, dtype=train.dtype)
+    return TrainData(train=train, valid=valid, vocab=vocab, info=info)
 
 
 def _windows(n: int, seq_len: int, rng: np.random.Generator) -> np.ndarray:

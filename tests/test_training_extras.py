@@ -250,3 +250,18 @@ def test_sweep_rejects_runs_that_change_the_shared_insertion(tmp_path, capsys):
     cfg.write_text("train: {epochs: 1}\n")
     assert main(["sweep", str(cfg), "--out", str(tmp_path / "o")]) == 2
     assert "runs" in capsys.readouterr().err
+
+
+def test_large_training_texts_are_memory_mapped(corpus, monkeypatch):
+    import importlib
+
+    import numpy as np
+
+    train_mod = importlib.import_module("exposure_audit.train")
+    in_memory = train_mod.load_data(corpus / "data", 40)
+    monkeypatch.setattr(train_mod, "IN_MEMORY_CHARS", 1000)
+    mapped = train_mod.load_data(corpus / "data", 40)
+    assert isinstance(mapped.train, np.memmap) and not isinstance(in_memory.train, np.memmap)
+    assert mapped.train.dtype == np.uint16
+    assert np.array_equal(np.asarray(mapped.train), in_memory.train)
+    assert mapped.vocab == in_memory.vocab
