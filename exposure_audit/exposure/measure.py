@@ -32,7 +32,7 @@ from .math import SkewNormFit, combine_estimates, exposure_from_rank, fit_skewno
 METHODS = ("auto", "enumerate", "pruned", "estimate", "brute")
 DEFAULT_MAX_STEPS = 20_000_000
 DEFAULT_SAMPLES = 10_000
-# Pruned walks took 13-20 model steps per unit of rank on the default model (docs/benchmarks.md);
+# Pruned walks took 8-21 model steps per unit of rank on the default model (docs/benchmarks.md);
 # auto tries the exact walk when the estimated rank says it should fit the budget.
 PRUNED_STEPS_PER_RANK = 25
 
