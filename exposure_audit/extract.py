@@ -83,6 +83,13 @@ class Extraction:
         }
 
 
+def _candidate(fmt: Format, tail: engine.Tail, ids: Any, cost: float) -> Candidate:
+    """The candidate whose tail (hole characters, fixed text, closing newline) has these ids."""
+    text = fmt.prefix + tail.vocab.decode(int(i) for i in ids)[:-1]
+    secret = fmt.secret_of(text)
+    return Candidate(secret=secret, text=text, log_perplexity=float(cost))
+
+
 def _check(top: int, max_steps: int) -> None:
     if top < 1:
         raise AuditError("--top must be at least 1")
@@ -195,20 +202,14 @@ def best_first(
             c, _, node, j = heapq.heappop(done)
             found.append((c, node, j))
 
-    def secret_of(node: int, j: int) -> str:
-        chars = []
-        d = node_depth[node]
-        chars.append(levels[d][j])
+    def tail_ids(node: int, j: int) -> list[int]:
+        ids = [int(levels[node_depth[node]][j])]
         while node > 0:
-            chars.append(levels[node_depth[node] - 1][choice[node]])
+            ids.append(int(levels[node_depth[node] - 1][choice[node]]))
             node = parent[node]
-        text = tail.vocab.decode(int(i) for i in reversed(chars))
-        return fmt.secret_of(fmt.prefix + text[:-1])
+        return ids[::-1]
 
-    candidates = []
-    for c, node, j in found:
-        s = secret_of(node, j)
-        candidates.append(Candidate(secret=s, text=fmt.render(s), log_perplexity=float(c)))
+    candidates = [_candidate(fmt, tail, tail_ids(node, j), c) for c, node, j in found]
     return Extraction(
         format=fmt.source,
         candidates=candidates,
@@ -259,12 +260,7 @@ def beam_search(
             break
         state, logp = scorer.step(scorer.take(state, rows), level[cols])
         nlp = (-logp).double()
-    candidates = []
-    if complete:
-        for row, c in zip(paths.tolist(), cost.tolist()):
-            text = fmt.prefix + tail.vocab.decode(row)[:-1]
-            s = fmt.secret_of(text)
-            candidates.append(Candidate(secret=s, text=text, log_perplexity=float(c)))
+    candidates = [_candidate(fmt, tail, row, c) for row, c in zip(paths.tolist(), cost.tolist())] if complete else []
     return Extraction(
         format=fmt.source,
         candidates=candidates[:top],

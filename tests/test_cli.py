@@ -8,6 +8,8 @@ from exposure_audit.cli import main
 
 from .conftest import make_corpus
 
+# the pipeline fixture's insertion; the determinism test repeats it
+INSERT = ["insert", "--format", "pin {d:3}", "--schedule", "0,1,8", "--per-count", "2", "--seed", "5", "-q"]
 TINY_TRAIN = ["--hidden", "16", "--layers", "1", "--epochs", "2", "--seq-len", "40", "--batch-size", "16"]
 
 
@@ -30,27 +32,7 @@ def pipeline(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     corpus = root / "corpus.txt"
     make_corpus(corpus, lines=600)
-    assert (
-        main(
-            [
-                "insert",
-                "--corpus",
-                str(corpus),
-                "--out",
-                str(root / "data"),
-                "--format",
-                "pin {d:3}",
-                "--schedule",
-                "0,1,8",
-                "--per-count",
-                "2",
-                "--seed",
-                "5",
-                "-q",
-            ]
-        )
-        == 0
-    )
+    assert main([*INSERT, "--corpus", str(corpus), "--out", str(root / "data")]) == 0
     assert main(["train", "--data", str(root / "data"), "--out", str(root / "model"), *TINY_TRAIN, "-q"]) == 0
     return root
 
@@ -65,21 +47,7 @@ def test_version_and_help(capsys):
 
 def test_insert_twice_with_one_seed_is_identical(pipeline, tmp_path, capsys):
     corpus = pipeline / "corpus.txt"
-    args = [
-        "insert",
-        "--corpus",
-        corpus,
-        "--format",
-        "pin {d:3}",
-        "--schedule",
-        "0,1,8",
-        "--per-count",
-        "2",
-        "--seed",
-        "5",
-        "-q",
-    ]
-    assert run(capsys, *args, "--out", tmp_path / "again")[0] == 0
+    assert run(capsys, *INSERT, "--corpus", corpus, "--out", tmp_path / "again")[0] == 0
     for name in ("train.txt", "valid.txt", "canaries.json"):
         assert (tmp_path / "again" / name).read_bytes() == (pipeline / "data" / name).read_bytes()
 
