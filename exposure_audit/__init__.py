@@ -14,7 +14,7 @@ from .formats import Format
 from .manifest import Canary, Manifest
 from .models import CharLSTM, load_checkpoint, save_checkpoint
 from .pipeline import insert_folder
-from .train import train, train_folder
+from .train import train_folder
 
 __all__ = [
     "AuditError",
@@ -28,6 +28,5 @@ __all__ = [
     "measure",
     "save_checkpoint",
     "score",
-    "train",
     "train_folder",
 ]

@@ -1,49 +1,81 @@
-"""The audit as library functions: measure into a report, extract, and the whole pipeline.
+"""The commands as library functions: measure into reports, extract, the audit pipeline, sweeps.
 
-The CLI only parses, prints (through the ``emit``/``echo`` callbacks given here) and maps
-outcomes to exit codes.
+Each CLI command parses its options, calls one function here (or in ``train.py`` /
+``pipeline.py``) and prints what it is handed through the ``emit`` (results, stdout) and
+``echo`` (progress notes, stderr) callbacks. Exit codes come back as return values.
 """
 
 from __future__ import annotations
 
+import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from .config import AuditConfig
 from .errors import AuditError
 from .formats import Format
+from .manifest import Manifest
 
 EXIT_OK, EXIT_EXPOSED = 0, 1
 Emit = Callable[[str], None]
 
 
+def _silent(_: str) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """Where a measurement's reports go, and whether secrets are hidden in everything written."""
+
+    json: Path | None = None
+    junit: Path | None = None
+    redact: bool = False
+
+
+def check_model_data(model: Any, manifest: Manifest, *, any_model: bool) -> bool:
+    """Whether the model's own record says it was trained on the manifest's data.
+
+    A model trained by this tool records the SHA-256 of its training text: measuring it against
+    another manifest is refused unless ``any_model``. A model trained elsewhere carries no such
+    record; it is measured, and the report says that the link was not checked (False)."""
+    trained_on = (model.describe().get("data") or {}).get("train_sha256")
+    if trained_on is None:
+        return False
+    if trained_on != manifest.train.get("sha256") and not any_model:
+        raise AuditError(
+            "the model was not trained on the data of this manifest (train.txt sha256 differs); "
+            "measure it anyway only if that is intended (any-model)"
+        )
+    return trained_on == manifest.train.get("sha256")
+
+
 def measure_and_report(
-    model,
-    model_config,
-    manifest,
+    model: Any,
+    manifest: Manifest,
     cfg: AuditConfig,
-    model_ref,
-    json_path,
-    junit_path,
-    redact,
-    quiet,
-    emit: Emit,
-    extra=None,
-    collect=None,
+    *,
+    model_ref: str | Path,
+    outputs: Outputs = Outputs(),
+    context: str | None = None,
+    quiet: bool = True,
+    emit: Emit = _silent,
+    link_checked: bool = True,
+    extra: dict[str, Any] | None = None,
+    collect: dict[str, Any] | None = None,
 ) -> tuple[int, dict[str, Any]]:
-    """Measure every canary of ``manifest``; write the JSON/JUnit reports asked for; emit the table
-    and, with a threshold, the verdict. Returns the exit code and the report."""
-    from .exposure.measure import measure as run_measure
-    from .models.charlstm import describe
-    from .report import junit_xml, passed, report_json, table, write_json, write_junit
+    """Measure every canary of ``manifest``; write the reports asked for; emit the table and,
+    with a threshold, the verdict. Returns the exit code and the report."""
+    from .exposure.measure import MeasureOptions, measure_with
+    from .files import atomic_write_json, atomic_write_text
+    from .report import junit_xml, passed, report_json, table
 
     m = cfg.measure
     t0 = time.perf_counter()
-    results = run_measure(
-        model,
-        manifest.canaries,
+    opts = MeasureOptions(
         method=m.method,
         max_steps=m.max_steps,
         samples=m.samples,
@@ -51,35 +83,114 @@ def measure_and_report(
         batch=m.batch,
         confidence=m.confidence,
         bootstrap=m.bootstrap,
+        context=context,
         quiet=quiet,
-        collect=collect,
     )
+    results = measure_with(model, manifest.canaries, opts, collect=collect)
     threshold = m.fail_above
     ok = passed(results, threshold)
-    privacy = model_config.get("privacy")
+    described = model.describe()
+    privacy = described.get("privacy")
     info = {
         "model_path": str(model_ref),
-        "model_description": describe(model_config),
+        "model_description": described.get("description"),
         "privacy": privacy,
         "seed": cfg.seed,
-        "measure": {**vars(m)},
+        "measure": asdict(m),
+        "context": context,
         "seconds": round(time.perf_counter() - t0, 3),
+        "details": described,
+        "trained_on_manifest_data": link_checked,
         **(extra or {}),
     }
-    text = table(results, redact_secrets=redact, threshold=threshold)
+    text = table(results, redact_secrets=outputs.redact, threshold=threshold)
     if privacy:
-        text += f"\n\nmodel trained with DP-SGD: epsilon {privacy['epsilon']:.3g} at delta {privacy['delta']:g} (per {privacy['unit']})"
-    report = report_json(results, model=info, threshold=threshold, redact_secrets=redact, extra={"table": text})
-    if json_path:
-        write_json(Path(json_path), report)
-    if junit_path:
-        write_junit(Path(junit_path), junit_xml(results, threshold, redact_secrets=redact))
+        text += (
+            f"\n\nmodel trained with DP-SGD: epsilon {privacy['epsilon']:.3g} at delta {privacy['delta']:g} "
+            f"(per {privacy['unit']})"
+        )
+    if not link_checked:
+        text += "\n\nnote: the model carries no record of its training data; its link to this manifest was not checked"
+    report = report_json(results, model=info, threshold=threshold, redact_secrets=outputs.redact, extra={"table": text})
+    if outputs.json:
+        atomic_write_json(Path(outputs.json), report)
+    if outputs.junit:
+        atomic_write_text(Path(outputs.junit), junit_xml(results, threshold, redact_secrets=outputs.redact))
     emit(text)
     if threshold is not None:
         worst = max((r.exposure for r in results if r.insertions > 0), default=0.0)
         verdict = "PASS" if ok else "FAIL"
         emit(f"\n{verdict}: highest exposure of an inserted canary {worst:.2f} bits; threshold {threshold:g} bits")
     return (EXIT_OK if ok else EXIT_EXPOSED), report
+
+
+def run_extractions(
+    model: Any,
+    formats: Sequence[Format],
+    *,
+    top: int,
+    max_steps: int,
+    context: str | None = None,
+    beam: int | None = None,
+    quiet: bool = True,
+) -> dict[str, Any]:
+    """Extract each format's ``top`` most likely secrets (best-first, or beam search if ``beam``)."""
+    from .exposure.tree import check_format
+    from .extract import beam_search, best_first, check_extraction
+    from .progress import Progress
+
+    check_extraction(top=top, max_steps=max_steps, beam=beam)
+    for fmt in formats:  # every format checked before a progress bar is drawn
+        check_format(model, fmt)
+    model.context_ids(context)
+    out = {}
+    for fmt in formats:
+        if beam is not None:
+            out[fmt.source] = beam_search(model, fmt, width=beam, top=top, max_steps=max_steps, context=context)
+            continue
+        with Progress(total=max_steps, desc=f"extract {fmt.source}", quiet=quiet, unit="step") as bar:
+            out[fmt.source] = best_first(
+                model, fmt, top=top, max_steps=max_steps, context=context, progress=bar.update
+            )
+    return out
+
+
+def extract_and_report(
+    model: Any,
+    *,
+    format_source: str | None,
+    manifest: Manifest | None,
+    top: int,
+    max_steps: int,
+    context: str | None,
+    beam: int | None,
+    redact: bool,
+    json_path: Path | None,
+    quiet: bool,
+    emit: Emit,
+) -> dict[str, Any]:
+    """``extract``: one format, or every format of a manifest with where each canary landed."""
+    from .extract import extraction_summary
+    from .files import atomic_write_json
+    from .report import extraction_summary_lines, extraction_table
+
+    if (format_source is None) == (manifest is None):
+        raise AuditError("give a format or a manifest of canaries (one of them)")
+    if manifest is not None:
+        formats = [Format.parse(f) for f in dict.fromkeys(c.format for c in manifest.canaries)]
+    else:
+        formats = [Format.parse(format_source)]
+    results = run_extractions(model, formats, top=top, max_steps=max_steps, context=context, beam=beam, quiet=quiet)
+    for ex in results.values():
+        emit(extraction_table(ex, redact, manifest.canaries if manifest else None))
+    if manifest is None:
+        payload = next(iter(results.values())).to_json(redact)
+    else:
+        payload = extraction_summary(results, manifest.canaries, top=top, redact=redact)
+        emit("\n".join(extraction_summary_lines(payload, redact)))
+    if json_path is not None:
+        atomic_write_json(Path(json_path), payload)
+    return payload
 
 
 def run_audit(
@@ -96,11 +207,12 @@ def run_audit(
     """Insert (unless ``data_dir`` is shared), train, measure, extract and render into ``tmp``."""
     import yaml
 
+    from .extract import extraction_summary
     from .files import atomic_write_json, atomic_write_text
-    from .manifest import Manifest
     from .models.charlstm import load_checkpoint
     from .pipeline import insert_folder
     from .plots import render_run
+    from .report import extraction_summary_lines
     from .train import train_folder
 
     (tmp / "model").mkdir()
@@ -116,43 +228,35 @@ def run_audit(
     result = train_folder(data_dir, tmp / "model", cfg.model, cfg.train, seed=cfg.seed, quiet=quiet)
     last = [m for m in result.metrics if m.get("event", "epoch") == "epoch"][-1]
     echo(f"      validation {last['valid_bpc']:.3f} bits/char after {result.seconds:.0f}s")
-    model, model_config = load_checkpoint(tmp / "model")
+    model, _ = load_checkpoint(tmp / "model")
     echo("[3/4] measure")
     samples: dict[str, Any] = {}
     code, report = measure_and_report(
         model,
-        model_config,
         manifest,
         cfg,
-        final / "model",
-        None,
-        tmp / "report.junit.xml",
-        redact,
-        quiet,
-        emit,
+        model_ref=final / "model",
+        outputs=Outputs(junit=tmp / "report.junit.xml", redact=redact),
+        quiet=quiet,
+        emit=emit,
         extra={"training": {"seconds": round(result.seconds, 3), "final": last}},
         collect=samples,
     )
     if cfg.extract.enabled:
         echo(f"[4/4] extract: best-first top {cfg.extract.top} per format")
-        extractions = {
-            src: run_extraction(model, Format.parse(src), cfg.extract.top, cfg.extract.max_steps, "\n", None, quiet)
-            for src in dict.fromkeys(c.format for c in manifest.canaries)
-        }
-        rows, by_n = extraction_summary(extractions, manifest.canaries)
-        lines = extraction_report_lines(rows, by_n, cfg.extract.top, redact)
+        formats = [Format.parse(src) for src in dict.fromkeys(c.format for c in manifest.canaries)]
+        extractions = run_extractions(
+            model, formats, top=cfg.extract.top, max_steps=cfg.extract.max_steps, quiet=quiet
+        )
+        summary = extraction_summary(extractions, manifest.canaries, top=cfg.extract.top, redact=redact)
+        lines = extraction_summary_lines(summary, redact)
         proof = ", ".join(
             f"{'proven' if e.proven else 'NOT proven'} in {e.model_steps:,} steps" for e in extractions.values()
         )
         lines.insert(1, f"extraction ({proof})")
         text = "\n".join(lines)
         emit(text)
-        report["extraction"] = {
-            "top": cfg.extract.top,
-            "formats": [e.to_json(redact) for e in extractions.values()],
-            "canaries": [{**r, "secret": redact_secret(r["secret"], redact)} for r in rows],
-            "success_by_insertions": {str(n): v for n, v in sorted(by_n.items())},
-        }
+        report["extraction"] = {k: v for k, v in summary.items() if k not in ("schema", "kind")}
         report["table"] += "\n" + text
     atomic_write_json(tmp / "report.json", report)
     if not redact:
@@ -164,77 +268,48 @@ def run_audit(
     return code
 
 
-def extraction_table(ex, redact: bool, canaries=None) -> str:
-    from .report import redact as hide
+def run_sweep(
+    base: AuditConfig, runs: Sequence[tuple[str, AuditConfig]], tmp: Path, final: Path, *, quiet: bool, echo: Emit, emit: Emit
+) -> list[dict[str, Any]]:
+    """The audit over a grid of settings sharing one insertion (``tmp/data``); one folder per run,
+    ``sweep.json`` and the privacy/utility figure. Returns the rows of the sweep table."""
+    from .files import atomic_write_json
+    from .pipeline import insert_folder
+    from .plots import render_sweep
 
-    kind = "exact order" if ex.method == "best-first" else f"beam {ex.details.get('beam_width')}, approximate"
-    status = (
-        "proven"
-        if ex.proven
-        else ("approximate" if ex.method == "beam" else "NOT proven (budget exhausted; best found so far)")
-    )
-    lines = [
-        f"extract {ex.format!r} ({kind}): {len(ex.candidates)} candidates, {status}; "
-        f"{ex.model_steps:,} model steps, {ex.seconds:.1f} s"
-    ]
-    planted = {c.secret: c for c in (canaries or [])}
-    lines.append(
-        f"{'#':>3}  {'secret':<{max(6, ex.candidates and len(ex.candidates[0].secret) or 6)}}  {'log-ppl':>8}  {'P(after prefix)':>15}  planted"
-    )
-    for i, c in enumerate(ex.candidates, 1):
-        share = 2.0 ** -(c.log_perplexity - ex.prefix_cost)
-        mark = f"canary, inserted {planted[c.secret].insertions}x" if c.secret in planted else ""
-        lines.append(
-            f"{i:>3}  {hide(c.secret) if redact else c.secret}  {c.log_perplexity:>8.2f}  {share:>15.3e}  {mark}"
-        )
-    lines.append(f"these {len(ex.candidates)} hold {ex.mass:.1%} of the probability of completing the format's prefix")
-    return "\n".join(lines)
+    (tmp / "data").mkdir()
+    echo(f"insert: {', '.join(base.insert.formats)} x schedule {base.insert.schedule} (shared by {len(runs)} runs)")
+    insert_folder(tmp / "data", base.corpus, base.insert, base.seed)
+    rows = []
+    for name, cfg in runs:
+        echo(f"== run {name}")
+        (tmp / name).mkdir()
+        run_audit(cfg, tmp / name, final / name, redact=False, quiet=quiet, echo=echo, emit=emit, data_dir=tmp / "data")
+        rows.append(sweep_row(name, cfg, tmp / name))
+    atomic_write_json(tmp / "sweep.json", {"schema": 1, "kind": "exposure-audit/sweep", "runs": rows})
+    render_sweep(tmp)
+    return rows
 
 
-def run_extraction(model, fmt, top, max_steps, context, beam, quiet):
-    from .exposure.engine import check_vocabulary
-    from .extract import beam_search, best_first
-    from .progress import Progress
+def sweep_row(name: str, cfg: AuditConfig, folder: Path) -> dict[str, Any]:
+    """One setting's figures: utility (validation bits/char), epsilon, exposure per insertion count."""
+    from .files import read_json
+    from .report import by_insertions
 
-    check_vocabulary(model.vocab, fmt, context)  # before a progress bar is drawn
-
-    if beam is not None:
-        return beam_search(model, fmt, width=beam, top=top, max_steps=max_steps, context=context)
-    with Progress(total=max_steps, desc=f"extract {fmt.source}", quiet=quiet, unit="step") as bar:
-        return best_first(model, fmt, top=top, max_steps=max_steps, context=context, progress=bar.update)
-
-
-def extraction_summary(extractions, canaries) -> tuple[list[dict[str, Any]], dict[int, dict[str, int]]]:
-    """Each canary's position in its format's extracted list, and the success rate per count."""
-    rows, by_n = [], {}
-    for c in canaries:
-        ex = extractions[c.format]
-        pos = ex.position(c.secret)
-        rows.append({"id": c.id, "format": c.format, "secret": c.secret, "insertions": c.insertions, "position": pos})
-        stat = by_n.setdefault(c.insertions, {"canaries": 0, "extracted_top1": 0, "in_top_k": 0})
-        stat["canaries"] += 1
-        stat["extracted_top1"] += int(pos == 1)
-        stat["in_top_k"] += int(pos is not None)
-    return rows, by_n
-
-
-def extraction_report_lines(rows, by_n, top: int, redact: bool) -> list[str]:
-    from .report import redact as hide
-
-    lines = ["", f"{'canary':<12}  {'ins':>3}  position in top {top}"]
-    for r in rows:
-        secret = hide(r["secret"]) if redact else r["secret"]
-        lines.append(f"{secret:<12}  {r['insertions']:>3}  {r['position'] if r['position'] else f'not in top {top}'}")
-    lines.append("")
-    lines.append("insertions  canaries  extracted at #1  in top " + str(top))
-    for n in sorted(by_n):
-        st = by_n[n]
-        label = f"{n} (control)" if n == 0 else str(n)
-        lines.append(f"{label:>10}  {st['canaries']:>8}  {st['extracted_top1']:>15}  {st['in_top_k']:>8}")
-    return lines
-
-
-def redact_secret(secret: str, redact: bool) -> str:
-    from .report import redact as hide
-
-    return hide(secret) if redact else secret
+    report = read_json(folder / "report.json", "report")
+    final = report["model"]["training"]["final"]
+    privacy = report["model"].get("privacy")
+    by_n = by_insertions((c["insertions"], c["exposure"]) for c in report["canaries"])
+    inserted = [e for n, es in by_n.items() if n > 0 for e in es]
+    return {
+        "name": name,
+        "valid_bpc": final["valid_bpc"],
+        "train_bpc": final["train_bpc"],
+        "epsilon": privacy["epsilon"] if privacy else None,
+        "delta": privacy["delta"] if privacy else None,
+        "dropout": cfg.model.dropout,
+        "weight_decay": cfg.train.weight_decay,
+        "training_seconds": report["model"]["training"]["seconds"],
+        "exposure_inserted_mean": statistics.fmean(inserted) if inserted else 0.0,
+        "exposure_by_insertions": {str(n): {"mean": statistics.fmean(es), "max": max(es)} for n, es in by_n.items()},
+    }

@@ -14,17 +14,9 @@ from typing import Any
 import click
 
 from . import __version__
+from .exposure.measure import METHODS
+from .audit import EXIT_OK
 from .config import AuditConfig, apply_overrides, load_config
-from .audit import (
-    EXIT_OK,
-    extraction_report_lines,
-    extraction_summary,
-    extraction_table,
-    measure_and_report,
-    redact_secret,
-    run_audit,
-    run_extraction,
-)
 from .errors import AuditError
 
 EXIT_USAGE = 2
@@ -54,12 +46,46 @@ def _config(path: str | None, overrides: dict[str, Any]) -> AuditConfig:
 def cli() -> None:
     """Measure how much a language model memorizes planted secrets (Secret Sharer exposure).
 
-    \b
-    insert   plant canaries into a corpus and split train/validation
-    train    train the character-level LSTM on an insert folder
-    measure  rank every canary among all candidates of its format: exposure
-    audit    all three from one YAML config (the CI job)
+    The usual flow: insert canaries into the training data, train (here or with your own
+    pipeline), then measure; audit runs all three from one YAML config (the CI job).
     """
+
+
+def _context(value: str | None) -> str | None:
+    """--context as typed: \\n and \\t stand for a newline and a tab."""
+    return None if value is None else value.replace("\\n", "\n").replace("\\t", "\t")
+
+
+model_options = [
+    click.option(
+        "--device",
+        type=click.Choice(["auto", "cpu", "cuda"]),
+        default="auto",
+        show_default=True,
+        help="Where a Hugging Face model runs.",
+    ),
+    click.option(
+        "--dtype",
+        type=click.Choice(["float32", "bfloat16", "float16"]),
+        default=None,
+        help="Weights' dtype for a Hugging Face model (default float32 on CPU).",
+    ),
+    click.option(
+        "--context",
+        type=str,
+        default=None,
+        help="Text before each canary line (\\n = newline). Default: the model's BOS token, else a newline.",
+    ),
+]
+
+
+def _with(options):
+    def decorate(f):
+        for opt in reversed(options):
+            f = opt(f)
+        return f
+
+    return decorate
 
 
 @cli.command()
@@ -165,9 +191,7 @@ def train(
     folder beside the output; after a crash or kill, `train --resume OUT` continues from it
     and ends with the same weights as an uninterrupted run.
     """
-    from .config import config_from_dict
-    from .files import atomic_write_json, output_dir, read_json, staging_path
-    from .train import STATE_JSON, train_folder
+    from .train import run_training
 
     overrides = {
         "seed": seed,
@@ -194,36 +218,14 @@ def train(
     if resume is not None:
         if out is not None and out != resume:
             raise AuditError("--resume DIR continues the run writing DIR; leave out --out")
-        out = resume
-        staging = staging_path(Path(out), "train")
-        if not (staging / STATE_JSON).is_file():
-            raise AuditError(f"no interrupted training of {out} to resume (nothing saved in {staging})")
-        run = read_json(staging / "run.json", "training run description")
-        cfg = config_from_dict(run["config"], str(staging / "run.json"))
-        data = run["data"]
         if any(v is not None for v in overrides.values()) or config_path:
             raise AuditError("--resume continues with the saved settings; leave out other training options")
+        out = resume
+        result = run_training(None, Path(out), None, resume=True, force=force, quiet=quiet)
+    elif data is None or out is None:
+        raise AuditError("give --data DIR and --out DIR (or --resume DIR)")
     else:
-        if data is None or out is None:
-            raise AuditError("give --data DIR and --out DIR (or --resume DIR)")
-        cfg = _config(config_path, overrides)
-        staging = staging_path(Path(out), "train")
-        if staging.exists():
-            if not force:
-                raise AuditError(
-                    f"an interrupted training of {out} is saved in {staging}; continue it with --resume {out} "
-                    "or start over with --force"
-                )
-            import shutil
-
-            shutil.rmtree(staging)
-    with output_dir(Path(out), force, staging=staging, resumable=lambda d: (d / STATE_JSON).is_file()) as tmp:
-        if resume is None:
-            atomic_write_json(tmp / "run.json", {"data": str(Path(data).resolve()), "config": cfg.to_dict()})
-        result = train_folder(
-            Path(data), tmp, cfg.model, cfg.train, seed=cfg.seed, quiet=quiet, resume=resume is not None
-        )
-        (tmp / "run.json").unlink(missing_ok=True)
+        result = run_training(Path(data), Path(out), _config(config_path, overrides), force=force, quiet=quiet)
     last = [m for m in result.metrics if m.get("event", "epoch") == "epoch"][-1]
     valid = f"{last['valid_bpc']:.3f}" if last["valid_bpc"] is not None else "n/a"
     privacy = (
@@ -237,23 +239,18 @@ def train(
     )
 
 
-def _measure_options(f):
-    for opt in reversed(
-        [
-            click.option("--method", type=str, default=None, help="auto | enumerate | pruned | estimate | brute."),
-            click.option("--max-steps", type=int, default=None, help="Model-step budget for exact methods."),
-            click.option("--samples", type=int, default=None, help="Uniform candidates for estimates."),
-            click.option(
-                "--fail-above",
-                type=float,
-                default=None,
-                help="Exit 1 if an inserted canary's exposure exceeds this (bits).",
-            ),
-            click.option("--redact", is_flag=True, help="Hide secrets in terminal output, JSON and JUnit."),
-        ]
-    ):
-        f = opt(f)
-    return f
+measure_options = [
+    click.option("--method", type=click.Choice(list(METHODS)), default=None, help="How to rank (default: auto)."),
+    click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Model-step budget for exact methods."),
+    click.option("--samples", type=click.IntRange(min=1), default=None, help="Uniform candidates for estimates."),
+    click.option(
+        "--fail-above",
+        type=float,
+        default=None,
+        help="Exit 1 if an inserted canary's exposure exceeds this (bits).",
+    ),
+    click.option("--redact", is_flag=True, help="Hide secrets in terminal output, JSON and JUnit."),
+]
 
 
 def _measure_overrides(method, max_steps, samples, fail_above, seed=None) -> dict[str, Any]:
@@ -267,7 +264,13 @@ def _measure_overrides(method, max_steps, samples, fail_above, seed=None) -> dic
 
 
 @cli.command()
-@click.option("--model", "model_dir", required=True, type=str, help="Checkpoint folder (from train).")
+@click.option(
+    "--model",
+    "model_path",
+    required=True,
+    type=str,
+    help="A checkpoint folder from train, a Hugging Face model folder, or a .gguf file.",
+)
 @click.option("--canaries", "canaries_path", required=True, type=str, help="canaries.json (from insert).")
 @click.option("--json", "json_path", type=str, default=None, help="Write the JSON report here.")
 @click.option(
@@ -276,11 +279,12 @@ def _measure_overrides(method, max_steps, samples, fail_above, seed=None) -> dic
 @click.option("--config", "config_path", type=str, default=None, help="YAML config (its measure: section).")
 @click.option("--seed", type=int, default=None, help="Seed for sampled candidates.")
 @click.option("--any-model", is_flag=True, help="Measure even if the model was not trained on this manifest's data.")
-@_measure_options
+@_with(measure_options)
+@_with(model_options)
 @force_option
 @quiet_option
 def measure(
-    model_dir,
+    model_path,
     canaries_path,
     json_path,
     junit_path,
@@ -292,28 +296,39 @@ def measure(
     samples,
     fail_above,
     redact,
+    device,
+    dtype,
+    context,
     force,
     quiet,
 ) -> None:
     """Log-perplexity, rank and exposure of every canary."""
+    from .audit import Outputs, check_model_data, measure_and_report
     from .files import check_writable_file
     from .manifest import Manifest
-    from .models.charlstm import load_checkpoint
+    from .models import load_model
 
     cfg = _config(config_path, _measure_overrides(method, max_steps, samples, fail_above, seed))
     for p in (json_path, junit_path):
         if p is not None:
             check_writable_file(Path(p), force)
     manifest = Manifest.read(Path(canaries_path))
-    model, model_config = load_checkpoint(Path(model_dir))
-    trained_on = model_config.get("data", {}).get("train_sha256")
-    if not any_model and trained_on != manifest.train.get("sha256"):
-        raise AuditError(
-            f"model {model_dir} was not trained on the data of {canaries_path} (train.txt sha256 differs); "
-            "pass --any-model to measure anyway"
-        )
+    model = load_model(Path(model_path), device=device, dtype=dtype)
+    try:
+        linked = check_model_data(model, manifest, any_model=any_model)
+    except AuditError as e:
+        raise AuditError(f"model {model_path}: {e}; pass --any-model to measure anyway") from None
+    outputs = Outputs(json=json_path and Path(json_path), junit=junit_path and Path(junit_path), redact=redact)
     code, _ = measure_and_report(
-        model, model_config, manifest, cfg, model_dir, json_path, junit_path, redact, quiet, click.echo
+        model,
+        manifest,
+        cfg,
+        model_ref=model_path,
+        outputs=outputs,
+        context=_context(context),
+        quiet=quiet,
+        emit=click.echo,
+        link_checked=linked,
     )
     sys.exit(code)
 
@@ -324,7 +339,7 @@ def measure(
 @click.option("--corpus", type=str, default=None, help="UTF-8 text file (overrides the config).")
 @click.option("--epochs", type=int, default=None)
 @click.option("--seed", type=int, default=None)
-@_measure_options
+@_with(measure_options)
 @force_option
 @quiet_option
 def audit(config_path, out, corpus, epochs, seed, method, max_steps, samples, fail_above, redact, force, quiet) -> None:
@@ -333,6 +348,7 @@ def audit(config_path, out, corpus, epochs, seed, method, max_steps, samples, fa
     Writes OUT/data, OUT/model, OUT/report.json, OUT/report.junit.xml and OUT/report.html
     (with figures), and prints the exposure table.
     """
+    from .audit import run_audit
     from .files import output_dir
 
     if config_path is None:
@@ -341,18 +357,31 @@ def audit(config_path, out, corpus, epochs, seed, method, max_steps, samples, fa
     overrides = _measure_overrides(method, max_steps, samples, fail_above, seed)
     overrides.update({"corpus": corpus, "train.epochs": epochs})
     cfg = _config(config_path, overrides)
-    if out is None:
-        out = f"runs/audit-{time.strftime('%Y%m%d-%H%M%S')}"
-        Path("runs").mkdir(exist_ok=True)
-    echo = (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
+    out = out or _default_out("audit")
     with output_dir(Path(out), force) as tmp:
-        code = run_audit(cfg, tmp, Path(out), redact=redact, quiet=quiet, echo=echo, emit=click.echo)
+        code = run_audit(cfg, tmp, Path(out), redact=redact, quiet=quiet, echo=_echo(quiet), emit=click.echo)
     click.echo(f"\nwrote {out}/ (data/, model/, report.json, report.junit.xml, report.html)")
     sys.exit(code)
 
 
+def _default_out(kind: str) -> str:
+    Path("runs").mkdir(exist_ok=True)
+    return f"runs/{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _echo(quiet: bool):
+    """Progress notes go to stderr, and nowhere with --quiet."""
+    return (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
+
+
 @cli.command()
-@click.option("--model", "model_dir", required=True, type=str, help="Checkpoint folder (from train).")
+@click.option(
+    "--model",
+    "model_path",
+    required=True,
+    type=str,
+    help="A checkpoint folder from train, a Hugging Face model folder, or a .gguf file.",
+)
 @click.option(
     "--format", "format_source", type=str, default=None, help="The format to extract, e.g. 'my pin is {d:6}'."
 )
@@ -363,61 +392,46 @@ def audit(config_path, out, corpus, epochs, seed, method, max_steps, samples, fa
     default=None,
     help="A manifest: extract every format in it and report where each canary lands.",
 )
-@click.option("--top", type=int, default=10, show_default=True, help="How many candidates to recover.")
-@click.option("--max-steps", type=int, default=1_000_000, show_default=True, help="Budget in model steps (per format).")
-@click.option("--context", type=str, default="\\n", show_default=True, help="Text before the format (\\n = newline).")
-@click.option("--beam", type=int, default=None, help="Beam search with this width instead (faster, approximate).")
+@click.option("--top", type=click.IntRange(min=1), default=10, show_default=True, help="How many candidates to recover.")
+@click.option(
+    "--max-steps", type=click.IntRange(min=1), default=1_000_000, show_default=True, help="Budget in model steps (per format)."
+)
+@click.option("--beam", type=click.IntRange(min=1), default=None, help="Beam search with this width instead (faster, approximate).")
 @click.option("--json", "json_path", type=str, default=None, help="Write the result as JSON here.")
 @click.option(
     "--redact", is_flag=True, help="Show only the first and last character of each secret (terminal and JSON)."
 )
+@_with(model_options)
 @force_option
 @quiet_option
 def extract(
-    model_dir, format_source, canaries_path, top, max_steps, context, beam, json_path, redact, force, quiet
+    model_path, format_source, canaries_path, top, max_steps, beam, json_path, redact, device, dtype, context, force, quiet
 ) -> None:
     """Recover the most likely secrets of a format by shortest-path search over its prefix tree."""
-    from .files import atomic_write_json, check_writable_file
-    from .formats import Format
+    from .audit import extract_and_report
+    from .files import check_writable_file
     from .manifest import Manifest
-    from .models.charlstm import load_checkpoint
+    from .models import load_model
 
     if (format_source is None) == (canaries_path is None):
         raise AuditError("give --format F or --canaries FILE (one of them)")
-    if top < 1:
-        raise AuditError("--top must be at least 1")
-    if max_steps < 1:
-        raise AuditError("--max-steps must be at least 1")
-    if beam is not None and beam < 1:
-        raise AuditError("--beam must be at least 1")
     if json_path is not None:
         check_writable_file(Path(json_path), force)
-    context = context.replace("\\n", "\n").replace("\\t", "\t")
     manifest = Manifest.read(Path(canaries_path)) if canaries_path else None
-    formats = (
-        [Format.parse(format_source)]
-        if format_source
-        else [Format.parse(f) for f in dict.fromkeys(c.format for c in manifest.canaries)]
+    model = load_model(Path(model_path), device=device, dtype=dtype)
+    extract_and_report(
+        model,
+        format_source=format_source,
+        manifest=manifest,
+        top=top,
+        max_steps=max_steps,
+        context=_context(context),
+        beam=beam,
+        redact=redact,
+        json_path=json_path and Path(json_path),
+        quiet=quiet,
+        emit=click.echo,
     )
-    model, _ = load_checkpoint(Path(model_dir))
-    results = {}
-    for fmt in formats:
-        results[fmt.source] = run_extraction(model, fmt, top, max_steps, context, beam, quiet)
-        click.echo(extraction_table(results[fmt.source], redact, manifest.canaries if manifest else None))
-    if manifest is None:
-        payload = results[formats[0].source].to_json(redact)
-    else:
-        rows, by_n = extraction_summary(results, manifest.canaries)
-        click.echo("\n".join(extraction_report_lines(rows, by_n, top, redact)))
-        payload = {
-            "schema": 1,
-            "kind": "exposure-audit/extraction",
-            "formats": [e.to_json(redact) for e in results.values()],
-            "canaries": [{**r, "secret": redact_secret(r["secret"], redact)} for r in rows],
-            "success_by_insertions": {str(n): v for n, v in sorted(by_n.items())},
-        }
-    if json_path is not None:
-        atomic_write_json(Path(json_path), payload)
 
 
 @cli.command()
@@ -432,36 +446,15 @@ def sweep(config_path, out, force, quiet) -> None:
     several epsilons, dropout on and off). Writes OUT/data, OUT/<name>/ per run, OUT/sweep.json,
     OUT/privacy_utility.png and OUT/sweep.html; prints one row per setting.
     """
-    from .files import atomic_write_json, output_dir
-    from .pipeline import insert_folder, load_sweep, sweep_row, sweep_table
-    from .plots import render_sweep
+    from .audit import run_sweep
+    from .files import output_dir
+    from .pipeline import load_sweep
+    from .report import sweep_table
 
     base, runs = load_sweep(config_path)
-    if out is None:
-        out = f"runs/sweep-{time.strftime('%Y%m%d-%H%M%S')}"
-        Path("runs").mkdir(exist_ok=True)
-    echo = (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
+    out = out or _default_out("sweep")
     with output_dir(Path(out), force) as tmp:
-        (tmp / "data").mkdir()
-        echo(f"insert: {', '.join(base.insert.formats)} x schedule {base.insert.schedule} (shared by {len(runs)} runs)")
-        insert_folder(tmp / "data", base.corpus, base.insert, base.seed)
-        rows = []
-        for name, cfg in runs:
-            echo(f"== run {name}")
-            (tmp / name).mkdir()
-            run_audit(
-                cfg,
-                tmp / name,
-                Path(out) / name,
-                redact=False,
-                quiet=quiet,
-                echo=echo,
-                emit=click.echo,
-                data_dir=tmp / "data",
-            )
-            rows.append(sweep_row(name, cfg, tmp / name))
-        atomic_write_json(tmp / "sweep.json", {"schema": 1, "kind": "exposure-audit/sweep", "runs": rows})
-        render_sweep(tmp)
+        rows = run_sweep(base, runs, tmp, Path(out), quiet=quiet, echo=_echo(quiet), emit=click.echo)
     click.echo("")
     click.echo(sweep_table(rows))
     click.echo(f"\nwrote {out}/ (data/, one folder per run, sweep.json, sweep.html)")
@@ -472,33 +465,10 @@ def sweep(config_path, out, force, quiet) -> None:
 def report(path) -> None:
     """Re-render the figures and report.html of an audit or sweep folder from its saved JSON,
     and print its tables (exposure; the sweep's settings; exposure during training if tracked)."""
-    import json
+    from .plots import rerender
 
-    from .files import read_json
-    from .pipeline import sweep_table
-    from .plots import render_run, render_sweep
-    from .report import tracking_table
-
-    folder = Path(path)
-    if (folder / "sweep.json").is_file():
-        out = render_sweep(folder)
-        rows = read_json(folder / "sweep.json", "sweep")["runs"]
-        click.echo(sweep_table(rows))
-        runs = [folder / r["name"] for r in rows]
-    elif (folder / "report.json").is_file():
-        out = render_run(folder)
-        click.echo(read_json(folder / "report.json", "report").get("table", ""))
-        runs = [folder]
-    else:
-        raise AuditError(f"{folder} holds neither report.json (an audit) nor sweep.json (a sweep)")
-    for run in runs:
-        metrics_path = run / "model" / "metrics.jsonl"
-        if metrics_path.is_file():
-            metrics = [json.loads(x) for x in metrics_path.read_text(encoding="utf-8").splitlines() if x.strip()]
-            text = tracking_table(metrics)
-            if text:
-                click.echo(f"\n{run.name}: exposure during training\n{text}")
-    click.echo(f"\nwrote {out}")
+    written = rerender(Path(path), emit=click.echo)
+    click.echo(f"\nwrote {written}")
 
 
 def main(argv: list[str] | None = None) -> int:

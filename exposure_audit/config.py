@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from .errors import AuditError
+from .models.charlstm import CharLSTMConfig
 
 # (min, max) bounds, inclusive unless noted, per "section.key"
 _BOUNDS: dict[str, tuple[float | None, float | None]] = {
@@ -59,14 +60,6 @@ class InsertConfig:
     schedule: list[int] = field(default_factory=lambda: [0, 1, 2, 4, 8, 16, 32])
     per_count: int = 2
     valid_fraction: float = 0.1
-
-
-@dataclass
-class ModelConfig:
-    embedding: int = 64
-    hidden: int = 200
-    layers: int = 2
-    dropout: float = 0.0
 
 
 @dataclass
@@ -132,7 +125,7 @@ class AuditConfig:
     seed: int = 0
     corpus: str | None = None  # a UTF-8 file; None = the built-in default corpus
     insert: InsertConfig = field(default_factory=InsertConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: CharLSTMConfig = field(default_factory=CharLSTMConfig)  # the architecture, as checkpoints store it
     train: TrainConfig = field(default_factory=TrainConfig)
     measure: MeasureConfig = field(default_factory=MeasureConfig)
     extract: ExtractConfig = field(default_factory=ExtractConfig)

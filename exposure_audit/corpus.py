@@ -12,7 +12,7 @@ import codecs
 import hashlib
 import io
 import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -48,33 +48,49 @@ def _open(source: str | Path) -> BinaryIO:
         raise AuditError(f"cannot read corpus {path}: {e.strerror or e}") from None
 
 
-def iter_lines(source: str | Path, digest: "hashlib._Hash | None" = None) -> Iterator[str]:
-    """The corpus's lines without their line breaks, decoded strictly.
+def decode_utf8(blocks: Iterable[bytes], what: str) -> Iterator[str]:
+    """Decode consecutive pieces of one byte stream strictly as UTF-8, one text piece per block.
 
-    Refuses binary data (a NUL byte) and invalid UTF-8, naming the byte offset. ``digest``,
-    if given, is updated with the raw bytes (so the corpus hash is the file's own SHA-256).
+    A NUL byte (binary data), an invalid byte or a truncated last character is an
+    :class:`AuditError` that starts with ``what`` (e.g. "corpus c.txt") and names the byte
+    offset. Streaming: a character split across two blocks is carried over, so memory stays
+    one block whatever the stream's size.
     """
     decoder = codecs.getincrementaldecoder("utf-8")(errors="strict")
     offset = 0
-    with _open(source) as fh:
-        for raw in fh:
-            nul = raw.find(b"\0")
-            if nul >= 0:
-                raise AuditError(f"corpus {source} looks binary: NUL byte at byte offset {offset + nul}")
-            try:
-                text = decoder.decode(raw)
-            except UnicodeDecodeError as e:
-                raise AuditError(
-                    f"corpus {source} is not UTF-8: invalid byte at byte offset {offset + e.start}"
-                ) from None
-            offset += len(raw)
-            if digest is not None:
-                digest.update(raw)
-            yield text.rstrip("\n")
+    for raw in blocks:
+        nul = raw.find(b"\0")
+        if nul >= 0:
+            raise AuditError(f"{what} looks binary: NUL byte at byte offset {offset + nul}")
         try:
-            decoder.decode(b"", final=True)
-        except UnicodeDecodeError:
-            raise AuditError(f"corpus {source} is not UTF-8: truncated character at byte offset {offset}") from None
+            text = decoder.decode(raw)
+        except UnicodeDecodeError as e:
+            raise AuditError(f"{what} is not UTF-8: invalid byte at byte offset {offset + e.start}") from None
+        offset += len(raw)
+        yield text
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        raise AuditError(f"{what} is not UTF-8: truncated character at byte offset {offset}") from None
+
+
+def _hashed(blocks: Iterable[bytes], digest: "hashlib._Hash") -> Iterator[bytes]:
+    for raw in blocks:
+        digest.update(raw)
+        yield raw
+
+
+def iter_lines(source: str | Path, digest: "hashlib._Hash | None" = None) -> Iterator[str]:
+    """The corpus's lines without their line breaks, decoded strictly by :func:`decode_utf8`.
+
+    ``digest``, if given, is updated with the raw bytes (so the corpus hash is the file's own
+    SHA-256).
+    """
+    with _open(source) as fh:
+        # binary lines end in b"\n", which never sits inside a UTF-8 sequence: one text line each
+        raw_lines: Iterable[bytes] = fh if digest is None else _hashed(fh, digest)
+        for text in decode_utf8(raw_lines, f"corpus {source}"):
+            yield text.rstrip("\n")
 
 
 @dataclass

@@ -1,16 +1,21 @@
 """Extraction: recover the most likely secrets of a format from the model alone.
 
 Best-first search over the format's prefix tree (priority = prefix log-perplexity). Every
-character adds ``-log2 p >= 0``, so a prefix never costs less than its parent: when a
+token adds ``-log2 p >= 0``, so a prefix never costs less than its parent: when a
 completed candidate costs no more than every prefix still on the frontier, nothing left can
 beat it. Completed candidates therefore come out in exact order of log-perplexity, and the
 first K are provably the K most likely (``proven``), unless the step budget runs out first.
 
-Frontier entries are (cost, node, choice): a child is only stepped through the model when it
-is popped, so memory holds one state per expanded node, not per frontier entry. Many entries
-are popped and stepped per model call (``batch``).
+The tree is the format's tree of token sequences (``exposure/tree.py``): for a subword model a
+completed path counts only if it is its text's canonical tokenization, which keeps the order
+exact over candidates (a non-canonical path is a way of writing a candidate, not a candidate).
 
-``beam_search`` keeps the ``width`` best prefixes per level: faster, approximate.
+Frontier entries are (cost, node, edge): a child is only stepped through the model when it is
+popped, so memory holds one state per expanded node, not per frontier entry. Many entries are
+popped and stepped per model call (``batch``); a model whose batch rows must share a length
+(a KV cache) steps each depth of a batch separately.
+
+``beam_search`` keeps the ``width`` best prefixes per token depth: faster, approximate.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,9 +31,10 @@ import numpy as np
 import torch
 
 from .errors import AuditError
-from .exposure import engine
+from .exposure.engine import DEFAULT_BATCH, Nodes, children
+from .exposure.tree import CompiledFormat, compile_format
 from .formats import Format
-from .models.base import Scorer
+from .models.base import Scorer, State
 
 
 @dataclass
@@ -63,7 +69,7 @@ class Extraction:
         return None
 
     def to_json(self, redact: bool = False) -> dict[str, Any]:
-        from .report import redact as hide
+        from .report import mask_secret
 
         return {
             "schema": 1,
@@ -71,7 +77,7 @@ class Extraction:
             "method": self.method,
             "approximate": self.method != "best-first",
             "candidates": [
-                {"secret": hide(c.secret) if redact else c.secret, "log_perplexity": c.log_perplexity}
+                {"secret": mask_secret(c.secret) if redact else c.secret, "log_perplexity": c.log_perplexity}
                 for c in self.candidates
             ],
             "mass": self.mass,
@@ -83,46 +89,80 @@ class Extraction:
         }
 
 
-def _candidate(fmt: Format, tail: engine.Tail, ids: Any, cost: float) -> Candidate:
-    """The candidate whose tail (hole characters, fixed text, closing newline) has these ids."""
-    text = fmt.prefix + tail.vocab.decode(int(i) for i in ids)[:-1]
-    secret = fmt.secret_of(text)
-    return Candidate(secret=secret, text=text, log_perplexity=float(cost))
+def extraction_summary(
+    extractions: dict[str, Extraction], canaries: Sequence[Any], *, top: int, redact: bool = False
+) -> dict[str, Any]:
+    """The JSON record of extracting every format of a manifest: each format's candidates, where
+    each canary landed, and the success rate per insertion count."""
+    from .report import by_insertions, mask_secret
+
+    rows = []
+    for c in canaries:
+        pos = extractions[c.format].position(c.secret)
+        secret = mask_secret(c.secret) if redact else c.secret
+        rows.append({"id": c.id, "format": c.format, "secret": secret, "insertions": c.insertions, "position": pos})
+    success = {
+        str(n): {
+            "canaries": len(ps),
+            "extracted_top1": sum(p == 1 for p in ps),
+            "in_top_k": sum(p is not None for p in ps),
+        }
+        for n, ps in by_insertions((r["insertions"], r["position"]) for r in rows).items()
+    }
+    return {
+        "schema": 1,
+        "kind": "exposure-audit/extraction",
+        "top": top,
+        "formats": [e.to_json(redact) for e in extractions.values()],
+        "canaries": rows,
+        "success_by_insertions": success,
+    }
 
 
-def _check(top: int, max_steps: int) -> None:
+def _candidate(cf: CompiledFormat, path: Sequence[int], cost: float) -> Candidate:
+    """The candidate that a complete token path (after the shared tokens) spells."""
+    text = cf.text_of(path)
+    return Candidate(secret=cf.fmt.secret_of(text), text=text, log_perplexity=float(cost))
+
+
+def check_extraction(*, top: int, max_steps: int, beam: int | None = None) -> None:
     if top < 1:
-        raise AuditError("--top must be at least 1")
+        raise AuditError("the number of candidates to extract (top) must be at least 1")
     if max_steps < 1:
-        raise AuditError("--max-steps must be at least 1")
+        raise AuditError("the model-step budget (max_steps) must be at least 1")
+    if beam is not None and beam < 1:
+        raise AuditError("the beam width must be at least 1")
 
 
 class _States:
-    """Model states of expanded nodes, stored by node id in a growing buffer (LSTM: (h, c))."""
+    """Model states of expanded nodes, by node id: the rows of one ``step`` call are one part."""
 
-    def __init__(self, first: Any) -> None:
+    def __init__(self, scorer: Scorer, first: State) -> None:
+        self.scorer = scorer
         self.parts = [first]
         self.offsets = [0]
-        self.count = int(first[0].shape[1])
+        self.count = 1
 
-    def add(self, state: Any) -> int:
+    def add(self, state: State, rows: int) -> int:
         start = self.count
         self.parts.append(state)
         self.offsets.append(start)
-        self.count += int(state[0].shape[1])
+        self.count += rows
         return start
 
-    def gather(self, scorer: Scorer, ids: np.ndarray) -> Any:
-        # group rows by the part they live in, then concatenate in the requested order
+    def gather(self, ids: np.ndarray) -> State:
+        # group rows by the part they live in, then put them in the requested order
         part = np.searchsorted(np.asarray(self.offsets), ids, side="right") - 1
         pieces, order = [], []
         for p in np.unique(part):
             sel = np.nonzero(part == p)[0]
             rows = torch.as_tensor(ids[sel] - self.offsets[p], dtype=torch.long)
-            pieces.append(scorer.take(self.parts[p], rows))
+            pieces.append(self.scorer.take(self.parts[p], rows))
             order.append(sel)
+        if len(pieces) == 1:
+            return pieces[0]
         perm = torch.as_tensor(np.argsort(np.concatenate(order), kind="stable"), dtype=torch.long)
-        return tuple(torch.cat([pc[i] for pc in pieces], dim=1).index_select(1, perm) for i in range(len(pieces[0])))
+        return self.scorer.take(self.scorer.cat(pieces), perm)
 
 
 def best_first(
@@ -131,36 +171,44 @@ def best_first(
     *,
     top: int = 10,
     max_steps: int = 1_000_000,
-    context: str = engine.NEWLINE,
+    context: str | None = None,
     batch: int = 256,
     progress: Callable[[int], None] | None = None,
 ) -> Extraction:
     """The ``top`` most likely secrets of ``fmt`` in exact order (if ``proven``)."""
-    _check(top, max_steps)
-    scorer = model if isinstance(model, Scorer) else Scorer(model)
+    check_extraction(top=top, max_steps=max_steps)
+    scorer = Scorer.of(model)
     t0 = time.perf_counter()
-    tail = engine.compile_format(scorer, fmt, context)
+    cf = compile_format(scorer, fmt, context)
     s0 = scorer.steps
-    depth = tail.depth
-    levels = tail.levels
-    parent: list[int] = [-1]  # node 0 is the root (after the fixed prefix)
-    choice: list[int] = [-1]
+    edges, end = cf.edges, cf.end
+    # node 0 is the root (after the shared tokens); every other node is one token longer than its parent
+    parent: list[int] = [-1]
+    token: list[int] = [-1]
+    node_pos: list[int] = [0]
     node_depth: list[int] = [0]
-    states = _States(tail.state)
+    states = _States(scorer, cf.state)
     tie = itertools.count()
-    frontier: list[tuple[float, int, int, int]] = []  # (cost, tiebreak, node, choice)
+    frontier: list[tuple[float, int, int, int]] = []  # (cost, tiebreak, node, edge)
 
-    def push_children(nodes: list[int], costs: torch.Tensor, nlp: torch.Tensor) -> None:
+    def push_children(nodes: list[int], costs: torch.Tensor, logp: torch.Tensor) -> None:
         for row, node in enumerate(nodes):
-            d = node_depth[node]
-            child_costs = (costs[row] + nlp[row, levels[d]]).tolist()
-            for j, c in enumerate(child_costs):
+            e = edges[node_pos[node]]
+            for j, c in enumerate((costs[row] + e.bits(logp[row : row + 1])[0]).tolist()):
                 heapq.heappush(frontier, (c, next(tie), node, j))
 
-    push_children([0], torch.tensor([tail.base_cost], dtype=torch.float64), (-tail.logp).double())
-    done: list[tuple[float, int, int, int]] = []  # completed candidates not yet proven
-    found: list[tuple[float, int, int]] = []  # proven, in order: (cost, node, choice)
+    def path_of(node: int, j: int) -> list[int]:
+        ids = [int(edges[node_pos[node]].ids[j])]
+        while node > 0:
+            ids.append(token[node])
+            node = parent[node]
+        return ids[::-1]
+
+    push_children([0], torch.tensor([cf.base_cost], dtype=torch.float64), cf.logp)
+    done: list[tuple[float, int, int, int]] = []  # completed canonical candidates not yet proven
+    found: list[tuple[float, int, int]] = []  # proven, in order: (cost, node, edge)
     proven = False
+    noncanonical = 0
     while True:
         # Emit completed candidates that no frontier entry can beat.
         bound = frontier[0][0] if frontier else float("inf")
@@ -170,31 +218,42 @@ def best_first(
         if len(found) >= top or not frontier:
             proven = True
             break
-        popped = []
+        popped, completed = [], []
         while frontier and len(popped) < batch:
             item = heapq.heappop(frontier)
-            if node_depth[item[2]] + 1 == depth:
-                heapq.heappush(done, item)  # a complete candidate: its cost is final
+            if int(edges[node_pos[item[2]]].next[item[3]]) == end:
+                completed.append(item)  # a complete candidate: its cost is final
             else:
                 popped.append(item)
+        if completed:
+            ok = cf.canonical_mask([path_of(item[2], item[3]) for item in completed])
+            noncanonical += int((~ok).sum())
+            for item, keep in zip(completed, ok):
+                if keep:
+                    heapq.heappush(done, item)
         if not popped:
             continue
         if scorer.steps - s0 + len(popped) > max_steps:
             for item in popped:
                 heapq.heappush(frontier, item)
             break
-        nodes = np.array([p[2] for p in popped])
-        ids = torch.as_tensor([int(levels[node_depth[p[2]]][p[3]]) for p in popped], dtype=torch.long)
-        state, logp = scorer.step(states.gather(scorer, nodes), ids)
-        if progress is not None:
-            progress(len(popped))
-        first = states.add(state)
-        new_nodes = list(range(first, first + len(popped)))
-        for p in popped:
-            parent.append(p[2])
-            choice.append(p[3])
-            node_depth.append(node_depth[p[2]] + 1)
-        push_children(new_nodes, torch.tensor([p[0] for p in popped], dtype=torch.float64), (-logp).double())
+        # a model whose rows must share a length (a KV cache) steps each depth separately
+        groups = [popped] if scorer.model.ragged else _by_depth(popped, node_depth)
+        for group in groups:
+            nodes = np.array([p[2] for p in group])
+            ids = torch.as_tensor([int(edges[node_pos[p[2]]].ids[p[3]]) for p in group], dtype=torch.long)
+            state, logp = scorer.step(states.gather(nodes), ids)
+            if progress is not None:
+                progress(len(group))
+            first = states.add(state, len(group))
+            for p, t in zip(group, ids.tolist()):
+                parent.append(p[2])
+                token.append(t)
+                node_pos.append(int(edges[node_pos[p[2]]].next[p[3]]))
+                node_depth.append(node_depth[p[2]] + 1)
+            push_children(
+                list(range(first, first + len(group))), torch.tensor([p[0] for p in group], dtype=torch.float64), logp
+            )
 
     if not proven:
         # Best found so far: proven ones, then the cheapest completed ones (order not proven).
@@ -202,25 +261,25 @@ def best_first(
             c, _, node, j = heapq.heappop(done)
             found.append((c, node, j))
 
-    def tail_ids(node: int, j: int) -> list[int]:
-        ids = [int(levels[node_depth[node]][j])]
-        while node > 0:
-            ids.append(int(levels[node_depth[node] - 1][choice[node]]))
-            node = parent[node]
-        return ids[::-1]
-
-    candidates = [_candidate(fmt, tail, tail_ids(node, j), c) for c, node, j in found]
+    candidates = [_candidate(cf, path_of(node, j), c) for c, node, j in found]
     return Extraction(
         format=fmt.source,
         candidates=candidates,
-        model_steps=scorer.steps - s0 + tail.prefix_steps,
+        model_steps=scorer.steps - s0 + cf.prefix_steps,
         seconds=time.perf_counter() - t0,
         proven=proven,
         method="best-first",
         space_size=fmt.space_size,
-        prefix_cost=tail.base_cost,
-        details={"expanded_nodes": len(parent)},
+        prefix_cost=cf.base_cost,
+        details={"expanded_nodes": len(parent), "noncanonical_completions": noncanonical},
     )
+
+
+def _by_depth(items: list[tuple[float, int, int, int]], node_depth: list[int]) -> list[list[tuple[float, int, int, int]]]:
+    groups: dict[int, list[tuple[float, int, int, int]]] = {}
+    for item in items:
+        groups.setdefault(node_depth[item[2]], []).append(item)
+    return list(groups.values())
 
 
 def beam_search(
@@ -230,45 +289,47 @@ def beam_search(
     width: int,
     top: int = 10,
     max_steps: int = 1_000_000,
-    context: str = engine.NEWLINE,
-    batch: int = engine.DEFAULT_BATCH,
+    context: str | None = None,
+    batch: int = DEFAULT_BATCH,
 ) -> Extraction:
-    """Keep the ``width`` cheapest prefixes per level: fast, but may miss the true best."""
-    _check(top, max_steps)
-    if width < 1:
-        raise AuditError("--beam must be at least 1")
-    scorer = model if isinstance(model, Scorer) else Scorer(model)
+    """Keep the ``width`` cheapest prefixes per token depth: fast, but may miss the true best."""
+    check_extraction(top=top, max_steps=max_steps, beam=width)
+    scorer = Scorer.of(model)
     t0 = time.perf_counter()
-    tail = engine.compile_format(scorer, fmt, context)
+    cf = compile_format(scorer, fmt, context)
     s0 = scorer.steps
-    state = tail.state
-    nlp = (-tail.logp).double()
-    cost = torch.tensor([tail.base_cost], dtype=torch.float64)
+    zero = torch.zeros(1, dtype=torch.long)
+    nodes = Nodes(0, cf.state, cf.logp, torch.tensor([cf.base_cost], dtype=torch.float64), zero, zero, None)
     paths = torch.zeros(1, 0, dtype=torch.long)
+    pool: list[tuple[float, list[int]]] = []
     complete = True
-    for d, level in enumerate(tail.levels):
-        k = len(level)
-        child = (cost[:, None] + nlp[:, level]).reshape(-1)
-        keep = torch.argsort(child)[: (top if d + 1 == tail.depth else width)]
-        rows, cols = keep // k, keep % k
-        cost = child[keep]
-        paths = torch.cat([paths[rows], level[cols].view(-1, 1)], dim=1)
-        if d + 1 == tail.depth:
+    while True:
+        ch = children(cf, nodes, 0, int(nodes.cost.shape[0]))
+        paths = torch.cat([paths[ch.parent], ch.token.view(-1, 1)], dim=1)
+        leaf = ch.pos == cf.end
+        if bool(leaf.any()):
+            leaf_paths = paths[leaf].tolist()
+            ok = cf.canonical_mask(leaf_paths)
+            pool.extend((c, p) for c, p, k in zip(ch.cost[leaf].tolist(), leaf_paths, ok) if k)
+        inner = (~leaf).nonzero().view(-1)
+        if len(inner) == 0:
             break
+        keep = inner[torch.argsort(ch.cost[inner])[:width]]
         if scorer.steps - s0 + len(keep) > max_steps:
             complete = False
             break
-        state, logp = scorer.step(scorer.take(state, rows), level[cols])
-        nlp = (-logp).double()
-    candidates = [_candidate(fmt, tail, row, c) for row, c in zip(paths.tolist(), cost.tolist())] if complete else []
+        state, logp = scorer.step(scorer.take(nodes.state, ch.parent[keep]), ch.token[keep])
+        nodes = Nodes(nodes.depth + 1, state, logp, ch.cost[keep], ch.pos[keep], ch.index[keep], None)
+        paths = paths[keep]
+    pool.sort(key=lambda item: item[0])
     return Extraction(
         format=fmt.source,
-        candidates=candidates[:top],
-        model_steps=scorer.steps - s0 + tail.prefix_steps,
+        candidates=[_candidate(cf, p, c) for c, p in pool[:top]],
+        model_steps=scorer.steps - s0 + cf.prefix_steps,
         seconds=time.perf_counter() - t0,
         proven=False,
         method="beam",
         space_size=fmt.space_size,
-        prefix_cost=tail.base_cost,
+        prefix_cost=cf.base_cost,
         details={"beam_width": width, "budget_exhausted": not complete},
     )

@@ -1,4 +1,7 @@
-"""The pipeline steps as library functions that write folders: insert, train, measure, audit."""
+"""Preparing a run: ``insert_folder`` (plant canaries, write the data folder and its manifest)
+and ``load_sweep`` (a sweep config: the base audit config and one config per run).
+
+Training is in ``train.py``; measuring, extraction, the audit and sweeps in ``audit.py``."""
 
 from __future__ import annotations
 
@@ -124,46 +127,3 @@ def load_sweep(path: str | Path) -> tuple[AuditConfig, list[tuple[str, AuditConf
     if len(set(names)) != len(names):
         raise AuditError(f"sweep config {path}: run names must be distinct")
     return base_cfg, runs
-
-
-def sweep_row(name: str, cfg: AuditConfig, folder: Path) -> dict[str, Any]:
-    """One setting's figures: utility (validation bits/char), epsilon, exposure per insertion count."""
-    import statistics
-
-    from .files import read_json
-
-    report = read_json(folder / "report.json", "report")
-    final = report["model"]["training"]["final"]
-    privacy = report["model"].get("privacy")
-    by_n: dict[int, list[float]] = {}
-    for c in report["canaries"]:
-        by_n.setdefault(c["insertions"], []).append(c["exposure"])
-    inserted = [e for n, es in by_n.items() if n > 0 for e in es]
-    return {
-        "name": name,
-        "valid_bpc": final["valid_bpc"],
-        "train_bpc": final["train_bpc"],
-        "epsilon": privacy["epsilon"] if privacy else None,
-        "delta": privacy["delta"] if privacy else None,
-        "dropout": cfg.model.dropout,
-        "weight_decay": cfg.train.weight_decay,
-        "training_seconds": report["model"]["training"]["seconds"],
-        "exposure_inserted_mean": statistics.fmean(inserted) if inserted else 0.0,
-        "exposure_by_insertions": {
-            str(n): {"mean": statistics.fmean(es), "max": max(es)} for n, es in sorted(by_n.items())
-        },
-    }
-
-
-def sweep_table(rows: list[dict[str, Any]]) -> str:
-    counts = sorted({int(n) for r in rows for n in r["exposure_by_insertions"]})
-    head = f"{'setting':<16} {'valid bpc':>9} {'epsilon':>8}  " + "  ".join(f"{('n=' + str(n)):>11}" for n in counts)
-    lines = [head, " " * 37 + "  ".join(f"{'mean/max':>11}" for _ in counts)]
-    for r in rows:
-        eps = f"{r['epsilon']:.3g}" if r["epsilon"] is not None else "-"
-        cells = []
-        for n in counts:
-            e = r["exposure_by_insertions"].get(str(n))
-            cells.append(f"{e['mean']:5.1f}/{e['max']:5.1f}" if e else f"{'-':>11}")
-        lines.append(f"{r['name']:<16} {r['valid_bpc']:>9.3f} {eps:>8}  " + "  ".join(cells))
-    return "\n".join(lines)

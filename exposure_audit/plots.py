@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import math
-from collections.abc import Sequence
+import statistics
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from .errors import AuditError
 from .files import atomic_write_bytes, atomic_write_text, read_json
+from .metrics import read_metrics
 
 
 def _plt():
@@ -42,18 +43,17 @@ def _save(fig, path: Path) -> Path:
 
 
 def plot_exposure_vs_insertions(report: dict[str, Any], path: Path) -> Path:
+    from .report import by_insertions
+
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4))
     by_format: dict[str, list[dict[str, Any]]] = {}
     for c in report["canaries"]:
         by_format.setdefault(c["format"], []).append(c)
     for fmt, cs in by_format.items():
-        xs = [c["insertions"] for c in cs]
-        ys = [c["exposure"] for c in cs]
-        ax.scatter([max(x, 0.5) for x in xs], ys, alpha=0.7, label=fmt)
-        counts = sorted(set(xs))
-        means = [sum(c["exposure"] for c in cs if c["insertions"] == n) / xs.count(n) for n in counts]
-        ax.plot([max(n, 0.5) for n in counts], means, "-", alpha=0.6)
+        ax.scatter([max(c["insertions"], 0.5) for c in cs], [c["exposure"] for c in cs], alpha=0.7, label=fmt)
+        by_n = by_insertions((c["insertions"], c["exposure"]) for c in cs)
+        ax.plot([max(n, 0.5) for n in by_n], [statistics.fmean(es) for es in by_n.values()], "-", alpha=0.6)
         ax.axhline(cs[0]["exposure_max"], ls=":", color="gray", lw=1)
     ax.axhline(1 / math.log(2), ls="--", color="gray", lw=1, label="chance (1.44 bits)")
     ax.set_xscale("log", base=2)
@@ -180,8 +180,7 @@ def render_run(folder: Path) -> Path:
             sections.append((f"Log-perplexity of candidates: {fmt}", png))
     metrics_path = folder / "model" / "metrics.jsonl"
     if metrics_path.exists():
-        metrics = [json.loads(x) for x in metrics_path.read_text(encoding="utf-8").splitlines() if x.strip()]
-        png = plot_training(metrics, folder / "training.png")
+        png = plot_training(read_metrics(metrics_path), folder / "training.png")
         if png is not None:
             sections.append(("Training", png))
     return render_html(f"exposure-audit report: {folder.name}", sections, folder / "report.html")
@@ -189,7 +188,7 @@ def render_run(folder: Path) -> Path:
 
 def render_sweep(folder: Path) -> Path:
     """The privacy/utility figure and sweep.html for a sweep folder."""
-    from .pipeline import sweep_table
+    from .report import sweep_table
 
     folder = Path(folder)
     data = read_json(folder / "sweep.json", "sweep")
@@ -209,3 +208,30 @@ def render_sweep(folder: Path) -> Path:
             if png.is_file():
                 sections.append((f"{r['name']}: training", png))
     return render_html(f"exposure-audit sweep: {folder.name}", sections, folder / "sweep.html")
+
+
+def rerender(folder: Path, emit: Callable[[str], None]) -> Path:
+    """``exposure-audit report``: redraw an audit or sweep folder from its JSON and emit its tables
+    (exposure; the sweep's settings; exposure during training where it was tracked)."""
+    from .report import sweep_table, tracking_table
+    from .metrics import read_metrics
+
+    folder = Path(folder)
+    if (folder / "sweep.json").is_file():
+        out = render_sweep(folder)
+        rows = read_json(folder / "sweep.json", "sweep")["runs"]
+        emit(sweep_table(rows))
+        runs = [folder / r["name"] for r in rows]
+    elif (folder / "report.json").is_file():
+        out = render_run(folder)
+        emit(read_json(folder / "report.json", "report").get("table", ""))
+        runs = [folder]
+    else:
+        raise AuditError(f"{folder} holds neither report.json (an audit) nor sweep.json (a sweep)")
+    for run in runs:
+        metrics_path = run / "model" / "metrics.jsonl"
+        if metrics_path.is_file():
+            text = tracking_table(read_metrics(metrics_path))
+            if text:
+                emit(f"\n{run.name}: exposure during training\n{text}")
+    return out

@@ -1,17 +1,26 @@
-"""Reports: a readable table, the JSON report (schema 1) and JUnit XML."""
+"""Reports: the readable tables (exposure, extraction, training, sweep), the JSON report
+(schema 1) and JUnit XML. Everything that prints a result is here; the CLI only echoes it."""
 
 from __future__ import annotations
 
 import math
 import statistics
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import Any, TypeVar
 
 from .exposure.measure import CanaryResult
-from .files import atomic_write_json, atomic_write_text
 
 SCHEMA = 1
+T = TypeVar("T")
+
+
+def by_insertions(pairs: Iterable[tuple[int, T]]) -> dict[int, list[T]]:
+    """Values grouped by insertion count, in increasing order of the count."""
+    groups: dict[int, list[T]] = {}
+    for n, value in pairs:
+        groups.setdefault(n, []).append(value)
+    return dict(sorted(groups.items()))
 
 
 def passed(results: Sequence[CanaryResult], threshold: float | None) -> bool:
@@ -21,7 +30,8 @@ def passed(results: Sequence[CanaryResult], threshold: float | None) -> bool:
     return not any(r.insertions > 0 and r.exposure > threshold for r in results)
 
 
-def redact(secret: str) -> str:
+def mask_secret(secret: str) -> str:
+    """The secret with all but its first and last character hidden (``--redact``)."""
     if len(secret) <= 2:
         return "*" * len(secret)
     return secret[0] + "*" * (len(secret) - 2) + secret[-1]
@@ -66,11 +76,7 @@ def table(results: Sequence[CanaryResult], *, redact_secrets: bool = False, thre
             lines.append("  ".join("-" * w for w in widths))
     lines.append("")
     lines.append("insertions  canaries  mean exposure  max exposure")
-    by_n: dict[int, list[float]] = {}
-    for r in results:
-        by_n.setdefault(r.insertions, []).append(r.exposure)
-    for n in sorted(by_n):
-        es = by_n[n]
+    for n, es in by_insertions((r.insertions, r.exposure) for r in results).items():
         label = f"{n} (control)" if n == 0 else str(n)
         lines.append(f"{label:>10}  {len(es):>8}  {statistics.fmean(es):>13.2f}  {max(es):>12.2f}")
     return "\n".join(lines)
@@ -88,7 +94,7 @@ def report_json(
     for r in results:
         c = r.to_json()
         if redact_secrets:
-            c["secret"] = redact(c["secret"])
+            c["secret"] = mask_secret(c["secret"])
             c["text"] = None
         canaries.append(c)
     return {
@@ -115,7 +121,7 @@ def junit_xml(results: Sequence[CanaryResult], threshold: float | None, *, redac
         time=f"{sum(r.seconds for r in inserted):.3f}",
     )
     for r in inserted:
-        secret = redact(r.secret) if redact_secrets else r.secret
+        secret = mask_secret(r.secret) if redact_secrets else r.secret
         case = ET.SubElement(
             suite,
             "testcase",
@@ -138,14 +144,6 @@ def junit_xml(results: Sequence[CanaryResult], threshold: float | None, *, redac
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suite, encoding="unicode") + "\n"
 
 
-def write_json(path: Any, data: dict[str, Any]) -> None:
-    atomic_write_json(path, data)
-
-
-def write_junit(path: Any, xml: str) -> None:
-    atomic_write_text(path, xml)
-
-
 def tracking_table(metrics: Sequence[dict[str, Any]]) -> str | None:
     """Losses and mean exposure per insertion count at each tracked point of a training run."""
     rows = [m for m in metrics if "exposure_by_insertions" in m]
@@ -166,4 +164,57 @@ def tracking_table(metrics: Sequence[dict[str, Any]]) -> str | None:
         if "epsilon" in m:
             line += f" {m['epsilon']:8.3g}"
         lines.append(line)
+    return "\n".join(lines)
+
+
+def extraction_table(ex: Any, redact: bool, canaries: Sequence[Any] | None = None) -> str:
+    """One extraction's candidates, best first, marking the planted ones."""
+    kind = "exact order" if ex.method == "best-first" else f"beam {ex.details.get('beam_width')}, approximate"
+    status = (
+        "proven"
+        if ex.proven
+        else ("approximate" if ex.method == "beam" else "NOT proven (budget exhausted; best found so far)")
+    )
+    lines = [
+        f"extract {ex.format!r} ({kind}): {len(ex.candidates)} candidates, {status}; "
+        f"{ex.model_steps:,} model steps, {ex.seconds:.1f} s"
+    ]
+    planted = {c.secret: c for c in (canaries or [])}
+    width = max(6, ex.candidates and len(ex.candidates[0].secret) or 6)
+    lines.append(f"{'#':>3}  {'secret':<{width}}  {'log-ppl':>8}  {'P(after prefix)':>15}  planted")
+    for i, c in enumerate(ex.candidates, 1):
+        share = 2.0 ** -(c.log_perplexity - ex.prefix_cost)
+        mark = f"canary, inserted {planted[c.secret].insertions}x" if c.secret in planted else ""
+        secret = mask_secret(c.secret) if redact else c.secret
+        lines.append(f"{i:>3}  {secret}  {c.log_perplexity:>8.2f}  {share:>15.3e}  {mark}")
+    lines.append(f"these {len(ex.candidates)} hold {ex.mass:.1%} of the probability of completing the format's prefix")
+    return "\n".join(lines)
+
+
+def extraction_summary_lines(summary: dict[str, Any], redact: bool) -> list[str]:
+    """Where each canary landed in its format's extraction, and the success rate per insertion count."""
+    top = summary["top"]
+    lines = ["", f"{'canary':<12}  {'ins':>3}  position in top {top}"]
+    for r in summary["canaries"]:
+        secret = mask_secret(r["secret"]) if redact else r["secret"]
+        lines.append(f"{secret:<12}  {r['insertions']:>3}  {r['position'] if r['position'] else f'not in top {top}'}")
+    lines.append("")
+    lines.append("insertions  canaries  extracted at #1  in top " + str(top))
+    for n, st in summary["success_by_insertions"].items():
+        label = f"{n} (control)" if int(n) == 0 else str(n)
+        lines.append(f"{label:>10}  {st['canaries']:>8}  {st['extracted_top1']:>15}  {st['in_top_k']:>8}")
+    return lines
+
+
+def sweep_table(rows: list[dict[str, Any]]) -> str:
+    counts = sorted({int(n) for r in rows for n in r["exposure_by_insertions"]})
+    head = f"{'setting':<16} {'valid bpc':>9} {'epsilon':>8}  " + "  ".join(f"{('n=' + str(n)):>11}" for n in counts)
+    lines = [head, " " * 37 + "  ".join(f"{'mean/max':>11}" for _ in counts)]
+    for r in rows:
+        eps = f"{r['epsilon']:.3g}" if r["epsilon"] is not None else "-"
+        cells = []
+        for n in counts:
+            e = r["exposure_by_insertions"].get(str(n))
+            cells.append(f"{e['mean']:5.1f}/{e['max']:5.1f}" if e else f"{'-':>11}")
+        lines.append(f"{r['name']:<16} {r['valid_bpc']:>9.3f} {eps:>8}  " + "  ".join(cells))
     return "\n".join(lines)

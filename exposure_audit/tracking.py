@@ -9,6 +9,7 @@ from typing import Any
 from .config import TrackConfig
 from .exposure.measure import measure
 from .manifest import Canary
+from .report import by_insertions
 
 
 class ExposureTracker:
@@ -34,8 +35,6 @@ class ExposureTracker:
             bootstrap=0,
         )
         record["exposure"] = {c.id: round(r.exposure, 4) for c, r in zip(self.canaries, results)}
-        by_n: dict[int, list[float]] = {}
-        for c, r in zip(self.canaries, results):
-            by_n.setdefault(c.insertions, []).append(r.exposure)
-        record["exposure_by_insertions"] = {str(n): round(statistics.fmean(v), 4) for n, v in sorted(by_n.items())}
+        by_n = by_insertions((c.insertions, r.exposure) for c, r in zip(self.canaries, results))
+        record["exposure_by_insertions"] = {str(n): round(statistics.fmean(v), 4) for n, v in by_n.items()}
         record["exposure_methods"] = sorted({r.method for r in results})

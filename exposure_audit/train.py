@@ -1,20 +1,22 @@
-"""Training: the char-LSTM on fixed-length sequences of ``train.txt``, with Adam.
+"""Training: the char-LSTM on fixed-length sequences of ``train.txt``, with Adam or DP-SGD.
 
-Reads top to bottom: data -> model -> loop (tqdm bar with the running loss) -> validation
-each epoch (bits per character) -> one ``metrics.jsonl`` line per epoch -> checkpoint.
+Reads top to bottom: data -> model -> one loop (tqdm bar with the running loss; DP-SGD is a
+switch inside it) -> validation each epoch (bits per character) -> one ``metrics.jsonl`` line
+per epoch -> checkpoint -> :func:`run_training`, the resumable training of a checkpoint folder.
 Every random choice (initial weights, batch order) flows from ``seed``.
 """
 
 from __future__ import annotations
 
-import codecs
 import hashlib
 import json
 import math
 import os
+import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,11 +25,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import ModelConfig, TrainConfig
+from .config import AuditConfig, TrainConfig, config_from_dict
+from .corpus import decode_utf8
 from .errors import AuditError
-from .files import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json, sha256_file
+from .files import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    output_dir,
+    read_json,
+    sha256_file,
+    staging_path,
+)
 from .formats import Format
 from .manifest import Manifest
+from .metrics import METRICS, Hook, MetricsLog, read_metrics
 from .models.charlstm import CharLSTM, CharLSTMConfig, save_checkpoint
 from .models.vocab import Vocabulary
 from .progress import Progress
@@ -47,28 +59,12 @@ IN_MEMORY_CHARS = 1 << 26  # larger texts are encoded into a memory-mapped tempo
 
 
 def _chunks(path: Path, what: str, size: int = 1 << 24) -> Iterator[str]:
-    """The text of ``path`` in pieces, decoded strictly; NUL bytes and invalid UTF-8 are errors
-    naming the byte offset. Streaming: memory stays bounded whatever the file's size."""
+    """The text of ``path`` in pieces, decoded strictly (see :func:`corpus.decode_utf8`).
+    Streaming: memory stays bounded whatever the file's size."""
     if not path.is_file():
         raise AuditError(f"{what} {path} is missing")
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="strict")
-    offset = 0
     with open(path, "rb") as fh:
-        while raw := fh.read(size):
-            nul = raw.find(b"\0")
-            if nul >= 0:
-                raise AuditError(f"{what} {path} looks binary: NUL byte at byte offset {offset + nul}")
-            try:
-                yield decoder.decode(raw)
-            except UnicodeDecodeError as e:
-                raise AuditError(
-                    f"{what} {path} is not UTF-8: invalid byte at byte offset {offset + e.start}"
-                ) from None
-            offset += len(raw)
-    try:
-        decoder.decode(b"", final=True)
-    except UnicodeDecodeError:
-        raise AuditError(f"{what} {path} is not UTF-8: truncated character at byte offset {offset}") from None
+        yield from decode_utf8(iter(lambda: fh.read(size), b""), f"{what} {path}")
 
 
 def _encode_file(path: Path, vocab: Vocabulary, count: int, what: str) -> np.ndarray:
@@ -101,7 +97,7 @@ def load_data(folder: Path, seq_len: int) -> TrainData:
     canaries can still be scored), plus the unknown symbol."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise AuditError(f"data folder {folder} does not exist (it is the --out of 'exposure-audit insert')")
+        raise AuditError(f"data folder {folder} does not exist (it is the output folder of insert)")
     train_path, valid_path = folder / "train.txt", folder / "valid.txt"
     chars, n_train = _scan(train_path, "training text")
     n_valid = _scan(valid_path, "validation text")[1] if valid_path.exists() else 0
@@ -240,7 +236,7 @@ def load_train_state(folder: Path, model: CharLSTM, opt: torch.optim.Optimizer, 
     return Position(**meta["position"])
 
 
-def _identity(data: TrainData, model_cfg: ModelConfig, cfg: TrainConfig, seed: int) -> str:
+def _identity(data: TrainData, model_cfg: CharLSTMConfig, cfg: TrainConfig, seed: int) -> str:
     from .files import canonical_sha256
 
     settings = {k: v for k, v in asdict(cfg).items() if k not in ("threads", "checkpoint_every")}
@@ -255,48 +251,105 @@ def _identity(data: TrainData, model_cfg: ModelConfig, cfg: TrainConfig, seed: i
     )
 
 
-# hook(event, record, model_fn): event "step" (every step) or "epoch"; model_fn() returns the
-# model in eval mode. A hook may add keys to record: an epoch record is then written with them,
-# and a step record with added keys is written as a "track" line.
-Hook = Callable[[str, dict[str, Any], Callable[[], CharLSTM]], None]
+# -- DP-SGD -------------------------------------------------------------------------------
+ACCOUNTANT = "rdp"
 
 
-class MetricsLog:
-    """``metrics.jsonl``: one JSON object a line (epoch records and "track" records), appended
-    as training goes, so an interrupted run keeps what it measured."""
+def check_dp(cfg: TrainConfig) -> None:
+    """Reject an impossible DP request before any training starts."""
+    dp = cfg.dp
+    if (dp.noise_multiplier is None) == (dp.target_epsilon is None):
+        raise AuditError("DP-SGD needs exactly one of noise_multiplier and target_epsilon")
+    try:
+        import opacus  # noqa: F401
+    except ImportError:
+        raise AuditError("DP-SGD needs opacus: pip install 'exposure-audit[dp]' torch==2.13.0") from None
 
-    def __init__(self, path: Path | None, records: Sequence[dict[str, Any]] = ()) -> None:
-        self.path = path
-        self.records = list(records)
 
-    def add(self, record: dict[str, Any]) -> None:
-        self.records.append(record)
-        if self.path is not None:
-            with open(self.path, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(record) + "\n")
+@dataclass
+class _PrivateTraining:
+    """Opacus' wrappings of one training run (see :func:`_make_private`)."""
 
-    def step_hooks(
-        self,
-        hooks: Sequence[Hook],
-        epoch: int,
-        step: int,
-        model_fn: Callable[[], CharLSTM],
-        seconds: float,
-        **extra: Any,
-    ) -> None:
-        """Run the per-step hooks; log a "track" line if any of them added figures."""
-        track: dict[str, Any] = {"event": "track", "epoch": epoch, "step": step}
-        for hook in hooks:
-            hook("step", track, model_fn)
-        if len(track) > 3:
-            track["seconds"] = round(seconds, 3)
-            track.update({k: v() if callable(v) else v for k, v in extra.items()})
-            self.add(track)
+    engine: Any  # opacus.PrivacyEngine: its accountant tracks epsilon
+    module: torch.nn.Module  # the model, also computing per-example gradients
+    optimizer: torch.optim.Optimizer  # clips per-example gradients, adds the noise
+    loader: Any  # Poisson-sampled batches of positions 0..windows-1 into each epoch's windows
+    noise_multiplier: float
+    sample_rate: float
+
+    def epsilon(self, delta: float) -> float:
+        return float(self.engine.get_epsilon(delta))
+
+
+def _make_private(
+    model: CharLSTM, opt: torch.optim.Optimizer, cfg: TrainConfig, *, windows: int, seed: int
+) -> _PrivateTraining:
+    """Wrap ``model`` and ``opt`` for DP-SGD over ``windows`` windows an epoch.
+
+    The examples Opacus samples are positions into the epoch's windows, so the loop can draw
+    each epoch's windows as the non-private path does while Opacus' sampler includes each one
+    in a batch independently, at the rate its accountant charges: one over the batches per
+    epoch. With a target epsilon the noise is solved for that rate and schedule first."""
+    from opacus import PrivacyEngine
+    from opacus.accountants.utils import get_noise_multiplier
+    from torch.utils.data import DataLoader, TensorDataset
+
+    dp = cfg.dp
+    positions = DataLoader(
+        TensorDataset(torch.arange(windows)),
+        batch_size=cfg.batch_size,
+        generator=torch.Generator().manual_seed(seed),  # the sampler's randomness
+    )
+    sample_rate = 1 / len(positions)  # make_private's own choice, for its sampler and accountant
+    noise = dp.noise_multiplier
+    if dp.target_epsilon is not None:
+        with warnings.catch_warnings():
+            # The search evaluates epsilon at noise levels far from the answer, where the accountant
+            # warns that a wider range of orders would give a tighter bound. Only here: the epsilon
+            # reported after training is computed outside this filter.
+            warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+            try:
+                noise = get_noise_multiplier(
+                    target_epsilon=dp.target_epsilon,
+                    target_delta=dp.delta,
+                    sample_rate=sample_rate,
+                    steps=cfg.epochs * len(positions),
+                    accountant=ACCOUNTANT,
+                )
+            except ValueError as e:
+                raise AuditError(
+                    f"DP-SGD: {e} (target epsilon {dp.target_epsilon} cannot be reached with this schedule?)"
+                ) from None
+    with warnings.catch_warnings():
+        # Opacus warns that its RNG is not cryptographically secure: reproducibility wants the seeded one
+        warnings.filterwarnings("ignore", message="Secure RNG turned off")
+        engine = PrivacyEngine(accountant=ACCOUNTANT)
+    module, optimizer, loader = engine.make_private(
+        module=model,
+        optimizer=opt,
+        data_loader=positions,
+        noise_multiplier=noise,
+        max_grad_norm=dp.max_grad_norm,
+        poisson_sampling=True,
+    )
+    return _PrivateTraining(
+        engine=engine,
+        module=module,
+        optimizer=optimizer,
+        loader=loader,
+        noise_multiplier=float(noise),
+        sample_rate=sample_rate,
+    )
+
+
+def _fewest_windows(n: int, seq_len: int) -> int:
+    """The fewest windows :func:`_windows` gives for any phase (its count varies by one)."""
+    return max(1, len(range(seq_len - 1, n - seq_len - 1, seq_len)))
 
 
 def train(
     data: TrainData,
-    model_cfg: ModelConfig,
+    model_cfg: CharLSTMConfig,
     cfg: TrainConfig,
     *,
     seed: int,
@@ -307,11 +360,23 @@ def train(
 ) -> TrainResult:
     """Train a fresh char-LSTM on ``data``.
 
+    Each epoch draws non-overlapping windows of ``seq_len + 1`` characters at a random phase,
+    in random order (at most ``cfg.max_chars`` characters' worth), and trains on batches of them.
+
     With ``folder``: one JSON line per epoch goes to ``folder/metrics.jsonl``, and a training
     state every ``cfg.checkpoint_every`` steps and at each epoch end, from which
     ``resume=True`` continues to the same final weights as an uninterrupted run.
     ``hooks`` are called as ``hook(event, record, model)`` with event "step" (every step) or
     "epoch"; they may add keys to ``record`` (it becomes a metrics line at epoch ends).
+
+    With ``cfg.dp.enabled``, DP-SGD through Opacus: batches are Poisson-sampled from the epoch's
+    windows, per-window gradients are clipped to ``max_grad_norm`` and Gaussian noise is
+    added; the RDP accountant tracks epsilon (in every epoch record and ``privacy``). The
+    guarantee is per window: a canary inserted n times sits in up to n windows of an epoch (2n
+    if its copies straddle window edges), so its own protection is that of such a group.
+    With ``max_chars`` each epoch samples from a random share of the windows, and the accountant
+    charges the rate within that share: an upper bound on any window's. DP-SGD runs cannot be
+    resumed (the accountant's history is not saved).
     """
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -322,64 +387,86 @@ def train(
             raise AuditError(
                 "DP-SGD runs cannot be resumed (the privacy accountant's history is not saved); start over"
             )
-        return train_dp(data, model_cfg, cfg, seed=seed, quiet=quiet, folder=folder, hooks=hooks)
+        check_dp(cfg)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    model = CharLSTM(data.vocab, CharLSTMConfig(**asdict(model_cfg)))
+    model = CharLSTM(data.vocab, model_cfg, dp=cfg.dp.enabled)
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     identity = _identity(data, model_cfg, cfg, seed)
     pos = Position()
     metrics: list[dict[str, Any]] = []
-    metrics_path = folder / "metrics.jsonl" if folder is not None else None
+    metrics_path = folder / METRICS if folder is not None else None
     if resume:
         if folder is None:
             raise AuditError("resuming needs the training folder")
         pos = load_train_state(folder, model, opt, identity)
         if metrics_path is not None and metrics_path.exists():
-            lines = metrics_path.read_text(encoding="utf-8").splitlines()
-            metrics = [m for m in (json.loads(line) for line in lines if line.strip()) if m["step"] <= pos.step]
+            metrics = [m for m in read_metrics(metrics_path) if m["step"] <= pos.step]
             atomic_write_text(metrics_path, "".join(json.dumps(m) + "\n" for m in metrics))
     elif metrics_path is not None and metrics_path.exists():
         metrics_path.unlink()
     n = len(data.train)
-    per_epoch = len(_windows(n, cfg.seq_len, np.random.default_rng(0)))
+    if cfg.dp.enabled:
+        per_epoch = _fewest_windows(n, cfg.seq_len)  # Opacus samples from a population of fixed size
+    else:
+        per_epoch = len(_windows(n, cfg.seq_len, np.random.default_rng(0)))
     if cfg.max_chars:
         per_epoch = min(per_epoch, max(1, cfg.max_chars // cfg.seq_len))
     batches_per_epoch = -(-per_epoch // cfg.batch_size)
+    private = _make_private(model, opt, cfg, windows=per_epoch, seed=seed) if cfg.dp.enabled else None
+    net, step_opt = (private.module, private.optimizer) if private else (model, opt)
     t_start = time.perf_counter() - pos.seconds
 
     log = MetricsLog(metrics_path, metrics)
 
+    def batches(starts: np.ndarray) -> Iterator[np.ndarray]:
+        """The epoch's batches of window starts: in order, or Poisson-sampled for DP-SGD."""
+        if private is None:
+            return (starts[lo : lo + cfg.batch_size] for lo in range(0, len(starts), cfg.batch_size))
+        return (starts[idx.numpy()] for (idx,) in private.loader)
+
     def current() -> CharLSTM:
+        """The model as hooks and validation see it, in eval mode."""
+        if private is not None:
+            return _plain_copy(model)  # Opacus' LSTM and hooks: measure a plain copy
         model.eval()
         return model
 
     def checkpoint() -> None:
-        if folder is not None:
+        if folder is not None and private is None:
             pos.seconds = time.perf_counter() - t_start
             save_train_state(folder, model, opt, pos, identity)
 
-    with Progress(
-        total=batches_per_epoch * cfg.epochs, desc="train", quiet=quiet, unit="batch", initial=pos.step
-    ) as bar:
+    # figures of a "track" line: epsilon so far, for DP-SGD (computed only if a line is written)
+    extra = {"epsilon": lambda: private.epsilon(cfg.dp.delta)} if private else {}
+    desc = "train (DP-SGD)" if private else "train"
+    with (
+        warnings.catch_warnings(),
+        Progress(total=batches_per_epoch * cfg.epochs, desc=desc, quiet=quiet, unit="batch", initial=pos.step) as bar,
+    ):
+        if private is not None:
+            # Opacus' hooks make torch warn that no input requires grad (the input is token ids):
+            # harmless. catch_warnings gives the caller its own filters back afterwards.
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
         for epoch in range(pos.epoch, cfg.epochs + 1):
             if pos.epoch_rng is not None and epoch == pos.epoch:
                 rng.bit_generator.state = pos.epoch_rng  # replay this epoch's batch order
             pos.epoch_rng = rng.bit_generator.state
             starts = _windows(n, cfg.seq_len, rng)[:per_epoch]
-            for b, lo in enumerate(range(0, len(starts), cfg.batch_size)):
+            for b, group in enumerate(batches(starts)):
                 if b < pos.batch:
                     continue  # done before the interruption
-                group = starts[lo : lo + cfg.batch_size]
+                if len(group) == 0:
+                    continue  # Poisson sampling can draw an empty batch
                 x = torch.as_tensor(np.stack([data.train[s : s + cfg.seq_len + 1] for s in group]).astype(np.int64))
-                logits, _ = model(x[:, :-1])
+                logits, _ = net(x[:, :-1])
                 loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
-                opt.zero_grad(set_to_none=True)
+                step_opt.zero_grad(set_to_none=True)
                 loss.backward()
-                if cfg.grad_clip > 0:
+                if private is None and cfg.grad_clip > 0:  # DP-SGD clips each window's gradient instead
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                opt.step()
+                step_opt.step()
                 loss_value = loss.item()
                 pos.step += 1
                 pos.batch = b + 1
@@ -388,7 +475,7 @@ def train(
                 bar.update(1)
                 bar.postfix(epoch=epoch, bpc=f"{loss_value / LN2:.3f}")
                 if hooks:
-                    log.step_hooks(hooks, epoch, pos.step, current, time.perf_counter() - t_start)
+                    log.step_hooks(hooks, epoch, pos.step, current, time.perf_counter() - t_start, **extra)
                     model.train()
                 if cfg.checkpoint_every and pos.step % cfg.checkpoint_every == 0:
                     checkpoint()
@@ -396,10 +483,12 @@ def train(
                 "event": "epoch",
                 "epoch": epoch,
                 "step": pos.step,
-                "train_bpc": pos.loss_sum / pos.loss_n / LN2,
-                "valid_bpc": evaluate_bpc(model, data.valid, cfg.seq_len),
+                "train_bpc": pos.loss_sum / max(pos.loss_n, 1) / LN2,
+                "valid_bpc": evaluate_bpc(current(), data.valid, cfg.seq_len),
                 "seconds": round(time.perf_counter() - t_start, 3),
             }
+            if private is not None:
+                record["epsilon"] = private.epsilon(cfg.dp.delta)
             for hook in hooks:
                 hook("epoch", record, current)
             model.train()
@@ -407,151 +496,39 @@ def train(
             pos.epoch, pos.batch, pos.loss_sum, pos.loss_n = epoch + 1, 0, 0.0, 0
             pos.epoch_rng = rng.bit_generator.state
             checkpoint()
-    model.eval()
-    return TrainResult(model=model, metrics=log.records, seconds=time.perf_counter() - t_start)
-
-
-def check_dp(cfg: TrainConfig) -> None:
-    """Reject an impossible DP request before any training starts."""
-    dp = cfg.dp
-    if (dp.noise_multiplier is None) == (dp.target_epsilon is None):
-        raise AuditError("--dp needs exactly one of --noise-multiplier and --target-epsilon")
-    try:
-        import opacus  # noqa: F401
-    except ImportError:
-        raise AuditError("DP-SGD needs opacus: pip install 'exposure-audit[dp]' torch==2.13.0") from None
-
-
-def train_dp(
-    data: TrainData,
-    model_cfg: ModelConfig,
-    cfg: TrainConfig,
-    *,
-    seed: int,
-    quiet: bool = False,
-    folder: Path | None = None,
-    hooks: Sequence[Hook] = (),
-) -> TrainResult:
-    """DP-SGD through Opacus: each training example is one window of ``seq_len + 1`` characters
-    (non-overlapping); batches are Poisson-sampled; per-example gradients are clipped to
-    ``max_grad_norm`` and Gaussian noise is added; the RDP accountant tracks epsilon.
-
-    The guarantee is per window. A canary inserted n times sits in up to n windows, so its own
-    protection is that of a group of n (roughly n times epsilon)."""
-    import warnings
-
-    from opacus import PrivacyEngine
-    from torch.utils.data import DataLoader, TensorDataset
-
-    check_dp(cfg)
-    dp = cfg.dp
-    torch.manual_seed(seed)
-    model = CharLSTM(data.vocab, CharLSTMConfig(**asdict(model_cfg)), dp=True)
-    model.train()
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    n = len(data.train)
-    starts = np.arange(0, n - cfg.seq_len - 1, cfg.seq_len)
-    windows = torch.as_tensor(np.stack([data.train[s : s + cfg.seq_len + 1] for s in starts]).astype(np.int64))
-    generator = torch.Generator().manual_seed(seed)
-    loader = DataLoader(TensorDataset(windows), batch_size=cfg.batch_size, shuffle=True, generator=generator)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # opacus warns about secure RNG; reproducibility wants the seeded one
-        engine = PrivacyEngine(accountant="rdp")
-        try:
-            if dp.target_epsilon is not None:
-                private, opt, loader = engine.make_private_with_epsilon(
-                    module=model,
-                    optimizer=opt,
-                    data_loader=loader,
-                    target_epsilon=dp.target_epsilon,
-                    target_delta=dp.delta,
-                    epochs=cfg.epochs,
-                    max_grad_norm=dp.max_grad_norm,
-                    poisson_sampling=True,
-                )
-            else:
-                private, opt, loader = engine.make_private(
-                    module=model,
-                    optimizer=opt,
-                    data_loader=loader,
-                    noise_multiplier=dp.noise_multiplier,
-                    max_grad_norm=dp.max_grad_norm,
-                    poisson_sampling=True,
-                )
-        except ValueError as e:
-            raise AuditError(
-                f"DP-SGD: {e} (target epsilon {dp.target_epsilon} cannot be reached with this schedule?)"
-            ) from None
-    noise = float(opt.noise_multiplier)
-    metrics_path = folder / "metrics.jsonl" if folder is not None else None
-    if metrics_path is not None and metrics_path.exists():
-        metrics_path.unlink()
-    log = MetricsLog(metrics_path)
-    t0 = time.perf_counter()
-    step = 0
-
-    def plain() -> CharLSTM:
-        """A copy with torch's own LSTM, for measuring and saving (same weights and names)."""
-        m = CharLSTM(data.vocab, CharLSTMConfig(**asdict(model_cfg)))
-        # each part's own state_dict: DPLSTM renames its parameters to nn.LSTM's names only there
-        state = {
-            f"{name}.{k}": v for name in ("embed", "lstm", "head") for k, v in getattr(model, name).state_dict().items()
-        }
-        m.load_state_dict(state)
-        return m.eval()
-
-    # Opacus' hooks make torch warn that no input requires grad (the input is token ids): harmless.
-    warnings.filterwarnings("ignore", message="Full backward hook is firing")
-    with Progress(total=len(loader) * cfg.epochs, desc="train (DP-SGD)", quiet=quiet, unit="batch") as bar:
-        for epoch in range(1, cfg.epochs + 1):
-            loss_sum, loss_n = 0.0, 0
-            for (x,) in loader:
-                if x.shape[0] == 0:
-                    continue  # Poisson sampling can draw an empty batch
-                logits, _ = private(x[:, :-1])
-                loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                step += 1
-                loss_value = loss.item()
-                loss_sum += loss_value * x.shape[0]
-                loss_n += x.shape[0]
-                bar.update(1)
-                bar.postfix(epoch=epoch, bpc=f"{loss_value / LN2:.3f}")
-                if hooks:
-                    epsilon_now = lambda: float(engine.get_epsilon(dp.delta))  # noqa: E731
-                    log.step_hooks(hooks, epoch, step, plain, time.perf_counter() - t0, epsilon=epsilon_now)
-            epsilon = float(engine.get_epsilon(dp.delta))
-            record = {
-                "event": "epoch",
-                "epoch": epoch,
-                "step": step,
-                "train_bpc": loss_sum / max(loss_n, 1) / LN2,
-                "valid_bpc": evaluate_bpc(plain(), data.valid, cfg.seq_len),
-                "seconds": round(time.perf_counter() - t0, 3),
-                "epsilon": epsilon,
-            }
-            for hook in hooks:
-                hook("epoch", record, plain)
-            log.add(record)
+    seconds = time.perf_counter() - t_start
+    if private is None:
+        model.eval()
+        return TrainResult(model=model, metrics=log.records, seconds=seconds)
     privacy = {
         "mechanism": "DP-SGD (Opacus, Poisson sampling, RDP accountant)",
-        "epsilon": float(engine.get_epsilon(dp.delta)),
-        "delta": dp.delta,
-        "noise_multiplier": noise,
-        "max_grad_norm": dp.max_grad_norm,
-        "sample_rate": cfg.batch_size / len(windows),
-        "steps": step,
+        "epsilon": private.epsilon(cfg.dp.delta),
+        "delta": cfg.dp.delta,
+        "noise_multiplier": private.noise_multiplier,
+        "max_grad_norm": cfg.dp.max_grad_norm,
+        "sample_rate": private.sample_rate,
+        "steps": pos.step,
         "unit": f"one window of {cfg.seq_len + 1} characters",
     }
-    return TrainResult(model=plain(), metrics=log.records, seconds=time.perf_counter() - t0, privacy=privacy)
+    return TrainResult(model=_plain_copy(model), metrics=log.records, seconds=seconds, privacy=privacy)
+
+
+def _plain_copy(model: CharLSTM) -> CharLSTM:
+    """A copy of a DP-SGD model with torch's own LSTM, for measuring and saving (same weights
+    and names), in eval mode."""
+    copy = CharLSTM(model.vocab, model.config)
+    # each part's own state_dict: DPLSTM renames its parameters to nn.LSTM's names only there
+    state = {
+        f"{name}.{k}": v for name in ("embed", "lstm", "head") for k, v in getattr(model, name).state_dict().items()
+    }
+    copy.load_state_dict(state)
+    return copy.eval()
 
 
 def train_folder(
     data_dir: Path,
     out_dir: Path,
-    model_cfg: ModelConfig,
+    model_cfg: CharLSTMConfig,
     cfg: TrainConfig,
     *,
     seed: int,
@@ -569,7 +546,7 @@ def train_folder(
 
         manifest_path = Path(data_dir) / "canaries.json"
         if not manifest_path.exists():
-            raise AuditError(f"--track-exposure needs {manifest_path} (the data folder of 'insert')")
+            raise AuditError(f"exposure tracking needs {manifest_path} (the data folder of insert)")
         hooks.append(ExposureTracker(Manifest.read(manifest_path).canaries, cfg.track, seed))
     result = train(data, model_cfg, cfg, seed=seed, quiet=quiet, folder=Path(out_dir), resume=resume, hooks=hooks)
     for name in (STATE_TENSORS, STATE_JSON):
@@ -585,4 +562,55 @@ def train_folder(
             **({"privacy": result.privacy} if result.privacy else {}),
         },
     )
+    return result
+
+
+# -- the resumable training of a checkpoint folder ----------------------------------------
+RUN_JSON = "run.json"  # in the staging folder: the data folder and settings, for resuming
+
+
+def run_training(
+    data_dir: Path | None,
+    out: Path,
+    cfg: AuditConfig | None,
+    *,
+    resume: bool = False,
+    force: bool = False,
+    quiet: bool = False,
+) -> TrainResult:
+    """Train on the ``insert`` folder ``data_dir`` with ``cfg`` (its seed, model and train
+    sections) into the checkpoint folder ``out``, surviving a killed process.
+
+    The work goes to a fixed staging folder beside ``out`` that also holds the data folder and
+    settings (``run.json``) and the latest training state; ``out`` appears in one rename at the
+    end. After a crash, ``resume=True`` (with ``data_dir`` and ``cfg`` None: the saved ones are
+    used) continues to the same weights as an uninterrupted run. ``force`` discards an
+    interrupted run and replaces an existing ``out``.
+    """
+    out = Path(out)
+    staging = staging_path(out, "train")
+    if resume:
+        if data_dir is not None or cfg is not None:
+            raise AuditError("resuming continues with the saved data folder and settings; give neither")
+        if not (staging / STATE_JSON).is_file():
+            raise AuditError(f"no interrupted training of {out} to resume (nothing saved in {staging})")
+        run = read_json(staging / RUN_JSON, "training run description")
+        if not isinstance(run, dict) or not isinstance(run.get("data"), str) or "config" not in run:
+            raise AuditError(f"{staging / RUN_JSON} is not a training run description; cannot resume")
+        cfg = config_from_dict(run["config"], str(staging / RUN_JSON))
+        data_dir = Path(run["data"])
+    else:
+        if data_dir is None or cfg is None:
+            raise AuditError("training needs a data folder and settings (or resume)")
+        if staging.exists():
+            if not force:
+                raise AuditError(
+                    f"an interrupted training of {out} is saved in {staging}; resume it, or force a fresh start"
+                )
+            shutil.rmtree(staging)
+    with output_dir(out, force, staging=staging, resumable=lambda d: (d / STATE_JSON).is_file()) as tmp:
+        if not resume:
+            atomic_write_json(tmp / RUN_JSON, {"data": str(Path(data_dir).resolve()), "config": cfg.to_dict()})
+        result = train_folder(data_dir, tmp, cfg.model, cfg.train, seed=cfg.seed, quiet=quiet, resume=resume)
+        (tmp / RUN_JSON).unlink(missing_ok=True)
     return result

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from exposure_audit.errors import AuditError
@@ -29,19 +29,19 @@ def test_score_matches_a_plain_forward_pass(tiny_model):
 def test_tree_leaves_equal_full_text_scores(tiny_model):
     fmt = Format.parse("x{[ACGT]:2}y{d:2}z")
     scorer = Scorer(tiny_model)
-    tail = engine.compile_format(scorer, fmt)
+    cf = engine.compile_format(scorer, fmt)
     leaves = {}
 
     def collect(costs, index):
         leaves.update(zip(index.tolist(), costs.tolist()))
 
-    result = engine.walk(scorer, tail, collect, batch=64)
+    result = engine.walk(scorer, cf, collect, batch=64)
     assert result.complete and len(leaves) == fmt.space_size
     tree = np.array([leaves[i] for i in range(fmt.space_size)])
     np.testing.assert_allclose(tree, full_scores(tiny_model, fmt), atol=1e-6)
     # one model step per tree node below the root, none for the leaves
     # levels A A y d d z \n: every node but a leaf is stepped, the "z" ones too (for P(newline))
-    assert result.steps == tail.tree_steps() == 4 + 16 + 16 + 160 + 1600 + 1600
+    assert result.steps == cf.tree_steps() == 4 + 16 + 16 + 160 + 1600 + 1600
 
 
 format_st = st.lists(
@@ -55,17 +55,16 @@ format_st = st.lists(
 @given(format_st, st.integers(0, 10**6))
 def test_enumerate_pruned_and_brute_give_identical_ranks(tiny_model, source, seed):
     fmt = Format.parse(source)
-    if fmt.space_size > 3000:
-        return
+    assume(fmt.space_size <= 3000)
     rng = np.random.default_rng(seed)
     picks = rng.choice(fmt.space_size, size=min(6, fmt.space_size), replace=False)
     secrets = [fmt.fill(int(i)) for i in picks]
     scorer = Scorer(tiny_model)
-    tail = engine.compile_format(scorer, fmt)
-    px = engine.score_tail(scorer, tail, secrets)
-    enum, _ = engine.enumerate_counts(scorer, tail, px, batch=100)
+    cf = engine.compile_format(scorer, fmt)
+    px = engine.score_secrets(scorer, cf, secrets)
+    enum, _ = engine.enumerate_counts(scorer, cf, px, batch=100)
     brute = engine.brute_force_counts(scorer, fmt, px, batch=100)
-    pruned = [engine.pruned_rank(scorer, tail, float(p), batch=100).rank for p in px]
+    pruned = [engine.pruned_rank(scorer, cf, float(p), batch=100).rank for p in px]
     assert list(enum) == list(brute) == pruned
     # and all equal a plain count over every candidate's full-text score
     scores = full_scores(tiny_model, fmt)
@@ -82,21 +81,21 @@ def test_pruned_work_follows_memorization(tiny_model):
         model.head.bias[model.vocab.id("7")] += 12.0
     fmt = Format.parse("pin {d:4}")
     scorer = Scorer(model)
-    tail = engine.compile_format(scorer, fmt)
-    (best,) = engine.score_tail(scorer, tail, ["7777"])
-    pr = engine.pruned_rank(scorer, tail, float(best))
+    cf = engine.compile_format(scorer, fmt)
+    (best,) = engine.score_secrets(scorer, cf, ["7777"])
+    pr = engine.pruned_rank(scorer, cf, float(best))
     assert pr.rank == 1
-    assert pr.result.steps < 200 < tail.tree_steps() / 50
+    assert pr.result.steps < 200 < cf.tree_steps() / 50
 
 
 def test_pruned_budget_gives_proven_bounds(tiny_model):
     fmt = Format.parse("pin {d:4}")
     scorer = Scorer(tiny_model)
-    tail = engine.compile_format(scorer, fmt)
+    cf = engine.compile_format(scorer, fmt)
     scores = full_scores(tiny_model, fmt)
     target = float(np.median(scores))
     true_rank = int(np.sum(scores <= target + engine.TIE_TOLERANCE))
-    pr = engine.pruned_rank(scorer, tail, target, max_steps=300)
+    pr = engine.pruned_rank(scorer, cf, target, max_steps=300)
     assert pr.rank is None and not pr.result.complete
     lo, hi = pr.bounds
     assert lo <= true_rank <= hi
@@ -106,10 +105,10 @@ def test_pruned_budget_gives_proven_bounds(tiny_model):
 def test_shards_add_up(tiny_model):
     fmt = Format.parse("{d:3}")
     scorer = Scorer(tiny_model)
-    tail = engine.compile_format(scorer, fmt)
-    px = engine.score_tail(scorer, tail, ["123", "999", "500"])
-    whole, _ = engine.enumerate_counts(scorer, tail, px)
-    parts = [engine.enumerate_counts(scorer, tail, px, index_range=(lo, lo + 250))[0] for lo in range(0, 1000, 250)]
+    cf = engine.compile_format(scorer, fmt)
+    px = engine.score_secrets(scorer, cf, ["123", "999", "500"])
+    whole, _ = engine.enumerate_counts(scorer, cf, px)
+    parts = [engine.enumerate_counts(scorer, cf, px, index_range=(lo, lo + 250))[0] for lo in range(0, 1000, 250)]
     assert list(sum(parts)) == list(whole)
 
 
@@ -142,17 +141,38 @@ def test_enumerate_over_budget_is_an_error(tiny_model):
     class C:
         format, secret, insertions = "{d:6}", "123456", 1
 
-    with pytest.raises(AuditError, match="pruned or estimate"):
+    with pytest.raises(AuditError, match="over the budget"):
         measure(tiny_model, [C()], method="enumerate", max_steps=1000)
 
 
-def test_auto_uses_estimate_on_large_spaces(tiny_model):
+def test_auto_estimates_an_unremarkable_canary_of_a_large_space(tiny_model):
+    """|R| = 10^7 is over the budget for enumeration, and a random secret's estimated rank (~|R|/2)
+    predicts a pruned walk far over it too: auto reports the estimate, with its interval."""
+
     class C:
         format, secret, insertions = "{d:7}", "1234567", 0
 
     (r,) = measure(tiny_model, [C()], method="auto", max_steps=5000, samples=400, bootstrap=5)
-    assert r.method.startswith("estimate") or r.method.startswith("pruned")
-    assert 0 <= r.exposure <= r.exposure_max
+    assert r.method in ("estimate:sampling", "estimate:skewnorm")
+    assert r.rank is None and r.rank_bounds is None
+    assert r.exposure_ci[0] <= r.exposure <= r.exposure_ci[1] <= r.exposure_max
+
+
+def test_auto_ranks_a_memorized_canary_of_a_large_space_exactly(tiny_model):
+    """The same space, but a model that strongly prefers '7': the estimate puts "7777777" far
+    above every sample, the predicted pruned walk fits the budget, and auto proves rank 1."""
+    import copy
+
+    model = copy.deepcopy(tiny_model)
+    with torch.no_grad():
+        model.head.bias[model.vocab.id("7")] += 12.0
+
+    class C:
+        format, secret, insertions = "{d:7}", "7777777", 4
+
+    (r,) = measure(model, [C()], method="auto", max_steps=5000, samples=400, bootstrap=5)
+    assert r.method == "pruned" and r.rank == 1
+    assert r.exposure == pytest.approx(np.log2(10**7))
 
 
 def test_character_outside_vocabulary_is_an_error(tiny_model):

@@ -10,8 +10,12 @@ import time
 import pytest
 from safetensors.torch import load_file
 
+import exposure_audit.train as train_mod
 from exposure_audit.cli import main
+from exposure_audit.config import AuditConfig, DPConfig, TrainConfig
+from exposure_audit.errors import AuditError
 from exposure_audit.files import staging_path
+from exposure_audit.train import run_training
 
 from .conftest import make_corpus
 
@@ -104,3 +108,17 @@ def test_sigkill_then_resume_gives_bit_identical_weights(data, tmp_path):
 def test_resume_without_saved_state_is_an_error(tmp_path, capsys):
     assert main(["train", "--resume", str(tmp_path / "nothing")]) == 2
     assert "no interrupted training" in capsys.readouterr().err
+
+
+def test_library_refusals_speak_of_settings_not_flags(data, tmp_path):
+    out = tmp_path / "m"
+    staging_path(out, "train").mkdir()  # as a killed run leaves it
+    with pytest.raises(AuditError, match="interrupted training") as info:
+        run_training(data / "data", out, AuditConfig())
+    assert "--" not in str(info.value) and "resume" in str(info.value)
+    with pytest.raises(AuditError, match="no interrupted training") as info:
+        run_training(None, tmp_path / "other", None, resume=True)
+    assert "--" not in str(info.value)
+    dp = AuditConfig(train=TrainConfig(dp=DPConfig(enabled=True, noise_multiplier=1.0)))
+    with pytest.raises(AuditError, match="cannot be resumed"):
+        train_mod.train(train_mod.load_data(data / "data", 30), dp.model, dp.train, seed=0, folder=out, resume=True)

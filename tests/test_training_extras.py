@@ -1,10 +1,14 @@
 """Exposure tracking, DP-SGD, sweeps and report rendering, on tiny models."""
 
+import dataclasses
 import json
+import warnings
 
 import pytest
 
+import exposure_audit.train as train_mod
 from exposure_audit.cli import main
+from exposure_audit.config import AuditConfig, DPConfig
 
 from .conftest import make_corpus
 
@@ -160,6 +164,24 @@ def test_dp_target_epsilon_solves_the_noise(corpus, tmp_path):
     assert privacy["epsilon"] <= 4.0 + 1e-6 and privacy["noise_multiplier"] > 0
 
 
+def test_dp_honours_max_chars_and_keeps_warning_filters(corpus):
+    pytest.importorskip("opacus")
+    cfg = AuditConfig()
+    model_cfg = dataclasses.replace(cfg.model, hidden=8, layers=1, embedding=8)
+    dp = DPConfig(enabled=True, noise_multiplier=1.0)
+    train_cfg = dataclasses.replace(cfg.train, epochs=1, seq_len=30, batch_size=16, threads=2, dp=dp)
+    data = train_mod.load_data(corpus / "data", train_cfg.seq_len)
+    filters = list(warnings.filters)
+    full = train_mod.train(data, model_cfg, train_cfg, seed=0, quiet=True)
+    assert warnings.filters == filters  # the filters opacus needs stay inside the call
+    short_cfg = dataclasses.replace(train_cfg, max_chars=2 * 16 * 30)  # two batches' worth of windows
+    short = train_mod.train(data, model_cfg, short_cfg, seed=0, quiet=True)
+    assert warnings.filters == filters
+    assert full.privacy["steps"] > 10 and short.privacy["steps"] == 2
+    assert short.privacy["sample_rate"] == 0.5 and full.privacy["sample_rate"] < 0.1
+    assert short.privacy["epsilon"] > full.privacy["epsilon"]  # fewer windows: each is sampled more often
+
+
 @pytest.mark.parametrize(
     "extra, match",
     [
@@ -253,11 +275,8 @@ def test_sweep_rejects_runs_that_change_the_shared_insertion(tmp_path, capsys):
 
 
 def test_large_training_texts_are_memory_mapped(corpus, monkeypatch):
-    import importlib
-
     import numpy as np
 
-    train_mod = importlib.import_module("exposure_audit.train")
     in_memory = train_mod.load_data(corpus / "data", 40)
     monkeypatch.setattr(train_mod, "IN_MEMORY_CHARS", 1000)
     mapped = train_mod.load_data(corpus / "data", 40)

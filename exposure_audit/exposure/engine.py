@@ -1,10 +1,10 @@
-"""The prefix-tree engine: score, brute force, enumeration and pruned exact rank.
+"""The tree engine: score, brute force, enumeration and pruned exact rank.
 
-Every candidate of a format shares the fixed text before the first hole, so its state is
-computed once (:func:`compile_format`). From there the candidates form a tree, one level per
-remaining character (a hole character branches into its alphabet, a fixed character does
-not), ending with the closing newline. Walking the tree costs one model step per node
-instead of one per character of every candidate.
+Every candidate of a format shares the context and the line's first tokens, so their state is
+computed once (:func:`~exposure_audit.exposure.tree.compile_format`). From there the candidates
+form a tree of token sequences (one character per level for a character model), ending with
+the closing newline. Walking the tree costs one model step per node instead of one per token of
+every candidate.
 
 The walk is depth-first over batches of nodes, so memory holds at most (depth x batch)
 states whatever |R| is, and each model call steps about ``batch`` rows (the size that runs
@@ -13,13 +13,14 @@ fastest on a CPU). Costs (log-perplexity, bits) are accumulated in float64.
 Ties: two engines may compute one candidate's score with float32 rounding that differs in
 the last bits (a batched matrix product need not round the same for every batch). Scores
 within ``TIE_TOLERANCE`` bits of the canary's count as ties, and ties count against the
-canary, so every method gives the same rank.
+canary, so every method gives the same rank (docs/method.md).
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,148 +30,89 @@ import torch
 
 from ..errors import AuditError
 from ..formats import Format
-from ..models.base import Scorer
-from ..models.vocab import Vocabulary
+from ..models.base import Scorer, State
+from .tree import CompiledFormat, compile_format
 
 TIE_TOLERANCE = 1e-4  # bits
-NEWLINE = "\n"
 DEFAULT_BATCH = 1024
-INDEX_LIMIT = 1 << 62  # partial indices are tracked in int64 while the space fits
+
+__all__ = [
+    "DEFAULT_BATCH",
+    "TIE_TOLERANCE",
+    "CompiledFormat",
+    "brute_force_counts",
+    "brute_force_steps",
+    "children",
+    "compile_format",
+    "enumerate_counts",
+    "pruned_rank",
+    "score",
+    "score_secrets",
+    "walk",
+]
 
 
-@dataclass
-class Tail:
-    """A format compiled for one model: the shared prefix state and the remaining levels."""
-
-    fmt: Format
-    context: str
-    state: Any  # after context + fixed prefix (batch of one)
-    logp: torch.Tensor  # [1, V] log2-probs of the first tail character
-    base_cost: float  # bits of the fixed prefix given the context
-    levels: list[torch.Tensor]  # ids allowed at each tail level (hole: its alphabet; fixed: one id)
-    leaves_below: list[int]  # number of leaves under a node at each depth (len(levels) + 1 entries)
-    prefix_steps: int
-    vocab: Vocabulary
-    track_index: bool = True
-
-    @property
-    def depth(self) -> int:
-        return len(self.levels)
-
-    def tree_steps(self) -> int:
-        """Model steps to walk the whole tree (every node except the leaves)."""
-        total, width = 0, 1
-        for level in self.levels[:-1]:
-            width *= len(level)
-            total += width
-        return total
-
-    def secret_ids(self, secrets: Sequence[str]) -> torch.Tensor:
-        """``[n, depth]`` vocabulary ids of the tail of each candidate (secret filled in)."""
-        fmt = self.fmt
-        texts = [fmt.render(s)[len(fmt.prefix) :] + NEWLINE for s in secrets]
-        return torch.as_tensor(np.stack([self.vocab.encode(t) for t in texts]), dtype=torch.long)
-
-
-def check_vocabulary(vocab: Vocabulary, fmt: Format, context: str = NEWLINE) -> None:
-    """Error unless the model can produce every character of the context and the format."""
-    if not context:
-        raise AuditError("the context must not be empty (it is the text before the canary, e.g. a newline)")
-    vocab.require(context, "the context")
-    for c in sorted(fmt.characters):
-        if c not in vocab:
-            raise AuditError(f"format {fmt.source!r}: character {c!r} is missing from the model's vocabulary")
-    vocab.require(NEWLINE, "the line break")
-
-
-def compile_format(scorer: Scorer, fmt: Format, context: str = NEWLINE) -> Tail:
-    """Run the model over ``context`` + the format's fixed prefix once; build the tail levels."""
-    vocab = scorer.vocab
-    check_vocabulary(vocab, fmt, context)
-    steps0 = scorer.steps
-    state, logp = scorer.start(context)
-    cost = 0.0
-    for c in fmt.prefix:
-        i = vocab.id(c)
-        cost += -float(logp[0, i])
-        state, logp = scorer.step(state, torch.tensor([i]))
-    # A fixed level has one child, so the mixed-radix index over all levels is the secret's index.
-    tail_slots = list(fmt.slots[len(fmt.prefix) :]) + [NEWLINE]
-    levels = [torch.as_tensor([vocab.id(c) for c in slot], dtype=torch.long) for slot in tail_slots]
-    below = [1] * (len(levels) + 1)
-    for d in range(len(levels) - 1, -1, -1):
-        below[d] = below[d + 1] * len(levels[d])
-    return Tail(
-        fmt=fmt,
-        context=context,
-        state=state,
-        logp=logp,
-        base_cost=cost,
-        levels=levels,
-        leaves_below=below,
-        prefix_steps=scorer.steps - steps0,
-        vocab=vocab,
-        track_index=fmt.space_size < INDEX_LIMIT,
-    )
-
-
-# -- scoring whole texts -------------------------------------------------------------------
-def _nlp(logp: torch.Tensor) -> torch.Tensor:
-    return (-logp).double()
-
-
-def score_tail(scorer: Scorer, tail: Tail, secrets: Sequence[str], batch: int = DEFAULT_BATCH) -> np.ndarray:
-    """Log-perplexity (bits) of each candidate of ``tail``'s format, from the shared prefix state."""
-    if not secrets:
-        return np.zeros(0)
-    ids = tail.secret_ids(secrets)
-    out = np.empty(len(secrets))
-    for lo in range(0, len(secrets), batch):
-        chunk = ids[lo : lo + batch]
-        n = chunk.shape[0]
-        state = scorer.take(tail.state, torch.zeros(n, dtype=torch.long))
-        nlp = _nlp(tail.logp).expand(n, -1)
-        cost = torch.full((n,), tail.base_cost, dtype=torch.float64)
-        rows = torch.arange(n)
-        for d in range(tail.depth):
-            cost += nlp[rows, chunk[:, d]]
-            if d + 1 < tail.depth:
-                state, logp = scorer.step(state, chunk[:, d])
-                nlp = _nlp(logp)
-        out[lo : lo + n] = cost.numpy()
-    return out
-
-
-def score(model: Any, texts: Sequence[str], *, context: str = NEWLINE, batch: int = DEFAULT_BATCH) -> list[float]:
-    """Log-perplexity in bits of each text, scored as its own line.
-
-    Px(x_1..x_k) = -sum_i log2 P(x_i | context, x_<i) over the text's characters and the
-    closing newline. Characters outside the vocabulary are scored as the unknown symbol.
-    """
-    scorer = model if isinstance(model, Scorer) else Scorer(model)
-    vocab = scorer.vocab
-    start_state, start_logp = scorer.start(context)
-    out = [0.0] * len(texts)
-    by_len: dict[int, list[int]] = {}
-    for i, t in enumerate(texts):
-        by_len.setdefault(len(t), []).append(i)
+# -- scoring token paths ---------------------------------------------------------------------
+def _score_paths(
+    scorer: Scorer,
+    state: State,
+    logp: torch.Tensor,
+    base: float,
+    paths: Sequence[Sequence[int]],
+    batch: int,
+    free: Sequence[int] | None = None,
+) -> np.ndarray:
+    """``base`` + the bits of each path, stepped from a one-row ``state`` whose next-token
+    log2-probabilities are ``logp``; the first ``free[i]`` tokens of path i (context) cost
+    nothing. Paths of one length share model calls."""
+    out = np.empty(len(paths))
+    by_len: dict[int, list[int]] = defaultdict(list)
+    for i, p in enumerate(paths):
+        by_len[len(p)].append(i)
     for length, idxs in sorted(by_len.items()):
         for lo in range(0, len(idxs), batch):
             group = idxs[lo : lo + batch]
             n = len(group)
-            ids = torch.as_tensor(np.stack([vocab.encode(texts[i] + NEWLINE) for i in group]), dtype=torch.long)
-            state = scorer.take(start_state, torch.zeros(n, dtype=torch.long))
-            nlp = _nlp(start_logp).expand(n, -1)
-            cost = torch.zeros(n, dtype=torch.float64)
+            ids = torch.as_tensor([list(paths[i]) for i in group], dtype=torch.long).view(n, length)
+            st = scorer.take(state, torch.zeros(n, dtype=torch.long))
+            lp = logp.expand(n, -1)
+            cost = torch.full((n,), base, dtype=torch.float64)
             rows = torch.arange(n)
-            for d in range(length + 1):
-                cost += nlp[rows, ids[:, d]]
-                if d < length:
-                    state, logp = scorer.step(state, ids[:, d])
-                    nlp = _nlp(logp)
-            for i, c in zip(group, cost.tolist()):
-                out[i] = c
+            counted = None if free is None else torch.as_tensor([free[i] for i in group])
+            for d in range(length):
+                bits = lp[rows, ids[:, d]].double()
+                cost -= bits if counted is None else torch.where(counted <= d, bits, 0.0)
+                if d + 1 < length:
+                    st, lp = scorer.step(st, ids[:, d])
+            out[group] = cost.numpy()
     return out
+
+
+def score_secrets(scorer: Scorer, cf: CompiledFormat, secrets: Sequence[str], batch: int = DEFAULT_BATCH) -> np.ndarray:
+    """Log-perplexity (bits) of the candidates with these secrets, from the format's shared state."""
+    if not secrets:
+        return np.zeros(0)
+    paths = cf.line_ids(secrets)
+    return _score_paths(scorer, cf.state, cf.logp, cf.base_cost, paths, batch, cf.free_tokens(paths))
+
+
+def score(model: Any, texts: Sequence[str], *, context: str | None = None, batch: int = DEFAULT_BATCH) -> list[float]:
+    """Log-perplexity in bits of each text, scored as its own line (docs/method.md).
+
+    Px = -sum log2 P(token | context, earlier tokens) over the line's tokens in its canonical
+    tokenization, closing newline included; the context's tokens are never counted. ``context``
+    None is the model's default (BOS, else a newline).
+    """
+    scorer = Scorer.of(model)
+    encoded = scorer.model.encode_lines(list(texts), context)
+    out = np.empty(len(texts))
+    by_ctx: dict[tuple[int, ...], list[int]] = defaultdict(list)
+    for i, (ctx, _) in enumerate(encoded):
+        by_ctx[tuple(ctx)].append(i)
+    for ctx, idxs in by_ctx.items():
+        state, logp = scorer.start(list(ctx))
+        out[idxs] = _score_paths(scorer, state, logp, 0.0, [encoded[i][1] for i in idxs], batch)
+    return out.tolist()
 
 
 # -- counting candidates under thresholds ---------------------------------------------------
@@ -199,17 +141,23 @@ class ThresholdCounter:
 class WalkResult:
     steps: int
     complete: bool
-    unexplored_leaves: int  # leaves under nodes left unexpanded (within the bound) when stopped
+    unexplored_leaves: int  # candidates under nodes left unexpanded (within the bound) when stopped
     seconds: float
+    leaves: int = 0  # complete token paths reached
+    noncanonical_leaves: int = 0  # of those, paths that are not their text's canonical tokenization
 
 
 @dataclass
-class _Nodes:
+class Nodes:
+    """Expanded nodes of one depth (tokens read since the root), waiting for their children."""
+
     depth: int
-    state: Any
-    nlp: torch.Tensor  # float64 [n, V]: -log2 p of the next character
+    state: State
+    logp: torch.Tensor  # [n, V] log2-probabilities of the next token
     cost: torch.Tensor  # float64 [n]
+    pos: torch.Tensor  # int64 [n]: position in the line (see tree.py)
     index: torch.Tensor  # int64 [n]: partial index over the hole characters so far
+    path: torch.Tensor | None  # int64 [n, depth]: the tokens so far (only when leaves need the canonical check)
     end: int = -1  # rows [0, end) are still to expand; consumed from the end, never copied
 
     def __post_init__(self) -> None:
@@ -217,9 +165,53 @@ class _Nodes:
             self.end = int(self.cost.shape[0])
 
 
+@dataclass
+class _Children:
+    cost: torch.Tensor
+    parent: torch.Tensor  # row in the parent batch
+    token: torch.Tensor
+    pos: torch.Tensor
+    index: torch.Tensor
+
+
+def children(cf: CompiledFormat, nodes: Nodes, lo: int, hi: int) -> _Children:
+    """Every child of rows [lo, hi): one per token that may follow each row's position."""
+    pos = nodes.pos[lo:hi]
+    first = int(pos[0])
+    if bool((pos == first).all()):
+        groups = [(first, torch.arange(lo, hi))]
+    else:
+        groups = [(int(p), lo + (pos == p).nonzero().view(-1)) for p in torch.unique(pos)]
+    parts = []
+    for p, rows in groups:
+        e = cf.edges[p]
+        k = len(e)
+        if k == 0:
+            continue
+        n = int(rows.shape[0])
+        cost = (nodes.cost[rows][:, None] + e.bits(nodes.logp[rows])).reshape(-1)
+        parent = rows.repeat_interleave(k)
+        which = torch.arange(k).repeat(n)
+        if cf.track_index:
+            index = nodes.index[rows].repeat_interleave(k) * e.mult[which] + e.add[which]
+        else:
+            index = torch.zeros_like(parent)
+        parts.append(_Children(cost, parent, e.ids[which], e.next[which], index))
+    if len(parts) == 1:
+        return parts[0]
+    if not parts:
+        empty = torch.zeros(0, dtype=torch.long)
+        return _Children(torch.zeros(0, dtype=torch.float64), empty, empty, empty, empty)
+    return _Children(*(torch.cat([getattr(c, f) for c in parts]) for f in ("cost", "parent", "token", "pos", "index")))
+
+
+def _select(ch: _Children, sel: torch.Tensor) -> _Children:
+    return _Children(ch.cost[sel], ch.parent[sel], ch.token[sel], ch.pos[sel], ch.index[sel])
+
+
 def walk(
     scorer: Scorer,
-    tail: Tail,
+    cf: CompiledFormat,
     on_leaves: Callable[[np.ndarray, np.ndarray], None],
     *,
     bound: float | None = None,
@@ -228,7 +220,8 @@ def walk(
     index_range: tuple[int, int] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> WalkResult:
-    """Depth-first walk of the candidate tree, calling ``on_leaves(costs, indices)`` per batch.
+    """Depth-first walk of the candidate tree, calling ``on_leaves(costs, indices)`` per batch of
+    candidates (canonical leaves only).
 
     ``bound``: skip every prefix whose cost already exceeds bound + TIE_TOLERANCE (costs only
     grow, so none of its candidates can score at or under the bound).
@@ -238,65 +231,79 @@ def walk(
     t0 = time.perf_counter()
     steps0 = scorer.steps
     limit = math.inf if bound is None else bound + TIE_TOLERANCE
-    lo_idx, hi_idx = index_range if index_range is not None else (0, tail.fmt.space_size)
-    if index_range is not None and not tail.track_index:
+    lo_idx, hi_idx = index_range if index_range is not None else (0, cf.fmt.space_size)
+    if index_range is not None and not cf.track_index:
         raise AuditError("sharding by index needs |R| < 2**62")
-    root = _Nodes(
+    below = torch.as_tensor(cf.leaves_below, dtype=torch.long) if index_range is not None else None
+    leaves = noncanonical = 0
+    root = Nodes(
         0,
-        tail.state,
-        _nlp(tail.logp),
-        torch.tensor([tail.base_cost], dtype=torch.float64),
+        cf.state,
+        cf.logp,
+        torch.tensor([cf.base_cost], dtype=torch.float64),
         torch.zeros(1, dtype=torch.long),
+        torch.zeros(1, dtype=torch.long),
+        torch.zeros(1, 0, dtype=torch.long) if cf.ambiguous else None,
     )
-    stack: list[_Nodes] = [root] if root.cost[0] <= limit else []
-    survival = [1.0] * (tail.depth + 1)  # running share of children kept by the bound, per depth
+    stack: list[Nodes] = [root] if root.cost[0] <= limit else []
+    survival: dict[int, float] = defaultdict(lambda: 1.0)  # running share of children kept by the bound, per depth
     while stack:
         top = stack[-1]
         d = top.depth
-        level = tail.levels[d]
-        k = len(level)
+        k = max(1, len(cf.edges[int(top.pos[top.end - 1])]))
         want = max(1, int(batch / (k * survival[d])))
         take = min(want, top.end)
         lo, hi = top.end - take, top.end
         top.end = lo
         if lo == 0:
             stack.pop()
-        nlp, cost, index = top.nlp[lo:hi], top.cost[lo:hi], top.index[lo:hi]
-        child_cost = (cost[:, None] + nlp[:, level]).reshape(-1)
-        parent = torch.arange(lo, hi).repeat_interleave(k)
-        choice = torch.arange(k).repeat(take)
-        if tail.track_index:
-            child_index = index.repeat_interleave(k) * k + choice
-        else:
-            child_index = torch.zeros_like(parent)
-        mask = child_cost <= limit if bound is not None else None
+        ch = children(cf, top, lo, hi)
+        mask = ch.cost <= limit if bound is not None else None
         if index_range is not None:
-            span = tail.leaves_below[d + 1]
-            inside = (child_index * span < hi_idx) & ((child_index + 1) * span > lo_idx)
+            span = below[ch.pos]
+            inside = (ch.index * span < hi_idx) & ((ch.index + 1) * span > lo_idx)
             mask = inside if mask is None else mask & inside
         if mask is not None:
             survival[d] = 0.8 * survival[d] + 0.2 * max(float(mask.float().mean()), 1.0 / (k * batch))
-            sel = mask.nonzero().view(-1)
-            child_cost, parent, choice, child_index = child_cost[sel], parent[sel], choice[sel], child_index[sel]
-        if d + 1 == tail.depth:
-            on_leaves(child_cost.numpy(), child_index.numpy())
-            continue
-        m = int(child_cost.shape[0])
+            ch = _select(ch, mask.nonzero().view(-1))
+        is_leaf = ch.pos == cf.end
+        path = None
+        if top.path is not None:
+            path = torch.cat([top.path[ch.parent], ch.token.view(-1, 1)], dim=1)
+        if bool(is_leaf.any()):
+            leaf = is_leaf.nonzero().view(-1) if not bool(is_leaf.all()) else None
+            costs = ch.cost if leaf is None else ch.cost[leaf]
+            index = ch.index if leaf is None else ch.index[leaf]
+            leaves += int(costs.shape[0])
+            if path is not None:
+                ok = torch.as_tensor(cf.canonical_mask((path if leaf is None else path[leaf]).tolist()))
+                noncanonical += int((~ok).sum())
+                costs, index = costs[ok], index[ok]
+            on_leaves(costs.numpy(), index.numpy())
+            if leaf is None:
+                continue
+            inner = (~is_leaf).nonzero().view(-1)
+            ch = _select(ch, inner)
+            path = path[inner] if path is not None else None
+        m = int(ch.cost.shape[0])
         if m == 0:
             continue
         if max_steps is not None and scorer.steps - steps0 + m > max_steps:
-            unexplored = m * tail.leaves_below[d + 1] + sum(s.end * tail.leaves_below[s.depth] for s in stack)
-            return WalkResult(scorer.steps - steps0, False, unexplored, time.perf_counter() - t0)
-        state, logp = scorer.step(scorer.take(top.state, parent), level[choice])
+            pending = Counter(ch.pos.tolist())
+            for s in stack:
+                pending.update(s.pos[: s.end].tolist())
+            unexplored = sum(cf.leaves_below[p] * c for p, c in pending.items())
+            return WalkResult(scorer.steps - steps0, False, unexplored, time.perf_counter() - t0, leaves, noncanonical)
+        state, logp = scorer.step(scorer.take(top.state, ch.parent), ch.token)
         if progress is not None:
             progress(m)
-        stack.append(_Nodes(d + 1, state, _nlp(logp), child_cost, child_index))
-    return WalkResult(scorer.steps - steps0, True, 0, time.perf_counter() - t0)
+        stack.append(Nodes(d + 1, state, logp, ch.cost, ch.pos, ch.index, path))
+    return WalkResult(scorer.steps - steps0, True, 0, time.perf_counter() - t0, leaves, noncanonical)
 
 
 def enumerate_counts(
     scorer: Scorer,
-    tail: Tail,
+    cf: CompiledFormat,
     thresholds: Sequence[float],
     *,
     batch: int = DEFAULT_BATCH,
@@ -312,7 +319,7 @@ def enumerate_counts(
         if on_leaves is not None:
             on_leaves(costs, index)
 
-    result = walk(scorer, tail, leaves, batch=batch, index_range=index_range, progress=progress)
+    result = walk(scorer, cf, leaves, batch=batch, index_range=index_range, progress=progress)
     return counter.counts(), result
 
 
@@ -325,17 +332,17 @@ class PrunedRank:
 
 def pruned_rank(
     scorer: Scorer,
-    tail: Tail,
+    cf: CompiledFormat,
     canary_cost: float,
     *,
     max_steps: int | None = None,
     batch: int = DEFAULT_BATCH,
     progress: Callable[[int], None] | None = None,
 ) -> PrunedRank:
-    """Exact rank by walking only prefixes whose cost is within the canary's (DESIGN.md).
+    """Exact rank by walking only prefixes whose cost is within the canary's (docs/method.md).
 
     Past ``max_steps`` it stops: the candidates found so far are a proven lower bound on the
-    rank, and found + the leaves under every unexpanded in-bound node an upper bound.
+    rank, and found + the candidates under every unexpanded in-bound node an upper bound.
     """
     found = 0
 
@@ -343,8 +350,8 @@ def pruned_rank(
         nonlocal found
         found += len(costs)
 
-    result = walk(scorer, tail, leaves, bound=canary_cost, max_steps=max_steps, batch=batch, progress=progress)
-    space = tail.fmt.space_size
+    result = walk(scorer, cf, leaves, bound=canary_cost, max_steps=max_steps, batch=batch, progress=progress)
+    space = cf.fmt.space_size
     if result.complete:
         rank = max(1, found)
         return PrunedRank(rank, (rank, rank), result)
@@ -356,7 +363,7 @@ def brute_force_counts(
     fmt: Format,
     thresholds: Sequence[float],
     *,
-    context: str = NEWLINE,
+    context: str | None = None,
     batch: int = DEFAULT_BATCH,
     progress: Callable[[int], None] | None = None,
 ) -> np.ndarray:
@@ -371,6 +378,6 @@ def brute_force_counts(
     return counter.counts()
 
 
-def brute_force_steps(fmt: Format, context: str = NEWLINE) -> int:
-    """Model steps brute force needs: every character of every candidate line."""
-    return fmt.space_size * len(fmt.slots)
+def brute_force_steps(cf: CompiledFormat) -> int:
+    """Model steps brute force needs: every token of every candidate line but the last."""
+    return cf.fmt.space_size * (len(cf.shared) + cf.path_tokens - 1 - len(cf.model.context_ids(cf.context)))

@@ -1,6 +1,6 @@
 """Exposure math as small pure functions over numbers and arrays (no torch).
 
-Definitions (Secret Sharer, arXiv 1802.08232; DESIGN.md):
+Definitions (Secret Sharer, arXiv 1802.08232; docs/method.md):
 - rank(s[r]) = #{r' in R : Px(s[r']) <= Px(s[r])}  (ties count against the canary; rank >= 1)
 - exposure   = log2|R| - log2 rank, in [0, log2|R|]
 """

@@ -9,7 +9,8 @@ Methods (``method=``):
   score at or under the canary, else the skew-normal extrapolation; both with intervals.
 - ``brute``: score every candidate's whole line (the naive reference).
 - ``auto``: ``enumerate`` if the tree fits ``max_steps``; else the estimate, and ``pruned`` for
-  each canary that beats every sample (a likely memorized one, where exactness matters).
+  each canary whose estimated rank says the walk fits the budget (a likely memorized one,
+  where exactness matters).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -27,7 +28,8 @@ from ..formats import Format
 from ..models.base import Scorer
 from ..progress import Progress
 from . import engine
-from .math import SkewNormFit, combine_estimates, exposure_from_rank, fit_skewnorm, log2_int, sampling_estimate
+from .tree import CompiledFormat
+from .math import combine_estimates, exposure_from_rank, log2_int, sampling_estimate, skewnorm_exposure
 
 METHODS = ("auto", "enumerate", "pruned", "estimate", "brute")
 DEFAULT_MAX_STEPS = 20_000_000
@@ -86,43 +88,37 @@ class CanaryResult:
 
 @dataclass
 class FormatSamples:
-    """Uniform samples of a format's candidates and their scores, shared by its canaries.
-
-    The skew-normal fit and its bootstrap refits are made once per format, on first use.
-    """
+    """Uniform samples of a format's candidates and their scores, shared by its canaries, with
+    the skew-normal extrapolation of every canary of the format (one fit and one set of
+    bootstrap refits per format)."""
 
     scores: np.ndarray
     steps: int
     seconds: float
-    _fits: Any = None
-
-    def fits(self, bootstrap: int, seed: int) -> tuple[SkewNormFit, list[SkewNormFit]] | str:
-        if self._fits is None:
-            try:
-                fit = fit_skewnorm(self.scores)
-            except ValueError as e:
-                self._fits = str(e)
-                return self._fits
-            rng = np.random.default_rng(seed)
-            refits = []
-            for _ in range(bootstrap):
-                try:
-                    refits.append(
-                        fit_skewnorm(self.scores[rng.integers(0, len(self.scores), len(self.scores))], with_ks=False)
-                    )
-                except ValueError:
-                    continue
-            self._fits = (fit, refits)
-        return self._fits
+    skewnorm: dict[str, Any] | str  # {"fit", "point", "ci"} or why no fit was possible
 
 
-def check_method(method: str, max_steps: int, samples: int) -> None:
-    if method not in METHODS:
-        raise AuditError(f"unknown method {method!r} (choose from {', '.join(METHODS)})")
-    if max_steps < 1:
-        raise AuditError("--max-steps must be at least 1")
-    if samples < 1:
-        raise AuditError("--samples must be at least 1")
+@dataclass(frozen=True)
+class MeasureOptions:
+    """How ``measure`` ranks (see the module docstring); one object instead of a dozen arguments."""
+
+    method: str = "auto"
+    max_steps: int = DEFAULT_MAX_STEPS
+    samples: int = DEFAULT_SAMPLES
+    seed: int = 0
+    batch: int = engine.DEFAULT_BATCH
+    confidence: float = 0.9
+    bootstrap: int = 100
+    context: str | None = None  # text before each canary line; None = the model's default
+    quiet: bool = True
+
+    def check(self) -> None:
+        if self.method not in METHODS:
+            raise AuditError(f"unknown method {self.method!r} (choose from {', '.join(METHODS)})")
+        if self.max_steps < 1:
+            raise AuditError("the model-step budget (max_steps) must be at least 1")
+        if self.samples < 1:
+            raise AuditError("the number of samples must be at least 1")
 
 
 def _exact(
@@ -160,7 +156,7 @@ def measure(
     batch: int = engine.DEFAULT_BATCH,
     confidence: float = 0.9,
     bootstrap: int = 100,
-    context: str = engine.NEWLINE,
+    context: str | None = None,
     quiet: bool = True,
     collect: dict[str, Any] | None = None,
 ) -> list[CanaryResult]:
@@ -169,78 +165,64 @@ def measure(
     ``collect``, if given, receives per format the uniform samples' log-perplexities and the
     skew-normal fit (``{"scores": [...], "fit": {...}}``), for the report's histogram.
     """
-    check_method(method, max_steps, samples)
-    scorer = model if isinstance(model, Scorer) else Scorer(model)
+    opts = MeasureOptions(
+        method=method,
+        max_steps=max_steps,
+        samples=samples,
+        seed=seed,
+        batch=batch,
+        confidence=confidence,
+        bootstrap=bootstrap,
+        context=context,
+        quiet=quiet,
+    )
+    return measure_with(model, canaries, opts, collect=collect)
+
+
+def measure_with(
+    model: Any, canaries: Sequence[CanaryLike], opts: MeasureOptions, *, collect: dict[str, Any] | None = None
+) -> list[CanaryResult]:
+    """:func:`measure` with its options as one object."""
+    opts.check()
+    scorer = Scorer.of(model)
     results: list[CanaryResult | None] = [None] * len(canaries)
     groups: dict[str, list[int]] = {}
     for i, c in enumerate(canaries):
         groups.setdefault(c.format, []).append(i)
     for source, idxs in groups.items():
         fmt = Format.parse(source)
-        group = [canaries[i] for i in idxs]
-        shared: dict[str, FormatSamples] = {}
-        for i, r in zip(
-            idxs,
-            _measure_format(
-                scorer,
-                fmt,
-                group,
-                method,
-                max_steps,
-                samples,
-                seed,
-                batch,
-                confidence,
-                bootstrap,
-                context,
-                quiet,
-                shared,
-            ),
-        ):
+        out, cf, shared = _measure_format(scorer, fmt, [canaries[i] for i in idxs], opts)
+        for i, r in zip(idxs, out):
             results[i] = r
         if collect is not None:
-            fs = shared.get("samples")
-            if fs is None:
-                fs = _sample_scores(scorer, engine.compile_format(scorer, fmt, context), samples, seed, batch, quiet)
-            fits = fs.fits(0, seed)
-            collect[source] = {
-                "scores": fs.scores.tolist(),
-                "fit": None if isinstance(fits, str) else {"a": fits[0].a, "loc": fits[0].loc, "scale": fits[0].scale},
-            }
+            if shared is None:
+                shared = _sample_scores(scorer, cf, [], replace(opts, bootstrap=0))
+            sk = shared.skewnorm
+            collect[source] = {"scores": shared.scores.tolist(), "fit": None if isinstance(sk, str) else sk["fit"]}
     return [r for r in results if r is not None]
 
 
 def _measure_format(
-    scorer: Scorer,
-    fmt: Format,
-    group: list[CanaryLike],
-    method: str,
-    max_steps: int,
-    samples: int,
-    seed: int,
-    batch: int,
-    confidence: float,
-    bootstrap: int,
-    context: str,
-    quiet: bool,
-    keep: dict[str, FormatSamples],
-) -> list[CanaryResult]:
+    scorer: Scorer, fmt: Format, group: list[CanaryLike], opts: MeasureOptions
+) -> tuple[list[CanaryResult], CompiledFormat, FormatSamples | None]:
     t0 = time.perf_counter()
     s0 = scorer.steps
-    tail = engine.compile_format(scorer, fmt, context)
-    px = engine.score_tail(scorer, tail, [c.secret for c in group], batch)
+    secrets = [c.secret for c in group]
+    cf = engine.compile_format(scorer, fmt, opts.context, canaries=secrets, seed=opts.seed)
+    px = engine.score_secrets(scorer, cf, secrets, opts.batch)
     setup_steps, setup_seconds = scorer.steps - s0, time.perf_counter() - t0
     size = fmt.space_size
-    tree_steps = tail.tree_steps()
+    tree_steps = cf.tree_steps()
+    method = opts.method
 
     if method == "brute" or method == "enumerate":
-        need = engine.brute_force_steps(fmt, context) if method == "brute" else tree_steps
-        if need > max_steps:
+        need = engine.brute_force_steps(cf) if method == "brute" else tree_steps
+        if need > opts.max_steps:
             raise AuditError(
                 f"format {fmt.source!r}: |R| = {size} needs {need} model steps by {method}, over the "
-                f"budget of {max_steps} (--max-steps); use --method pruned or estimate"
+                f"budget of {opts.max_steps} model steps; rank it by pruned walks or estimates instead"
             )
-    if method == "auto" and tree_steps <= max_steps:
+    if method == "auto" and tree_steps <= opts.max_steps:
         method = "enumerate"
 
     if method in ("enumerate", "brute"):
@@ -249,122 +231,128 @@ def _measure_format(
         with Progress(
             total=tree_steps if method == "enumerate" else size,
             desc=f"{method} {fmt.source}",
-            quiet=quiet,
+            quiet=opts.quiet,
             unit="step" if method == "enumerate" else "cand",
         ) as bar:
             if method == "enumerate":
-                counts, _ = engine.enumerate_counts(scorer, tail, px, batch=batch, progress=bar.update)
+                counts, _ = engine.enumerate_counts(scorer, cf, px, batch=opts.batch, progress=bar.update)
             else:
-                counts = engine.brute_force_counts(scorer, fmt, px, context=context, batch=batch, progress=bar.update)
+                counts = engine.brute_force_counts(
+                    scorer, fmt, px, context=opts.context, batch=opts.batch, progress=bar.update
+                )
         steps = scorer.steps - s1 + setup_steps
         seconds = time.perf_counter() - t1 + setup_seconds
-        return [
+        results = [
             _exact(c, fmt, float(p), int(n), method, steps, seconds, work_shared_by=len(group))
             for c, p, n in zip(group, px, counts)
         ]
+        return results, cf, None
 
     # pruned / estimate / auto on a large space
     shared: FormatSamples | None = None
+    if method in ("estimate", "auto"):
+        shared = _sample_scores(scorer, cf, px, opts)
     out: list[CanaryResult] = []
-    for c, p in zip(group, px):
+    for i, (c, p) in enumerate(zip(group, px)):
         t1 = time.perf_counter()
         s1 = scorer.steps
-        estimate: CanaryResult | None = None
-        if method in ("estimate", "auto"):
-            if shared is None:
-                shared = keep["samples"] = _sample_scores(scorer, tail, samples, seed, batch, quiet)
-            estimate = _estimated(c, fmt, float(p), shared, None, confidence, bootstrap, seed, 0, 0.0)
         try_pruned = method == "pruned"
-        if method == "auto" and estimate is not None:
+        if method == "auto" and shared is not None:
             # Exact work is worth it where exposure is high (a likely memorized canary): the
             # estimated rank tells whether the pruned walk should fit the budget.
-            predicted_rank = size * 2.0 ** (-estimate.exposure)
-            try_pruned = PRUNED_STEPS_PER_RANK * predicted_rank <= max_steps
+            predicted_rank = size * 2.0 ** (-_estimate(float(p), i, shared, size, opts)[0])
+            try_pruned = PRUNED_STEPS_PER_RANK * predicted_rank <= opts.max_steps
         bounds: tuple[int, int] | None = None
         if try_pruned:
-            with Progress(total=max_steps, desc=f"pruned {fmt.source}", quiet=quiet, unit="step") as bar:
-                pr = engine.pruned_rank(scorer, tail, float(p), max_steps=max_steps, batch=batch, progress=bar.update)
+            with Progress(total=opts.max_steps, desc=f"pruned {fmt.source}", quiet=opts.quiet, unit="step") as bar:
+                pr = engine.pruned_rank(
+                    scorer, cf, float(p), max_steps=opts.max_steps, batch=opts.batch, progress=bar.update
+                )
             if pr.rank is not None:
                 out.append(_exact(c, fmt, float(p), pr.rank, "pruned", scorer.steps - s1, time.perf_counter() - t1))
                 continue
             bounds = pr.bounds
         if shared is None:
-            shared = keep["samples"] = _sample_scores(scorer, tail, samples, seed, batch, quiet)
+            shared = _sample_scores(scorer, cf, px, opts)
         out.append(
-            _estimated(
-                c,
-                fmt,
-                float(p),
-                shared,
-                bounds,
-                confidence,
-                bootstrap,
-                seed,
-                scorer.steps - s1,
-                time.perf_counter() - t1,
-            )
+            _estimated(c, fmt, float(p), i, shared, bounds, opts, scorer.steps - s1, time.perf_counter() - t1)
         )
-    return out
+    return out, cf, shared
 
 
-def _sample_scores(
-    scorer: Scorer, tail: engine.Tail, samples: int, seed: int, batch: int, quiet: bool
-) -> FormatSamples:
-    fmt = tail.fmt
+def _sample_scores(scorer: Scorer, cf: CompiledFormat, px: Sequence[float], opts: MeasureOptions) -> FormatSamples:
+    """Score ``opts.samples`` uniform candidates; fit the skew-normal and extrapolate every canary."""
+    fmt = cf.fmt
     t0 = time.perf_counter()
     s0 = scorer.steps
-    rng = random.Random(f"exposure-audit:{seed}:samples:{fmt.source}")
-    distinct = samples <= fmt.space_size // 2
-    secrets = fmt.sample(rng, samples, distinct=distinct)
+    rng = random.Random(f"exposure-audit:{opts.seed}:samples:{fmt.source}")
+    distinct = opts.samples <= fmt.space_size // 2
+    secrets = fmt.sample(rng, opts.samples, distinct=distinct)
     scores = np.empty(len(secrets))
-    with Progress(total=len(secrets), desc=f"sample {fmt.source}", quiet=quiet, unit="cand") as bar:
-        for lo in range(0, len(secrets), batch):
-            chunk = secrets[lo : lo + batch]
-            scores[lo : lo + len(chunk)] = engine.score_tail(scorer, tail, chunk, batch)
+    with Progress(total=len(secrets), desc=f"sample {fmt.source}", quiet=opts.quiet, unit="cand") as bar:
+        for lo in range(0, len(secrets), opts.batch):
+            chunk = secrets[lo : lo + opts.batch]
+            scores[lo : lo + len(chunk)] = engine.score_secrets(scorer, cf, chunk, opts.batch)
             bar.update(len(chunk))
-    return FormatSamples(scores=scores, steps=scorer.steps - s0, seconds=time.perf_counter() - t0)
+    try:
+        fit, point, ci = skewnorm_exposure(
+            np.asarray(px, dtype=np.float64),
+            scores,
+            fmt.space_size,
+            confidence=opts.confidence,
+            bootstrap=opts.bootstrap,
+            seed=opts.seed,
+        )
+        skewnorm: dict[str, Any] | str = {
+            "fit": {"a": fit.a, "loc": fit.loc, "scale": fit.scale, "ks_statistic": fit.ks_statistic},
+            "point": point.tolist(),
+            "ci": ci.tolist(),
+        }
+    except ValueError as e:
+        skewnorm = str(e)
+    return FormatSamples(scores=scores, steps=scorer.steps - s0, seconds=time.perf_counter() - t0, skewnorm=skewnorm)
+
+
+def _estimate(
+    px: float, i: int, shared: FormatSamples, size: int, opts: MeasureOptions
+) -> tuple[float, tuple[float, float], str, dict[str, Any]]:
+    """Canary ``i``'s estimated exposure from its format's samples: (exposure, interval, method, details)."""
+    samp, k = sampling_estimate(px, shared.scores, size, opts.confidence, engine.TIE_TOLERANCE)
+    details: dict[str, Any] = {
+        "samples": len(shared.scores),
+        "samples_at_or_below": k,
+        "estimate_sampling": {"exposure": samp.exposure, "ci": list(samp.ci)},
+    }
+    sk = shared.skewnorm
+    if isinstance(sk, str):
+        point = None
+        details["estimate_skewnorm"] = {"error": sk}
+    else:
+        point = float(sk["point"][i])
+        lo, hi = sk["ci"][i]
+        details["estimate_skewnorm"] = {
+            "exposure": point,
+            "ci_bootstrap": [min(lo, point), max(hi, point)],
+            "fit": sk["fit"],
+        }
+    exposure, ci, how = combine_estimates(samp, k, point)
+    return exposure, ci, how, details
 
 
 def _estimated(
     c: CanaryLike,
     fmt: Format,
     px: float,
+    i: int,
     shared: FormatSamples,
     bounds: tuple[int, int] | None,
-    confidence: float,
-    bootstrap: int,
-    seed: int,
+    opts: MeasureOptions,
     steps: int,
     seconds: float,
 ) -> CanaryResult:
     size = fmt.space_size
     emax = log2_int(size)
-    samp, k = sampling_estimate(px, shared.scores, size, confidence, engine.TIE_TOLERANCE)
-    details: dict[str, Any] = {
-        "samples": len(shared.scores),
-        "samples_at_or_below": k,
-        "estimate_sampling": {"exposure": samp.exposure, "ci": list(samp.ci)},
-    }
-    fits = shared.fits(bootstrap, seed)
-    if isinstance(fits, str):
-        sk = None
-        details["estimate_skewnorm"] = {"error": fits}
-    else:
-        fit, refits = fits
-        point = float(fit.exposure(px, size))
-        if refits:
-            draws = np.array([float(f.exposure(px, size)) for f in refits])
-            alpha = 1.0 - confidence
-            ci_sk = (float(np.quantile(draws, alpha / 2)), float(np.quantile(draws, 1 - alpha / 2)))
-        else:
-            ci_sk = (point, point)
-        sk = point
-        details["estimate_skewnorm"] = {
-            "exposure": point,
-            "ci_bootstrap": [min(ci_sk[0], point), max(ci_sk[1], point)],
-            "fit": {"a": fit.a, "loc": fit.loc, "scale": fit.scale, "ks_statistic": fit.ks_statistic},
-        }
-    exposure, ci, how = combine_estimates(samp, k, sk)
+    exposure, ci, how, details = _estimate(px, i, shared, size, opts)
     if bounds is not None:
         # The pruned walk proved lo <= rank <= hi: the estimate must sit inside that.
         e_lo, e_hi = exposure_from_rank(bounds[1], size), exposure_from_rank(bounds[0], size)
@@ -391,4 +379,4 @@ def _estimated(
     )
 
 
-__all__ = ["METHODS", "CanaryResult", "measure"]
+__all__ = ["METHODS", "CanaryResult", "MeasureOptions", "measure", "measure_with"]

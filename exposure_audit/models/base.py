@@ -1,37 +1,114 @@
-"""The model interface and a step counter shared by every method."""
+"""The model interface: the only way the exposure engine, extraction and training hooks see a model.
+
+Nothing outside ``models/`` may assume an architecture (an LSTM's ``(h, c)``, a transformer's
+KV cache) or a kind of vocabulary (characters, subword tokens). Everything they need is here.
+
+Contract of a :class:`LanguageModel`
+------------------------------------
+Tokens
+    ``vocab_size`` is V, the width of every log-probability row. ``token_bytes()[i]`` is what
+    token ``i`` spells as UTF-8 bytes (a byte-level BPE token may be part of a character), or
+    ``None`` for ids that never stand for text (the unknown symbol, BOS/EOS and other special
+    tokens). A character model's tokens are single characters.
+
+Lines and context
+    A canary is scored as its own line after a *context*. ``context_ids(None)`` is the model's
+    default context: the BOS token where the tokenizer has one, else a newline (the char-LSTM:
+    a newline). ``encode_lines(texts, context)`` is the *canonical tokenization* of
+    ``context + text + "\\n"`` (the tokenizer's own encoding), split into the context's ids and
+    the line's ids. The line's ids are every token that holds at least one character of the
+    line; so where the context's last characters and the line's first ones merge into one token,
+    that token belongs to the line (its cost counts) and the context ends before it. With a BOS
+    context nothing can merge. So the line's ids spell exactly (the merged tail of the context,
+    usually empty) + ``text + "\\n"``, and the context's ids spell the rest of the context
+    (checked by :func:`spell`); a tokenizer that adds text of its own (a prefix space) is refused.
+
+States
+    A *state* is opaque: whatever the model needs to continue a batch of rows (the LSTM's
+    ``(h, c)``, a transformer's per-layer keys and values). The engine never looks inside. It may:
+
+    - ``start(ids) -> (state, logp)``: read ``ids`` (one row); ``logp`` is ``[1, V]``;
+    - ``step(state, ids) -> (state, logp)``: feed one token per row (``ids`` is ``[B]``) and get
+      the next token's log2-probabilities, ``[B, V]``, float32 or float64, on the CPU;
+    - ``take(state, rows) -> state``: a new state holding the given rows, in that order (rows may
+      repeat). ``take`` and ``step`` never change the state they are given, so a state can be
+      stepped from many times (every child of a tree node starts from its parent's state);
+    - ``cat(states) -> state``: rows of several states, one after the other.
+
+    ``ragged`` says whether rows that have read different numbers of tokens may share a state
+    (``cat``) and a ``step`` call. An LSTM's state does not depend on the length read, so it
+    is True; a KV cache holds one length for the whole batch, so it is False and the engine only
+    batches rows of equal length together.
+
+Model steps
+    One *model step* is one row of a ``step`` call: one forward step for one prefix, one token
+    longer than its parent. For a character model a step adds one character; for a subword model
+    one token, which may add several characters (the KV cache of the shared prefix is reused, not
+    recomputed). ``start`` costs one step per id read. :class:`Scorer` counts them, so brute
+    force, enumeration, pruning, sampling and extraction report work in the same unit.
+
+``describe()`` returns what a report records about the model (kind, class, tokenizer, weights'
+SHA-256, device, dtype, and the training record of a model this tool trained).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import torch
 
-from .vocab import Vocabulary
-
 State = Any
+NEWLINE = "\n"
 
 
 class LanguageModel(Protocol):
-    vocab: Vocabulary
+    vocab_size: int
+    ragged: bool
 
-    def start(self, context: str) -> tuple[State, torch.Tensor]: ...
+    def token_bytes(self) -> Sequence[bytes | None]: ...
+
+    def context_ids(self, context: str | None) -> list[int]: ...
+
+    def encode_lines(self, texts: Sequence[str], context: str | None) -> list[tuple[list[int], list[int]]]: ...
+
+    def start(self, ids: Sequence[int]) -> tuple[State, torch.Tensor]: ...
 
     def step(self, state: State, ids: torch.Tensor) -> tuple[State, torch.Tensor]: ...
 
     def take(self, state: State, rows: torch.Tensor) -> State: ...
 
+    def cat(self, states: Sequence[State]) -> State: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+def spell(model: LanguageModel, ids: Sequence[int]) -> bytes | None:
+    """The bytes a token sequence spells, or None if it holds a token that is not text."""
+    table = model.token_bytes()
+    out = []
+    for i in ids:
+        b = table[i]
+        if b is None:
+            return None
+        out.append(b)
+    return b"".join(out)
+
 
 class Scorer:
-    """Wraps a model, counting model steps (one per row of every ``step`` call)."""
+    """Wraps a model, counting model steps (one per row of every ``step`` call, one per id of ``start``)."""
 
     def __init__(self, model: LanguageModel) -> None:
         self.model = model
-        self.vocab = model.vocab
         self.steps = 0
 
-    def start(self, context: str) -> tuple[State, torch.Tensor]:
-        self.steps += len(context)
-        return self.model.start(context)
+    @staticmethod
+    def of(model: Any) -> Scorer:
+        return model if isinstance(model, Scorer) else Scorer(model)
+
+    def start(self, ids: Sequence[int]) -> tuple[State, torch.Tensor]:
+        self.steps += len(ids)
+        return self.model.start(ids)
 
     def step(self, state: State, ids: torch.Tensor) -> tuple[State, torch.Tensor]:
         self.steps += int(ids.shape[0])
@@ -39,3 +116,6 @@ class Scorer:
 
     def take(self, state: State, rows: torch.Tensor) -> State:
         return self.model.take(state, rows)
+
+    def cat(self, states: Sequence[State]) -> State:
+        return states[0] if len(states) == 1 else self.model.cat(states)

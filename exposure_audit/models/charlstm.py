@@ -17,6 +17,7 @@ the state before any text is all zeros.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from torch import nn
 
 from ..errors import AuditError
 from ..files import atomic_write_bytes, atomic_write_json, canonical_sha256, sha256_file
+from .base import NEWLINE
 from .vocab import Vocabulary
 
 CHECKPOINT_FORMAT = "exposure-audit/char-lstm"
@@ -64,21 +66,41 @@ class CharLSTM(nn.Module):
             dropout=config.dropout if config.layers > 1 else 0.0,
         )
         self.head = nn.Linear(config.hidden, v)
+        self.checkpoint: dict[str, Any] = {}  # config.json of the checkpoint it was loaded from
 
     def forward(self, ids: torch.Tensor, state: Any = None) -> tuple[torch.Tensor, Any]:
         out, state = self.lstm(self.embed(ids), state)
         return self.head(out), state
 
-    # -- the scoring interface (see models/__init__.py) --------------------------------
+    # -- the model interface (models/base.py) ---------------------------------------------
+    ragged = True  # an LSTM state does not depend on how many characters a row has read
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    def token_bytes(self) -> list[bytes | None]:
+        return [None] + [c.encode() for c in self.vocab.chars]  # id 0: the unknown symbol
+
+    def context_ids(self, context: str | None) -> list[int]:
+        text = NEWLINE if context is None else context
+        if not text:
+            raise AuditError("the context must not be empty (it is the text before the canary, e.g. a newline)")
+        self.vocab.require(text, "the context")
+        return self.vocab.encode(text).tolist()
+
+    def encode_lines(self, texts: Sequence[str], context: str | None) -> list[tuple[list[int], list[int]]]:
+        ctx = self.context_ids(context)
+        return [(ctx, self.vocab.encode(t + NEWLINE).tolist()) for t in texts]
+
     def _log2probs(self, out: torch.Tensor) -> torch.Tensor:
         return torch.log_softmax(self.head(out), dim=-1) / LN2
 
     @torch.inference_mode()
-    def start(self, context: str) -> tuple[Any, torch.Tensor]:
-        ids = torch.as_tensor(self.vocab.encode(context), dtype=torch.long).view(1, -1)
-        if ids.shape[1] == 0:
+    def start(self, ids: Sequence[int]) -> tuple[Any, torch.Tensor]:
+        if len(ids) == 0:
             raise AuditError("context must not be empty")
-        out, state = self.lstm(self.embed(ids))
+        out, state = self.lstm(self.embed(torch.as_tensor(list(ids), dtype=torch.long).view(1, -1)))
         return state, self._log2probs(out[:, -1])
 
     @torch.inference_mode()
@@ -90,6 +112,21 @@ class CharLSTM(nn.Module):
     def take(state: Any, rows: torch.Tensor) -> Any:
         h, c = state
         return h.index_select(1, rows), c.index_select(1, rows)
+
+    @staticmethod
+    def cat(states: Sequence[Any]) -> Any:
+        return torch.cat([s[0] for s in states], dim=1), torch.cat([s[1] for s in states], dim=1)
+
+    def describe(self) -> dict[str, Any]:
+        a = self.config
+        info: dict[str, Any] = {
+            "kind": "char-lstm",
+            "description": f"char-LSTM {a.layers}x{a.hidden}, vocabulary {len(self.vocab)}",
+        }
+        for key in ("weights_sha256", "privacy", "data", "seed"):
+            if key in self.checkpoint:
+                info[key] = self.checkpoint[key]
+        return info
 
 
 def save_checkpoint(model: CharLSTM, folder: Path, extra: dict[str, Any]) -> None:
@@ -160,12 +197,8 @@ def load_checkpoint(folder: Path) -> tuple[CharLSTM, dict[str, Any]]:
         raise AuditError(f"model {folder}: weights do not fit the architecture in {CONFIG}")
     model.load_state_dict(tensors)
     model.eval()
+    model.checkpoint = config
     return model, config
-
-
-def describe(config: dict[str, Any]) -> str:
-    a = config.get("architecture", {})
-    return f"char-LSTM {a.get('layers')}x{a.get('hidden')}, vocabulary {len(config.get('vocabulary', [])) + 1}"
 
 
 __all__ = ["CharLSTM", "CharLSTMConfig", "load_checkpoint", "save_checkpoint", "read_checkpoint_config"]
