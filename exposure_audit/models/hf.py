@@ -1,0 +1,475 @@
+"""Any local Hugging Face causal language model behind the :class:`~.base.LanguageModel` interface.
+
+A model is a ``save_pretrained`` folder (``config.json`` with a ``model_type``, ``*.safetensors``
+weights and the tokenizer's files) or a single ``.gguf`` file. Nothing is downloaded
+(``local_files_only``), no code from the model is run (``trust_remote_code=False``) and nothing is
+unpickled: a folder whose only weights are pickles (``*.bin``, ``*.pt``...) is refused.
+
+Tokens
+    ``vocab_size`` is the width of the model's logits (rows of its output embedding), which may
+    exceed the tokenizer's length; ids the tokenizer does not have, and special tokens (BOS, EOS,
+    pad, unknown...), spell nothing (``None``). A byte-level BPE token (the tokenizer's decoder is
+    ``ByteLevel``) spells the bytes of its string through GPT-2's byte <-> unicode table, so a token
+    may be part of a UTF-8 character. Other tokenizers (SentencePiece-like, character-level): a
+    ``<0xNN>`` byte-fallback token spells byte NN, any other token its string with ``▁`` read as a
+    space.
+
+Lines and context
+    All encoding is the tokenizer's own (fast tokenizer, no special tokens added). The default
+    context is the BOS token where the tokenizer has one: the line's ids are then the encoding of
+    ``text + "\\n"`` on its own. Otherwise (a text context, or ``"\\n"`` for a tokenizer without
+    BOS) the whole ``context + text + "\\n"`` is encoded once, with character offsets: the
+    context's ids are the leading tokens lying entirely inside the context's characters, the line's
+    ids every token from the first one that holds a character of the line. A token straddling the
+    boundary (BPE merged the context's last characters with the line's first ones) therefore
+    belongs to the line, whose ids spell ``tail-of-context + text + "\\n"``, and the context's ids
+    spell the rest of the context. Both are checked; a tokenizer that adds or changes text of its
+    own (a prefix space, a normalizer) is refused.
+
+States
+    A :class:`KVState` holds every layer's keys and values, ``[rows, kv_heads, length, head_dim]``,
+    and the number of tokens read, which is the same for all rows (``ragged`` is False). Each
+    forward call builds a fresh ``DynamicCache`` from them, so a state is never changed and can be
+    stepped from any number of times.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import inspect
+import json
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..errors import AuditError
+from ..files import read_json, sha256_file
+from .base import NEWLINE, spell
+
+if TYPE_CHECKING:  # transformers is imported only when a model is loaded: it takes seconds
+    from transformers import BatchEncoding, PreTrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+LN2 = math.log(2.0)
+CONFIG = "config.json"
+TRAINING_RECORD = "exposure_audit.json"  # written beside config.json by this tool's training
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+SAFETENSORS = "model.safetensors"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+# A fast tokenizer can be built from any of these (tokenizer.json directly, the others converted).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json", "vocab.txt")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DEVICES = ("auto", "cpu", "cuda")
+BYTE_FALLBACK = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+# Errors transformers raises for configs, tokenizers and weights it cannot read.
+LOAD_ERRORS = (OSError, ValueError, KeyError, TypeError, RuntimeError)
+
+
+def _one_line(e: BaseException) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return lines[0] if lines else type(e).__name__
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's table: every byte as a printable character (printable Latin-1 bytes stand for themselves)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table = {b: chr(b) for b in printable}
+    extra = 0
+    for b in range(256):
+        if b not in table:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+UNICODE_TO_BYTE = {c: b for b, c in _bytes_to_unicode().items()}
+
+
+@dataclass(frozen=True)
+class KVState:
+    """Every layer's keys and values, ``[rows, kv_heads, length, head_dim]``; all rows read ``length`` tokens."""
+
+    keys: tuple[torch.Tensor, ...]
+    values: tuple[torch.Tensor, ...]
+    length: int
+
+    @property
+    def rows(self) -> int:
+        return int(self.keys[0].shape[0])
+
+
+class HFModel:
+    """A loaded causal LM and its tokenizer; build one with :func:`load_hf`."""
+
+    ragged = False
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        path: Path,
+        weight_files: Sequence[Path],
+        training: dict[str, Any] | None,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.path = path
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+        head = model.get_output_embeddings()
+        self.vocab_size = int(head.weight.shape[0]) if head is not None else int(model.config.vocab_size)
+        config = model.config
+        self.max_positions: int | None = getattr(config, "n_positions", None) or getattr(
+            config, "max_position_embeddings", None
+        )
+        self.bos_id: int | None = tokenizer.bos_token_id
+        self._weight_files = list(weight_files)
+        self._training = training
+        self._weights_sha256: str | None = None
+        self._token_bytes: list[bytes | None] | None = None
+        # Only the last position's logits are needed; models that can skip the others save a [n, V] matrix.
+        keeps = "logits_to_keep" in inspect.signature(model.forward).parameters
+        self._last_only = {"logits_to_keep": 1} if keeps else {}
+
+    # -- tokens ---------------------------------------------------------------------------
+    def token_bytes(self) -> list[bytes | None]:
+        if self._token_bytes is None:
+            self._token_bytes = _token_table(self.tokenizer, self.vocab_size)
+        return self._token_bytes
+
+    def _encode(self, texts: list[str], offsets: bool = False) -> BatchEncoding:
+        return self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=offsets)
+
+    def context_ids(self, context: str | None) -> list[int]:
+        if context is None and self.bos_id is not None:
+            return [self.bos_id]
+        text = NEWLINE if context is None else context
+        ids = list(self._encode([text])["input_ids"][0])
+        if not ids:
+            raise AuditError("the context is empty; pass None for the model's default context")
+        return ids
+
+    def encode_lines(self, texts: Sequence[str], context: str | None) -> list[tuple[list[int], list[int]]]:
+        texts = list(texts)
+        if context is None and self.bos_id is not None:
+            # Nothing merges with BOS: each line is encoded on its own.
+            encoded = self._encode([t + NEWLINE for t in texts])["input_ids"]
+            return [self._checked(t, "", [self.bos_id], list(ids)) for t, ids in zip(texts, encoded)]
+        prefix = NEWLINE if context is None else context
+        if not prefix:
+            raise AuditError("the context is empty; pass None for the model's default context")
+        encoded = self._encode([prefix + t + NEWLINE for t in texts], offsets=True)
+        out = []
+        for text, ids, spans in zip(texts, encoded["input_ids"], encoded["offset_mapping"]):
+            # The first token ending past the context holds a character of the line (offsets are characters).
+            cut = next((i for i, (_, end) in enumerate(spans) if end > len(prefix)), len(ids))
+            if cut == 0:
+                raise AuditError(
+                    f"the context {prefix!r} merges entirely into the first token of line {text!r}; "
+                    "give a longer context"
+                )
+            out.append(self._checked(text, prefix, list(ids[:cut]), list(ids[cut:])))
+        return out
+
+    def _checked(self, text: str, prefix: str, ctx: list[int], line: list[int]) -> tuple[list[int], list[int]]:
+        """Refuse a split whose ids do not spell context + text + newline, with the line ending in text + newline."""
+        tail = (text + NEWLINE).encode("utf-8")
+        ctx_bytes = spell(self, ctx) if prefix else b""  # a BOS context spells nothing
+        line_bytes = spell(self, line)
+        if (
+            ctx_bytes is None
+            or line_bytes is None
+            or not line_bytes.endswith(tail)
+            or ctx_bytes + line_bytes != prefix.encode("utf-8") + tail
+        ):
+            raise AuditError(
+                f"tokenizer {type(self.tokenizer).__name__} of {self.path} is not supported: its tokens for line "
+                f"{text!r} spell {line_bytes!r}, not the line (it adds or changes text of its own, e.g. a prefix space)"
+            )
+        return ctx, line
+
+    # -- states ---------------------------------------------------------------------------
+    def _forward(self, ids: torch.Tensor, state: KVState | None) -> tuple[KVState, torch.Tensor]:
+        from transformers import DynamicCache
+
+        past = 0 if state is None else state.length
+        rows, n = ids.shape
+        if self.max_positions is not None and past + n > self.max_positions:
+            raise AuditError(f"the candidate needs {past + n} tokens; the model takes at most {self.max_positions}")
+        # A new cache per call: the model appends to the cache it is given, and the caller's state must not change.
+        cache = DynamicCache() if state is None else DynamicCache(ddp_cache_data=list(zip(state.keys, state.values)))
+        positions = torch.arange(past, past + n, device=self.device).expand(rows, n)
+        out = self.model(input_ids=ids, position_ids=positions, cache=cache, use_cache=True, **self._last_only)
+        layers = out.cache.layers
+        new = KVState(tuple(layer.keys for layer in layers), tuple(layer.values for layer in layers), past + n)
+        logp = torch.log_softmax(out.logits[:, -1].float(), dim=-1) / LN2
+        return new, logp.cpu()
+
+    @torch.inference_mode()
+    def start(self, ids: Sequence[int]) -> tuple[KVState, torch.Tensor]:
+        if len(ids) == 0:
+            raise AuditError("the context must hold at least one token")
+        return self._forward(torch.as_tensor(list(ids), dtype=torch.long, device=self.device).view(1, -1), None)
+
+    @torch.inference_mode()
+    def step(self, state: KVState, ids: torch.Tensor) -> tuple[KVState, torch.Tensor]:
+        return self._forward(ids.to(self.device, torch.long).view(-1, 1), state)
+
+    @torch.inference_mode()
+    def take(self, state: KVState, rows: torch.Tensor) -> KVState:
+        rows = rows.to(self.device, torch.long)
+        return KVState(
+            tuple(k.index_select(0, rows) for k in state.keys),
+            tuple(v.index_select(0, rows) for v in state.values),
+            state.length,
+        )
+
+    @torch.inference_mode()
+    def cat(self, states: Sequence[KVState]) -> KVState:
+        lengths = {s.length for s in states}
+        if len(lengths) != 1:
+            # A KV cache has one length for the whole batch (ragged is False): the engine must not mix them.
+            raise ValueError(
+                f"cat: states read different numbers of tokens {sorted(lengths)}; only equal lengths can share a batch"
+            )
+        layers = range(len(states[0].keys))
+        return KVState(
+            tuple(torch.cat([s.keys[i] for s in states]) for i in layers),
+            tuple(torch.cat([s.values[i] for s in states]) for i in layers),
+            states[0].length,
+        )
+
+    # -- report ---------------------------------------------------------------------------
+    def weights_sha256(self) -> str:
+        """SHA-256 of the single weights file; for sharded weights, of the sorted per-file hex digests joined."""
+        if self._weights_sha256 is None:
+            digests = [sha256_file(f) for f in self._weight_files]
+            if len(digests) == 1:
+                self._weights_sha256 = digests[0]
+            else:
+                self._weights_sha256 = _sha256_text("".join(sorted(digests)))
+        return self._weights_sha256
+
+    def describe(self) -> dict[str, Any]:
+        params = sum(p.numel() for p in self.model.parameters())
+        info: dict[str, Any] = {
+            "kind": "hf",
+            "description": (
+                f"{type(self.model).__name__}, {params / 1e6:.1f}M parameters, "
+                f"{type(self.tokenizer).__name__} with {len(self.tokenizer)} tokens"
+            ),
+            "path": str(self.path),
+            "model_class": type(self.model).__name__,
+            "model_type": self.model.config.model_type,
+            "tokenizer_class": type(self.tokenizer).__name__,
+            "vocab_size": self.vocab_size,
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "weights_sha256": self.weights_sha256(),
+            "bos_token": self.tokenizer.bos_token,
+            "max_positions": self.max_positions,
+        }
+        if self._training is not None:
+            info["training"] = self._training
+        return info
+
+
+def _sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def _is_byte_level(tokenizer: PreTrainedTokenizerBase) -> bool:
+    decoder = json.loads(tokenizer.backend_tokenizer.to_str()).get("decoder") or {}
+    members = decoder.get("decoders", []) if decoder.get("type") == "Sequence" else [decoder]
+    return any(d.get("type") == "ByteLevel" for d in members)
+
+
+def _token_table(tokenizer: PreTrainedTokenizerBase, width: int) -> list[bytes | None]:
+    byte_level = _is_byte_level(tokenizer)
+    added = tokenizer.added_tokens_decoder  # id -> AddedToken; added tokens are stored as plain text
+    special = set(tokenizer.all_special_ids) | {i for i, t in added.items() if t.special}
+    n = min(len(tokenizer), width)
+    table: list[bytes | None] = [None] * width
+    for i, piece in enumerate(tokenizer.convert_ids_to_tokens(list(range(n)))):
+        if i in special or piece is None:
+            continue
+        if i in added:
+            table[i] = added[i].content.encode("utf-8")
+        elif byte_level:
+            # A character outside the byte alphabet never comes out of byte-level encoding: not text.
+            if all(c in UNICODE_TO_BYTE for c in piece):
+                table[i] = bytes(UNICODE_TO_BYTE[c] for c in piece)
+        elif m := BYTE_FALLBACK.fullmatch(piece):
+            table[i] = bytes([int(m.group(1), 16)])
+        else:
+            table[i] = piece.replace("▁", " ").encode("utf-8")
+    return table
+
+
+# -- loading ------------------------------------------------------------------------------
+def is_hf_checkpoint(path: Path | str) -> bool:
+    """Whether ``path`` looks like a Hugging Face model: a ``.gguf`` file, or a folder whose config.json has a
+    ``model_type`` (this tool's char-LSTM checkpoints have none)."""
+    path = Path(path)
+    if path.is_file():
+        return path.suffix.lower() == ".gguf"
+    try:
+        config = json.loads((path / CONFIG).read_text("utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and "model_type" in config
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device not in DEVICES:
+        raise AuditError(f"device {device!r}: expected one of {', '.join(DEVICES)}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise AuditError("device cuda was asked for but CUDA is not available here; use the cpu device")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device)
+
+
+def _resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
+    if dtype is None:
+        return torch.float32  # exact scores; ask for bfloat16 to halve the memory
+    if dtype not in DTYPES:
+        raise AuditError(f"dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+    if dtype == "float16" and device.type == "cpu":
+        raise AuditError("dtype float16 needs CUDA; on the CPU use float32 or bfloat16")
+    return DTYPES[dtype]
+
+
+def _folder_weights(folder: Path) -> list[Path]:
+    """The safetensors files transformers will read, or an AuditError (pickle-only or no weights)."""
+    index = folder / SAFETENSORS_INDEX
+    if index.is_file():
+        data = read_json(index, "safetensors index")
+        weight_map = data.get("weight_map") if isinstance(data, dict) else None
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise AuditError(f"model {folder}: {SAFETENSORS_INDEX} has no weight_map")
+        files = [folder / str(name) for name in sorted(set(weight_map.values()))]
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise AuditError(f"model {folder}: shards named in {SAFETENSORS_INDEX} are missing: {', '.join(missing)}")
+        return files
+    if (folder / SAFETENSORS).is_file():
+        return [folder / SAFETENSORS]
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
+    if pickles and not any(folder.glob("*.safetensors")):
+        raise AuditError(
+            f"model {folder}: pickle weights ({', '.join(pickles)}) are refused because loading them can run code; "
+            "convert them with model.save_pretrained(folder, safe_serialization=True)"
+        )
+    raise AuditError(f"model {folder}: no {SAFETENSORS} (or sharded safetensors with {SAFETENSORS_INDEX})")
+
+
+def _check_gguf(path: Path) -> None:
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+    if magic != b"GGUF":
+        raise AuditError(f"model {path} is not a GGUF file (it does not start with GGUF)")
+    if importlib.util.find_spec("gguf") is None:
+        raise AuditError(f"reading {path.name} needs the gguf package: pip install gguf")
+    from gguf import GGUFReader
+
+    try:
+        GGUFReader(path)
+    except Exception as e:  # gguf raises assorted errors (ValueError, struct errors, ...) for damaged files
+        raise AuditError(f"model {path} is not a valid GGUF file ({_one_line(e)})") from None
+
+
+def _load_config(source: Path, kwargs: dict[str, Any], where: Path) -> PreTrainedConfig:
+    """The model's config, refused unless it is a decoder-only causal LM (cheap: no weights are read)."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    try:
+        config = AutoConfig.from_pretrained(source, **kwargs)
+    except LOAD_ERRORS as e:  # unknown model_type, remote code refused, damaged config
+        raise AuditError(f"model {where}: unrecognized configuration ({_one_line(e)})") from None
+    if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING or getattr(config, "is_encoder_decoder", False):
+        raise AuditError(
+            f"model {where} ({config.model_type}) is not a causal language model; "
+            "only decoder-only text models are supported"
+        )
+    return config
+
+
+def _check_causal_attention(model: PreTrainedModel, where: Path) -> None:
+    """Refuse encoders that transformers can load as LMs (BERT without is_decoder): their attention sees the future."""
+    flags = [m.is_causal for m in model.modules() if isinstance(getattr(m, "is_causal", None), bool)]
+    if flags and not any(flags):
+        raise AuditError(
+            f"model {where} ({model.config.model_type}) has bidirectional attention: it is not a causal language model"
+        )
+
+
+def load_hf(path: Path | str, *, device: str = "auto", dtype: str | None = None) -> HFModel:
+    """Load a local Hugging Face causal LM folder or ``.gguf`` file; every failure is a one-line AuditError."""
+    path = Path(path)
+    if not path.exists():
+        raise AuditError(f"model {path} does not exist")
+    torch_device = _resolve_device(device)
+    torch_dtype = _resolve_dtype(dtype, torch_device)
+    common: dict[str, Any] = {"local_files_only": True, "trust_remote_code": False}
+    training = None
+    if path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise AuditError(f"model {path} is a file; give a Hugging Face model folder or a .gguf file")
+        _check_gguf(path)
+        source, weight_files = path.parent, [path]
+        read_kwargs = {**common, "gguf_file": path.name}
+        model_kwargs = read_kwargs
+    else:
+        if not (path / CONFIG).is_file():
+            hint = "; for a GGUF model give the .gguf file" if any(path.glob("*.gguf")) else ""
+            raise AuditError(f"model {path} has no {CONFIG}: not a Hugging Face model folder{hint}")
+        source, read_kwargs = path, common
+        model_kwargs = {**common, "use_safetensors": True}  # never fall back to pickle weights
+    config = _load_config(source, read_kwargs, path)
+    if path.is_dir():
+        weight_files = _folder_weights(path)
+        if not any((path / name).is_file() for name in TOKENIZER_FILES):
+            raise AuditError(
+                f"model {path} has no tokenizer files ({', '.join(TOKENIZER_FILES)}); "
+                "save them with tokenizer.save_pretrained(folder)"
+            )
+        if (path / TRAINING_RECORD).is_file():
+            training = read_json(path / TRAINING_RECORD, "training record")
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **read_kwargs)
+    except LOAD_ERRORS as e:
+        raise AuditError(f"model {path}: cannot load the tokenizer ({_one_line(e)})") from None
+    if not getattr(tokenizer, "is_fast", False):
+        name = type(tokenizer).__name__
+        raise AuditError(f"model {path}: tokenizer {name} has no fast (Rust) version, needed for offsets: unsupported")
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # this tool draws its own bars (and --quiet silences them)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, config=config, dtype=torch_dtype, **model_kwargs)
+    except LOAD_ERRORS as e:
+        raise AuditError(f"model {path}: cannot load the weights ({_one_line(e)})") from None
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
+    _check_causal_attention(model, path)
+    model.to(torch_device).eval()
+    hf = HFModel(model, tokenizer, path=path, weight_files=weight_files, training=training)
+    if len(tokenizer) > hf.vocab_size:
+        raise AuditError(f"model {path}: the tokenizer has {len(tokenizer)} tokens but the model only {hf.vocab_size}")
+    return hf
+
+
+__all__ = ["HFModel", "KVState", "is_hf_checkpoint", "load_hf"]

@@ -1,0 +1,279 @@
+"""The Hugging Face adapter against tiny random GPT-2 / Llama models built on the spot (no download)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from exposure_audit.errors import AuditError
+from exposure_audit.files import sha256_file
+from exposure_audit.models.base import LanguageModel, spell
+from exposure_audit.models.hf import HFModel, is_hf_checkpoint, load_hf
+
+from . import hf_models
+
+COMBOS = [(arch, tok) for arch in hf_models.ARCHS for tok in hf_models.TOKENIZER_KINDS]
+LINES = ["my pin is 4821", "call me at 555-0375 and 12", "card 4821 0375 9911 2024", "café ☃ número 7"]
+DIGITS = set(b"0123456789")
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[tuple[str, str], HFModel]:
+    root = tmp_path_factory.mktemp("hf")
+    return {(a, t): load_hf(hf_models.tiny_model(root / f"{a}-{t}", a, t), device="cpu") for a, t in COMBOS}
+
+
+@pytest.fixture(scope="module")
+def no_bos(tmp_path_factory) -> HFModel:
+    """A Llama whose tokenizer has no BOS (default context: a newline) and 5 logit rows beyond the tokenizer."""
+    folder = hf_models.tiny_model(tmp_path_factory.mktemp("hf") / "nobos", "llama", bos=False, pad_vocab=5)
+    return load_hf(folder, device="cpu")
+
+
+def forward_costs(model: HFModel, ctx: list[int], line: list[int]) -> torch.Tensor:
+    """-log2 p of each line token, from one plain forward pass over context + line (no cache)."""
+    ids = torch.tensor([ctx + line])
+    with torch.no_grad():
+        logp = torch.log_softmax(model.model(input_ids=ids).logits[0].float(), -1) / math.log(2)
+    return torch.stack([-logp[len(ctx) - 1 + i, t] for i, t in enumerate(line)])
+
+
+def step_costs(model: HFModel, ctx: list[int], line: list[int]) -> torch.Tensor:
+    state, logp = model.start(ctx)
+    costs = []
+    for t in line:
+        costs.append(-logp[0, t])
+        state, logp = model.step(state, torch.tensor([t]))
+    return torch.stack(costs)
+
+
+class MkdirOnUnpickle:
+    """Unpickling this runs ``os.mkdir(path)``: proof that a loader unpickled the file."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (os.mkdir, (self.path,))
+
+
+def one_line_error(fn) -> str:
+    with pytest.raises(AuditError) as e:
+        fn()
+    message = str(e.value)
+    assert message and "\n" not in message
+    return message
+
+
+# -- loading and tokens ---------------------------------------------------------------------
+@pytest.mark.parametrize("arch,tok", COMBOS)
+def test_loads_and_describes(models, arch, tok):
+    m: LanguageModel = models[arch, tok]
+    # LanguageModel is not runtime_checkable: check its members by name
+    members = [*LanguageModel.__annotations__, *(n for n in vars(LanguageModel) if not n.startswith("_"))]
+    assert all(hasattr(m, name) for name in members) and m.ragged is False
+    d = m.describe()
+    assert d["kind"] == "hf" and d["model_type"] == arch and d["device"] == "cpu" and d["dtype"] == "float32"
+    assert d["model_class"] == {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM"}[arch]
+    assert d["weights_sha256"] == sha256_file(Path(d["path"]) / "model.safetensors")
+    assert d["vocab_size"] == m.vocab_size == len(m.tokenizer) == len(m.token_bytes())
+    assert d["bos_token"] == hf_models.BOS and d["max_positions"] == 128 and "training" not in d
+    assert not m.model.training
+
+
+def test_training_record_and_bfloat16(tmp_path):
+    folder = hf_models.tiny_model(tmp_path / "m", "llama")
+    (folder / "exposure_audit.json").write_text(json.dumps({"epochs": 3}))
+    assert is_hf_checkpoint(folder) and not is_hf_checkpoint(tmp_path)
+    m = load_hf(folder, device="cpu", dtype="bfloat16")
+    d = m.describe()
+    assert d["training"] == {"epochs": 3} and d["dtype"] == "bfloat16"
+    _, logp = m.start(m.context_ids(None))
+    assert logp.dtype == torch.float32 and logp.shape == (1, m.vocab_size)
+
+
+def test_sharded_weights_hash(tmp_path, models):
+    m = models["llama", "merged-digits"]
+    m.model.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
+    m.tokenizer.save_pretrained(tmp_path / "sharded")
+    shards = sorted((tmp_path / "sharded").glob("*.safetensors"))
+    assert len(shards) > 1
+    joined = "".join(sorted(sha256_file(f) for f in shards)).encode()
+    described = load_hf(tmp_path / "sharded", device="cpu").describe()
+    assert described["weights_sha256"] == hashlib.sha256(joined).hexdigest()
+
+
+@pytest.mark.parametrize("arch,tok", COMBOS)
+def test_token_bytes_spell_lines_back(models, arch, tok):
+    m = models[arch, tok]
+    table = m.token_bytes()
+    assert table[m.tokenizer.bos_token_id] is None and table[m.tokenizer.eos_token_id] is None
+    assert m.context_ids(None) == [m.tokenizer.bos_token_id]
+    for (ctx, line), text in zip(m.encode_lines(LINES, None), LINES):
+        assert ctx == [m.tokenizer.bos_token_id]
+        assert spell(m, line) == (text + "\n").encode("utf-8")
+        assert line == m.tokenizer(text + "\n", add_special_tokens=False)["input_ids"]  # the canonical encoding
+
+
+def test_digit_tokens(models):
+    for arch in hf_models.ARCHS:
+        merged, split = models[arch, "merged-digits"], models[arch, "split-digits"]
+        for m, multi in ((merged, True), (split, False)):
+            digit_runs = [b for b in m.token_bytes() if b and len(b.strip()) >= 2 and set(b.strip()) <= DIGITS]
+            line = m.encode_lines(["my pin is 4821 and 0375"], None)[0][1]
+            digits_per_token = [sum(c in DIGITS for c in m.token_bytes()[t]) for t in line]
+            if multi:
+                assert digit_runs and max(digits_per_token) >= 2
+            else:
+                assert not digit_runs and max(digits_per_token) == 1
+
+
+def test_no_bos_tokenizer_uses_newline_context_and_padded_rows(no_bos):
+    m = no_bos
+    assert m.tokenizer.bos_token_id is None and m.describe()["bos_token"] is None
+    assert m.vocab_size == len(m.tokenizer) + 5 and m.token_bytes()[-5:] == [None] * 5
+    newline = m.context_ids(None)
+    assert spell(m, newline) == b"\n"
+    for (ctx, line), text in zip(m.encode_lines(LINES, None), LINES):
+        assert ctx == newline and spell(m, line) == (text + "\n").encode("utf-8")
+        assert torch.allclose(step_costs(m, ctx, line), forward_costs(m, ctx, line), atol=1e-4)
+
+
+# -- lines after a text context -------------------------------------------------------------
+def test_straddling_token_belongs_to_the_line(models):
+    m = models["gpt2", "merged-digits"]
+    found = []
+    for word in hf_models.WORDS:
+        for k in range(1, len(word)):
+            context, text = f"the {word[:k]}", f"{word[k:]} is 4821"
+            ctx, line = m.encode_lines([text], context)[0]
+            head = spell(m, line)[: -len(text) - 1]
+            # every split spells context + line back, the line ending in text + newline
+            assert spell(m, ctx) + spell(m, line) == (context + text + "\n").encode()
+            assert spell(m, line).endswith((text + "\n").encode()) and context.encode().endswith(head)
+            if head:
+                found.append((context, text, ctx, line))
+    assert found, "no context/line pair merged across the boundary"
+    context, text, ctx, line = found[0]
+    whole = m.tokenizer(context + text + "\n", add_special_tokens=False)["input_ids"]
+    assert ctx + line == whole  # the canonical encoding, split, not re-encoded
+    assert torch.allclose(step_costs(m, ctx, line), forward_costs(m, ctx, line), atol=1e-4)
+
+
+def test_context_merging_entirely_or_empty_is_refused(models):
+    m = models["gpt2", "merged-digits"]
+    one_line_error(lambda: m.encode_lines(["mber"], "nu"))  # "number" is one token: no context left
+    one_line_error(lambda: m.encode_lines(["x"], ""))
+    one_line_error(lambda: m.context_ids(""))
+    one_line_error(lambda: m.start([]))
+
+
+def test_prefix_space_tokenizer_is_refused(tmp_path):
+    folder = hf_models.tiny_model(tmp_path / "m")
+    spec = json.loads((folder / "tokenizer.json").read_text())
+    spec["pre_tokenizer"]["add_prefix_space"] = True
+    (folder / "tokenizer.json").write_text(json.dumps(spec))
+    m = load_hf(folder, device="cpu")
+    assert "not supported" in one_line_error(lambda: m.encode_lines(["my pin is 4821"], None))
+
+
+# -- states -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("arch,tok", COMBOS)
+def test_stepping_matches_one_forward_pass(models, arch, tok):
+    m = models[arch, tok]
+    for ctx, line in m.encode_lines(LINES, None) + m.encode_lines(["4821 0375"], "my pin is "):
+        stepped, plain = step_costs(m, ctx, line), forward_costs(m, ctx, line)
+        assert (stepped - plain).abs().max() < 1e-4
+        assert abs(float(stepped.sum() - plain.sum())) < 1e-3
+        assert float(plain.sum()) > 5  # a real line cost, not a degenerate one
+
+
+def snapshot(state):
+    return [t.clone() for t in (*state.keys, *state.values)]
+
+
+@pytest.mark.parametrize("arch", hf_models.ARCHS)
+def test_take_and_cat_match_single_rows_and_never_mutate(models, arch):
+    m = models[arch, "merged-digits"]
+    ctx, line = m.encode_lines(["the secret code is 4821 and my pin is 0375"], None)[0]
+    assert len(line) >= 8
+    root, _ = m.start(ctx + line[:2])
+    before = snapshot(root)
+    nxt = torch.tensor(line[2:5])
+    singles = [m.step(root, nxt[i : i + 1])[1] for i in range(3)]
+
+    taken = m.take(root, torch.tensor([0, 0, 0]))
+    state, logp = m.step(taken, nxt)
+    assert taken.rows == 3 and state.rows == 3 and state.length == root.length + 1
+    assert torch.allclose(logp, torch.cat(singles), atol=1e-5)
+
+    state_before = snapshot(state)
+    both = m.cat([m.take(state, torch.tensor([2])), m.take(state, torch.tensor([0, 1]))])
+    last = torch.tensor(line[5:8])
+    _, logp2 = m.step(both, last)
+    rows = [m.step(m.take(state, torch.tensor([i])), last[j : j + 1])[1] for j, i in enumerate((2, 0, 1))]
+    assert torch.allclose(logp2, torch.cat(rows), atol=1e-5)
+
+    for old, new in ((before, snapshot(root)), (state_before, snapshot(state))):
+        assert all(torch.equal(a, b) for a, b in zip(old, new))
+    with pytest.raises(ValueError, match="different numbers of tokens"):
+        m.cat([root, state])
+
+
+def test_max_positions(models):
+    m = models["llama", "merged-digits"]
+    assert "at most 128" in one_line_error(lambda: m.start([5] * 129))
+    state, _ = m.start([5] * 128)
+    assert "needs 129 tokens" in one_line_error(lambda: m.step(state, torch.tensor([5])))
+
+
+# -- bad inputs -------------------------------------------------------------------------------
+def test_pickle_weights_are_refused_unread(tmp_path):
+    folder = hf_models.tiny_model(tmp_path / "m")
+    (folder / "model.safetensors").unlink()
+    marker = tmp_path / "unpickled"
+    (folder / "pytorch_model.bin").write_bytes(pickle.dumps(MkdirOnUnpickle(str(marker))))
+    message = one_line_error(lambda: load_hf(folder, device="cpu"))
+    assert "pickle" in message and "safe_serialization=True" in message and not marker.exists()
+
+
+def test_folder_without_tokenizer(tmp_path):
+    folder = hf_models.tiny_model(tmp_path / "m")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (folder / name).unlink()
+    assert "tokenizer" in one_line_error(lambda: load_hf(folder, device="cpu"))
+
+
+def test_not_a_causal_lm(tmp_path):
+    from transformers import BertConfig, BertLMHeadModel, T5Config, ViTConfig
+
+    for name, config in (("t5", T5Config(d_model=32)), ("vit", ViTConfig(hidden_size=32))):
+        config.save_pretrained(tmp_path / name)
+        assert "not a causal language model" in one_line_error(lambda: load_hf(tmp_path / name, device="cpu"))
+    # an encoder that transformers can load as an LM head, but whose attention sees the future
+    tok = hf_models.train_tokenizer("merged-digits", tmp_path / "bert")
+    sizes = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
+    config = BertConfig(vocab_size=len(tok), **sizes)
+    BertLMHeadModel(config).save_pretrained(tmp_path / "bert")
+    assert "bidirectional" in one_line_error(lambda: load_hf(tmp_path / "bert", device="cpu"))
+
+
+def test_bad_paths_devices_and_gguf(tmp_path, models):
+    folder = Path(models["gpt2", "merged-digits"].describe()["path"])
+    one_line_error(lambda: load_hf(tmp_path / "missing"))
+    one_line_error(lambda: load_hf(tmp_path))  # no config.json
+    one_line_error(lambda: load_hf(folder, device="tpu"))
+    one_line_error(lambda: load_hf(folder, device="cpu", dtype="float16"))
+    if not torch.cuda.is_available():
+        assert "CUDA" in one_line_error(lambda: load_hf(folder, device="cuda"))
+    for garbage in (b"not a model at all", b"GGUF" + bytes(60)):
+        (tmp_path / "x.gguf").write_bytes(garbage)
+        assert is_hf_checkpoint(tmp_path / "x.gguf")
+        one_line_error(lambda: load_hf(tmp_path / "x.gguf", device="cpu"))
