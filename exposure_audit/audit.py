@@ -149,9 +149,7 @@ def run_extractions(
             out[fmt.source] = beam_search(model, fmt, width=beam, top=top, max_steps=max_steps, context=context)
             continue
         with Progress(total=max_steps, desc=f"extract {fmt.source}", quiet=quiet, unit="step") as bar:
-            out[fmt.source] = best_first(
-                model, fmt, top=top, max_steps=max_steps, context=context, progress=bar.update
-            )
+            out[fmt.source] = best_first(model, fmt, top=top, max_steps=max_steps, context=context, progress=bar.update)
     return out
 
 
@@ -245,9 +243,7 @@ def run_audit(
     if cfg.extract.enabled:
         echo(f"[4/4] extract: best-first top {cfg.extract.top} per format")
         formats = [Format.parse(src) for src in dict.fromkeys(c.format for c in manifest.canaries)]
-        extractions = run_extractions(
-            model, formats, top=cfg.extract.top, max_steps=cfg.extract.max_steps, quiet=quiet
-        )
+        extractions = run_extractions(model, formats, top=cfg.extract.top, max_steps=cfg.extract.max_steps, quiet=quiet)
         summary = extraction_summary(extractions, manifest.canaries, top=cfg.extract.top, redact=redact)
         lines = extraction_summary_lines(summary, redact)
         proof = ", ".join(
@@ -269,7 +265,14 @@ def run_audit(
 
 
 def run_sweep(
-    base: AuditConfig, runs: Sequence[tuple[str, AuditConfig]], tmp: Path, final: Path, *, quiet: bool, echo: Emit, emit: Emit
+    base: AuditConfig,
+    runs: Sequence[tuple[str, AuditConfig]],
+    tmp: Path,
+    final: Path,
+    *,
+    quiet: bool,
+    echo: Emit,
+    emit: Emit,
 ) -> list[dict[str, Any]]:
     """The audit over a grid of settings sharing one insertion (``tmp/data``); one folder per run,
     ``sweep.json`` and the privacy/utility figure. Returns the rows of the sweep table."""

@@ -392,11 +392,22 @@ def _echo(quiet: bool):
     default=None,
     help="A manifest: extract every format in it and report where each canary lands.",
 )
-@click.option("--top", type=click.IntRange(min=1), default=10, show_default=True, help="How many candidates to recover.")
 @click.option(
-    "--max-steps", type=click.IntRange(min=1), default=1_000_000, show_default=True, help="Budget in model steps (per format)."
+    "--top", type=click.IntRange(min=1), default=10, show_default=True, help="How many candidates to recover."
 )
-@click.option("--beam", type=click.IntRange(min=1), default=None, help="Beam search with this width instead (faster, approximate).")
+@click.option(
+    "--max-steps",
+    type=click.IntRange(min=1),
+    default=1_000_000,
+    show_default=True,
+    help="Budget in model steps (per format).",
+)
+@click.option(
+    "--beam",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Beam search with this width instead (faster, approximate).",
+)
 @click.option("--json", "json_path", type=str, default=None, help="Write the result as JSON here.")
 @click.option(
     "--redact", is_flag=True, help="Show only the first and last character of each secret (terminal and JSON)."
@@ -405,7 +416,19 @@ def _echo(quiet: bool):
 @force_option
 @quiet_option
 def extract(
-    model_path, format_source, canaries_path, top, max_steps, beam, json_path, redact, device, dtype, context, force, quiet
+    model_path,
+    format_source,
+    canaries_path,
+    top,
+    max_steps,
+    beam,
+    json_path,
+    redact,
+    device,
+    dtype,
+    context,
+    force,
+    quiet,
 ) -> None:
     """Recover the most likely secrets of a format by shortest-path search over its prefix tree."""
     from .audit import extract_and_report

@@ -97,7 +97,6 @@ def iter_lines(source: str | Path, digest: "hashlib._Hash | None" = None) -> Ite
 class CorpusStats:
     source: str
     sha256: str
-    bytes: int  # of the text as lines, each with one "\n"
     lines: int
     characters: int
 
@@ -105,7 +104,7 @@ class CorpusStats:
 def scan(source: str | Path, progress: Callable[[int], None] | None = None) -> CorpusStats:
     """Pass 1: validate, hash and count the corpus."""
     h = hashlib.sha256()
-    lines = chars = nbytes = 0
+    lines = chars = 0
     nonblank = False
     pending = 0
     for line in iter_lines(source, h):
@@ -114,13 +113,12 @@ def scan(source: str | Path, progress: Callable[[int], None] | None = None) -> C
             if pending >= 1 << 20:
                 progress(pending)
                 pending = 0
-        nbytes += len(line.encode("utf-8")) + 1
         lines += 1
         chars += len(line) + 1
         nonblank = nonblank or bool(line.strip())
     if not nonblank:
         raise AuditError(f"corpus {source} is empty")
-    return CorpusStats(source=str(source), sha256=h.hexdigest(), bytes=nbytes, lines=lines, characters=chars)
+    return CorpusStats(source=str(source), sha256=h.hexdigest(), lines=lines, characters=chars)
 
 
 @dataclass

@@ -125,6 +125,19 @@ def _candidate(cf: CompiledFormat, path: Sequence[int], cost: float) -> Candidat
     return Candidate(secret=cf.fmt.secret_of(text), text=text, log_perplexity=float(cost))
 
 
+def _extraction(cf: CompiledFormat, candidates: list[Candidate], steps: int, t0: float, **fields: Any) -> Extraction:
+    """The result of a search started at ``t0`` that took ``steps`` model steps after the shared prefix."""
+    return Extraction(
+        format=cf.fmt.source,
+        candidates=candidates,
+        model_steps=steps + cf.prefix_steps,
+        seconds=time.perf_counter() - t0,
+        space_size=cf.fmt.space_size,
+        prefix_cost=cf.base_cost,
+        **fields,
+    )
+
+
 def check_extraction(*, top: int, max_steps: int, beam: int | None = None) -> None:
     if top < 1:
         raise AuditError("the number of candidates to extract (top) must be at least 1")
@@ -262,20 +275,13 @@ def best_first(
             found.append((c, node, j))
 
     candidates = [_candidate(cf, path_of(node, j), c) for c, node, j in found]
-    return Extraction(
-        format=fmt.source,
-        candidates=candidates,
-        model_steps=scorer.steps - s0 + cf.prefix_steps,
-        seconds=time.perf_counter() - t0,
-        proven=proven,
-        method="best-first",
-        space_size=fmt.space_size,
-        prefix_cost=cf.base_cost,
-        details={"expanded_nodes": len(parent), "noncanonical_completions": noncanonical},
-    )
+    details = {"expanded_nodes": len(parent), "noncanonical_completions": noncanonical}
+    return _extraction(cf, candidates, scorer.steps - s0, t0, proven=proven, method="best-first", details=details)
 
 
-def _by_depth(items: list[tuple[float, int, int, int]], node_depth: list[int]) -> list[list[tuple[float, int, int, int]]]:
+def _by_depth(
+    items: list[tuple[float, int, int, int]], node_depth: list[int]
+) -> list[list[tuple[float, int, int, int]]]:
     groups: dict[int, list[tuple[float, int, int, int]]] = {}
     for item in items:
         groups.setdefault(node_depth[item[2]], []).append(item)
@@ -322,14 +328,6 @@ def beam_search(
         nodes = Nodes(nodes.depth + 1, state, logp, ch.cost[keep], ch.pos[keep], ch.index[keep], None)
         paths = paths[keep]
     pool.sort(key=lambda item: item[0])
-    return Extraction(
-        format=fmt.source,
-        candidates=[_candidate(cf, p, c) for c, p in pool[:top]],
-        model_steps=scorer.steps - s0 + cf.prefix_steps,
-        seconds=time.perf_counter() - t0,
-        proven=False,
-        method="beam",
-        space_size=fmt.space_size,
-        prefix_cost=cf.base_cost,
-        details={"beam_width": width, "budget_exhausted": not complete},
-    )
+    candidates = [_candidate(cf, p, c) for c, p in pool[:top]]
+    details = {"beam_width": width, "budget_exhausted": not complete}
+    return _extraction(cf, candidates, scorer.steps - s0, t0, proven=False, method="beam", details=details)

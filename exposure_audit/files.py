@@ -75,7 +75,10 @@ def check_writable_file(path: Path, force: bool) -> None:
         raise AuditError(f"{path} is a folder; give a file name")
     if path.exists() and not force:
         raise AuditError(f"{path} exists; use --force to overwrite it")
-    parent = path.parent if str(path.parent) else Path(".")
+    _check_parent(path, path.parent if str(path.parent) else Path("."))
+
+
+def _check_parent(path: Path, parent: Path) -> None:
     if not parent.is_dir():
         raise AuditError(f"folder {parent} does not exist (for {path})")
     if not os.access(parent, os.W_OK):
@@ -88,11 +91,7 @@ def check_output_dir(path: Path, force: bool) -> None:
         raise AuditError(f"{path} exists and is not a folder")
     if path.exists() and not force:
         raise AuditError(f"{path} exists; use --force to replace it")
-    parent = path.resolve().parent
-    if not parent.is_dir():
-        raise AuditError(f"folder {parent} does not exist (for {path})")
-    if not os.access(parent, os.W_OK):
-        raise AuditError(f"cannot write to folder {parent}")
+    _check_parent(path, path.resolve().parent)
 
 
 def staging_path(path: Path, kind: str) -> Path:

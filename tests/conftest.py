@@ -27,3 +27,13 @@ def make_corpus(path, lines: int = 400, seed: int = 0) -> str:
     text = "\n".join(" ".join(rng.choice(words) for _ in range(rng.randint(3, 9))) for _ in range(lines)) + "\n"
     path.write_text(text)
     return text
+
+
+def make_data(root, *, lines: int, schedule: str, fmt: str = "pin {d:3}", extra=(), corpus: str = "corpus.txt"):
+    """A corpus of ``lines`` lines in ``root`` and an ``insert`` output folder ``root/data`` from it."""
+    from exposure_audit.cli import main
+
+    make_corpus(root / corpus, lines=lines)
+    argv = ["insert", "--corpus", root / corpus, "--out", root / "data", "--format", fmt, "--schedule", schedule]
+    assert main([str(a) for a in [*argv, *extra, "-q"]]) == 0
+    return root / "data"

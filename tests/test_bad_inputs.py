@@ -15,7 +15,7 @@ from exposure_audit.config import config_from_dict
 from exposure_audit.errors import AuditError
 from exposure_audit.manifest import Manifest
 
-from .conftest import make_corpus
+from .conftest import make_data
 
 TINY = [
     "--hidden",
@@ -37,24 +37,7 @@ TINY = [
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("bad")
-    make_corpus(root / "corpus.txt", lines=400)
-    assert (
-        main(
-            [
-                "insert",
-                "--corpus",
-                str(root / "corpus.txt"),
-                "--out",
-                str(root / "data"),
-                "--format",
-                "pin {d:3}",
-                "--schedule",
-                "0,1,4",
-                "-q",
-            ]
-        )
-        == 0
-    )
+    make_data(root, lines=400, schedule="0,1,4")
     assert main(["train", "--data", str(root / "data"), "--out", str(root / "model"), *TINY]) == 0
     manifest = json.loads((root / "data" / "canaries.json").read_text())
     config = json.loads((root / "model" / "config.json").read_text())

@@ -17,7 +17,7 @@ from exposure_audit.errors import AuditError
 from exposure_audit.files import staging_path
 from exposure_audit.train import run_training
 
-from .conftest import make_corpus
+from .conftest import make_data
 
 ARGS = [
     "--hidden",
@@ -43,24 +43,7 @@ ARGS = [
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
-    make_corpus(root / "c.txt", lines=300)
-    assert (
-        main(
-            [
-                "insert",
-                "--corpus",
-                str(root / "c.txt"),
-                "--out",
-                str(root / "data"),
-                "--format",
-                "pin {d:3}",
-                "--schedule",
-                "0,2",
-                "-q",
-            ]
-        )
-        == 0
-    )
+    make_data(root, lines=300, schedule="0,2")
     return root
 
 

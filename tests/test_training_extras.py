@@ -10,7 +10,7 @@ import exposure_audit.train as train_mod
 from exposure_audit.cli import main
 from exposure_audit.config import AuditConfig, DPConfig
 
-from .conftest import make_corpus
+from .conftest import make_data
 
 TINY_MODEL = "model:\n  hidden: 16\n  layers: 1\n  embedding: 8\n"
 
@@ -18,24 +18,7 @@ TINY_MODEL = "model:\n  hidden: 16\n  layers: 1\n  embedding: 8\n"
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("extras")
-    make_corpus(root / "c.txt", lines=400)
-    assert (
-        main(
-            [
-                "insert",
-                "--corpus",
-                str(root / "c.txt"),
-                "--out",
-                str(root / "data"),
-                "--format",
-                "pin {d:3}",
-                "--schedule",
-                "0,1,8",
-                "-q",
-            ]
-        )
-        == 0
-    )
+    make_data(root, lines=400, schedule="0,1,8")
     return root
 
 
@@ -222,7 +205,7 @@ def test_sweep_and_report_rendering(corpus, tmp_path, capsys):
     pytest.importorskip("matplotlib")
     cfg = tmp_path / "sweep.yaml"
     cfg.write_text(
-        f"corpus: {corpus / 'c.txt'}\n"
+        f"corpus: {corpus / 'corpus.txt'}\n"
         "insert:\n  formats: ['pin {d:3}']\n  schedule: [0, 4]\n  per_count: 1\n"
         + TINY_MODEL
         + "train:\n  epochs: 1\n  seq_len: 40\n  batch_size: 16\n  track:\n    enabled: true\n"

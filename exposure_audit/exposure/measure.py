@@ -121,26 +121,35 @@ class MeasureOptions:
             raise AuditError("the number of samples must be at least 1")
 
 
-def _exact(
-    c: CanaryLike, fmt: Format, px: float, rank: int, method: str, steps: int, seconds: float, **details: Any
-) -> CanaryResult:
-    size = fmt.space_size
-    rank = min(rank, size)
+def _result(c: CanaryLike, fmt: Format, px: float, **fields: Any) -> CanaryResult:
+    """A canary's result: what every method reports about the canary itself, plus ``fields``."""
     return CanaryResult(
         format=c.format,
         secret=c.secret,
         text=fmt.render(c.secret),
         insertions=c.insertions,
-        space_size=size,
+        space_size=fmt.space_size,
         log_perplexity=px,
+        exposure_max=log2_int(fmt.space_size),
+        id=getattr(c, "id", None),
+        **fields,
+    )
+
+
+def _exact(
+    c: CanaryLike, fmt: Format, px: float, rank: int, method: str, steps: int, seconds: float, **details: Any
+) -> CanaryResult:
+    rank = min(rank, fmt.space_size)
+    return _result(
+        c,
+        fmt,
+        px,
         rank=rank,
         rank_bounds=(rank, rank),
-        exposure=exposure_from_rank(rank, size),
-        exposure_max=log2_int(size),
+        exposure=exposure_from_rank(rank, fmt.space_size),
         method=method,
         model_steps=steps,
         seconds=seconds,
-        id=getattr(c, "id", None),
         details=dict(details),
     )
 
@@ -274,9 +283,7 @@ def _measure_format(
             bounds = pr.bounds
         if shared is None:
             shared = _sample_scores(scorer, cf, px, opts)
-        out.append(
-            _estimated(c, fmt, float(p), i, shared, bounds, opts, scorer.steps - s1, time.perf_counter() - t1)
-        )
+        out.append(_estimated(c, fmt, float(p), i, shared, bounds, opts, scorer.steps - s1, time.perf_counter() - t1))
     return out, cf, shared
 
 
@@ -359,22 +366,17 @@ def _estimated(
         exposure = min(max(exposure, e_lo), e_hi)
         ci = (min(max(ci[0], e_lo), e_hi), min(max(ci[1], e_lo), e_hi))
         how = "pruned-bounds+" + how
-    return CanaryResult(
-        format=c.format,
-        secret=c.secret,
-        text=fmt.render(c.secret),
-        insertions=c.insertions,
-        space_size=size,
-        log_perplexity=px,
+    return _result(
+        c,
+        fmt,
+        px,
         rank=None,
         rank_bounds=bounds,
         exposure=float(min(max(exposure, 0.0), emax)),
-        exposure_max=emax,
         method=how,
         model_steps=steps + shared.steps,
         seconds=seconds + shared.seconds,
         exposure_ci=(float(ci[0]), float(ci[1])),
-        id=getattr(c, "id", None),
         details=details,
     )
 

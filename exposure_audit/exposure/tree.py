@@ -64,7 +64,8 @@ class _Trie:
             self.tokens[node].append(tok)
         # a tree is unambiguous when every token spells one whole character and no two spell the same
         self.one_char_each = all(
-            spelled is None or (len(spelled.decode("utf-8", "replace")) == 1 and "\ufffd" not in spelled.decode("utf-8", "replace"))
+            spelled is None
+            or (len(spelled.decode("utf-8", "replace")) == 1 and "\ufffd" not in spelled.decode("utf-8", "replace"))
             for spelled in table
         ) and all(len(t) <= 1 for t in self.tokens)
 
@@ -280,7 +281,9 @@ def check_format(model: LanguageModel, fmt: Format) -> None:
         # a character is producible if a token starts with its bytes or its first byte starts a token
         if b[0] not in first_bytes:
             what = "the line break" if c == NEWLINE else f"character {c!r}"
-            raise AuditError(f"format {fmt.source!r}: {what} is missing from the model's vocabulary (no token spells it)")
+            raise AuditError(
+                f"format {fmt.source!r}: {what} is missing from the model's vocabulary (no token spells it)"
+            )
 
 
 def _straddles(trie: _Trie, text: bytes, end: int, after: _Slot) -> bool:
