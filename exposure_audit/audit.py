@@ -207,7 +207,7 @@ def run_audit(
 
     from .extract import extraction_summary
     from .files import atomic_write_json, atomic_write_text
-    from .models.charlstm import load_checkpoint
+    from .models import load_model
     from .pipeline import insert_folder
     from .plots import render_run
     from .report import extraction_summary_lines
@@ -222,11 +222,11 @@ def run_audit(
         insert_folder(data_dir, cfg.corpus, cfg.insert, cfg.seed)
     manifest = Manifest.read(data_dir / "canaries.json")
     dp = " with DP-SGD" if cfg.train.dp.enabled else ""
-    echo(f"[2/4] train: {cfg.model.layers}x{cfg.model.hidden} LSTM, {cfg.train.epochs} epochs{dp}")
+    echo(f"[2/4] train: {describe_model(cfg)}, {cfg.train.epochs} epochs{dp}")
     result = train_folder(data_dir, tmp / "model", cfg.model, cfg.train, seed=cfg.seed, quiet=quiet)
     last = [m for m in result.metrics if m.get("event", "epoch") == "epoch"][-1]
     echo(f"      validation {last['valid_bpc']:.3f} bits/char after {result.seconds:.0f}s")
-    model, _ = load_checkpoint(tmp / "model")
+    model = load_model(tmp / "model")
     echo("[3/4] measure")
     samples: dict[str, Any] = {}
     code, report = measure_and_report(
@@ -262,6 +262,16 @@ def run_audit(
     except AuditError as e:  # plots are a convenience; the report stands without them
         echo(f"note: no plots ({e})")
     return code
+
+
+def describe_model(cfg: AuditConfig) -> str:
+    m = cfg.model
+    if m.kind == "char-lstm":
+        return f"{m.layers}x{m.hidden} LSTM"
+    if m.base:
+        return f"fine-tuning {m.base}"
+    t = m.transformer
+    return f"{t.layers}x{t.width} transformer ({t.tokenizer} tokenizer)"
 
 
 def run_sweep(

@@ -137,6 +137,18 @@ def insert(corpus, out, config_path, formats, schedule, per_count, valid_fractio
 @click.option("--seq-len", type=int, default=None)
 @click.option("--learning-rate", type=float, default=None)
 @click.option("--max-chars", type=int, default=None, help="Characters per epoch (default: all).")
+@click.option(
+    "--kind",
+    type=click.Choice(["char-lstm", "transformer"]),
+    default=None,
+    help="Model family (default char-lstm; transformer settings come from the config's model.transformer).",
+)
+@click.option(
+    "--base",
+    type=str,
+    default=None,
+    help="Fine-tune this Hugging Face model (folder or .gguf) instead of training a fresh one.",
+)
 @click.option("--embedding", type=int, default=None, help="Embedding size.")
 @click.option("--hidden", type=int, default=None, help="LSTM units per layer.")
 @click.option("--layers", type=int, default=None)
@@ -168,6 +180,8 @@ def train(
     seq_len,
     learning_rate,
     max_chars,
+    kind,
+    base,
     embedding,
     hidden,
     layers,
@@ -185,7 +199,9 @@ def train(
     force,
     quiet,
 ) -> None:
-    """Train the character-level LSTM; write model.safetensors, config.json, metrics.jsonl.
+    """Train a model on an insert folder: the paper's char-LSTM (a checkpoint folder), a small
+    transformer with a learned tokenizer, or fine-tune your Hugging Face model with --base (a
+    Hugging Face folder either way); writes metrics.jsonl beside the weights.
 
     Training state is saved every --checkpoint-every steps and at each epoch end in a hidden
     folder beside the output; after a crash or kill, `train --resume OUT` continues from it
@@ -210,6 +226,8 @@ def train(
         "train.dp.max_grad_norm": max_grad_norm,
         "train.track.enabled": track_exposure or None,
         "train.track.every": track_every,
+        "model.kind": "transformer" if base and kind is None else kind,
+        "model.base": base,
         "model.embedding": embedding,
         "model.hidden": hidden,
         "model.layers": layers,

@@ -16,7 +16,8 @@ from typing import Any
 import yaml
 
 from .errors import AuditError
-from .models.charlstm import CharLSTMConfig
+from .models.training import KINDS
+from .models.transformer import TransformerConfig
 
 # (min, max) bounds, inclusive unless noted, per "section.key"
 _BOUNDS: dict[str, tuple[float | None, float | None]] = {
@@ -27,6 +28,11 @@ _BOUNDS: dict[str, tuple[float | None, float | None]] = {
     "model.hidden": (1, 8192),
     "model.layers": (1, 16),
     "model.dropout": (0.0, 0.95),
+    "model.transformer.layers": (1, 128),
+    "model.transformer.width": (1, 65536),
+    "model.transformer.heads": (1, 1024),
+    "model.transformer.context": (2, 1 << 20),
+    "model.transformer.vocab_size": (257, 1 << 20),
     "train.epochs": (1, 100_000),
     "train.batch_size": (1, 65536),
     "train.seq_len": (2, 100_000),
@@ -121,11 +127,26 @@ class ExtractConfig:
 
 
 @dataclass
+class ModelConfig:
+    """The model to train. ``char-lstm``: the paper's character-level LSTM (embedding, hidden,
+    layers, dropout). ``transformer``: a small Llama-architecture model with a learned tokenizer
+    (``transformer:``), or with ``base`` a local Hugging Face model (folder or .gguf) to fine-tune."""
+
+    kind: str = "char-lstm"  # char-lstm | transformer
+    embedding: int = 64  # char-lstm
+    hidden: int = 200  # char-lstm
+    layers: int = 2  # char-lstm
+    dropout: float = 0.0  # char-lstm between layers; transformer attention dropout
+    transformer: TransformerConfig = field(default_factory=TransformerConfig)
+    base: str | None = None  # transformer: fine-tune this model instead of training a fresh one
+
+
+@dataclass
 class AuditConfig:
     seed: int = 0
     corpus: str | None = None  # a UTF-8 file; None = the built-in default corpus
     insert: InsertConfig = field(default_factory=InsertConfig)
-    model: CharLSTMConfig = field(default_factory=CharLSTMConfig)  # the architecture, as checkpoints store it
+    model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     measure: MeasureConfig = field(default_factory=MeasureConfig)
     extract: ExtractConfig = field(default_factory=ExtractConfig)
@@ -223,6 +244,13 @@ def validate(cfg: AuditConfig) -> None:
     dp = cfg.train.dp
     if dp.enabled and (dp.noise_multiplier is None) == (dp.target_epsilon is None):
         raise AuditError("train.dp: give exactly one of noise_multiplier and target_epsilon")
+    m = cfg.model
+    if m.kind not in KINDS:
+        raise AuditError(f"model.kind: {m.kind!r} is not one of {', '.join(KINDS)}")
+    if m.base and m.kind != "transformer":
+        raise AuditError("model.base: fine-tuning a base model needs model.kind: transformer")
+    if m.transformer.tokenizer not in ("bpe", "char"):
+        raise AuditError(f"model.transformer.tokenizer: {m.transformer.tokenizer!r} is not one of bpe, char")
     if cfg.measure.method not in METHODS:
         raise AuditError(f"measure.method: {cfg.measure.method!r} is not one of {', '.join(METHODS)}")
 

@@ -1,9 +1,11 @@
-"""Training: the char-LSTM on fixed-length sequences of ``train.txt``, with Adam or DP-SGD.
+"""Training: any model kind on fixed-length windows of ``train.txt``'s tokens, with Adam(W) or DP-SGD.
 
-Reads top to bottom: data -> model -> one loop (tqdm bar with the running loss; DP-SGD is a
-switch inside it) -> validation each epoch (bits per character) -> one ``metrics.jsonl`` line
-per epoch -> checkpoint -> :func:`run_training`, the resumable training of a checkpoint folder.
-Every random choice (initial weights, batch order) flows from ``seed``.
+Reads top to bottom: data (tokenized as the kind tokenizes: characters, or a learned or the
+base model's tokenizer) -> model -> one loop (tqdm bar with the running loss; DP-SGD is a switch
+inside it) -> validation each epoch (bits per character, and per token) -> one ``metrics.jsonl``
+line per epoch -> checkpoint -> :func:`run_training`, the resumable training of a checkpoint
+folder. What differs between kinds lives in ``models/training.py``. Every random choice
+(initial weights, batch order) flows from ``seed``.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import AuditConfig, TrainConfig, config_from_dict
+from .config import AuditConfig, ModelConfig, TrainConfig, config_from_dict
 from .corpus import decode_utf8
 from .errors import AuditError
 from .files import (
@@ -40,8 +41,7 @@ from .files import (
 from .formats import Format
 from .manifest import Manifest
 from .metrics import METRICS, Hook, MetricsLog, read_metrics
-from .models.charlstm import CharLSTM, CharLSTMConfig, save_checkpoint
-from .models.vocab import Vocabulary
+from .models.training import Tokenization, Trainee, tokenize, trainee
 from .progress import Progress
 
 LN2 = math.log(2.0)
@@ -49,13 +49,12 @@ LN2 = math.log(2.0)
 
 @dataclass
 class TrainData:
-    train: np.ndarray
-    valid: np.ndarray
-    vocab: Vocabulary
-    info: dict[str, Any]
-
-
-IN_MEMORY_CHARS = 1 << 26  # larger texts are encoded into a memory-mapped temporary file
+    train: np.ndarray  # token ids of the training text
+    valid: np.ndarray  # and of the validation text
+    tok: Tokenization
+    info: dict[str, Any]  # hashes of the data
+    train_chars: int  # characters of the training text
+    valid_chars: int  # characters of the validation text (bits per character = total bits / this)
 
 
 def _chunks(path: Path, what: str, size: int = 1 << 24) -> Iterator[str]:
@@ -67,21 +66,6 @@ def _chunks(path: Path, what: str, size: int = 1 << 24) -> Iterator[str]:
         yield from decode_utf8(iter(lambda: fh.read(size), b""), f"{what} {path}")
 
 
-def _encode_file(path: Path, vocab: Vocabulary, count: int, what: str) -> np.ndarray:
-    """Character ids of a text file as 16-bit integers (32 if the vocabulary needs it), in memory
-    up to IN_MEMORY_CHARS characters, else in a memory-mapped temporary file."""
-    dtype = np.uint16 if len(vocab) < 65536 else np.int32
-    if count <= IN_MEMORY_CHARS:
-        out = np.empty(count, dtype=dtype)
-    else:
-        out = np.memmap(tempfile.TemporaryFile(prefix="exposure-audit-ids-"), dtype=dtype, mode="w+", shape=(count,))
-    pos = 0
-    for piece in _chunks(path, what):
-        out[pos : pos + len(piece)] = vocab.encode(piece)
-        pos += len(piece)
-    return out
-
-
 def _scan(path: Path, what: str) -> tuple[set[str], int]:
     chars: set[str] = set()
     count = 0
@@ -91,10 +75,10 @@ def _scan(path: Path, what: str) -> tuple[set[str], int]:
     return chars, count
 
 
-def load_data(folder: Path, seq_len: int) -> TrainData:
-    """Read an ``insert`` output folder, streaming. The vocabulary is every character of the
-    training text plus every character the manifest's formats can produce (so never-inserted
-    canaries can still be scored), plus the unknown symbol."""
+def load_data(folder: Path, model_cfg: ModelConfig, seq_len: int) -> TrainData:
+    """Read an ``insert`` output folder, streaming, and tokenize it as ``model_cfg``'s kind does.
+    A character vocabulary is every character of the training text plus every character the
+    manifest's formats can produce (so never-inserted canaries can still be scored)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise AuditError(f"data folder {folder} does not exist (it is the output folder of insert)")
@@ -111,12 +95,12 @@ def load_data(folder: Path, seq_len: int) -> TrainData:
         for c in manifest.canaries:
             chars |= Format.parse(c.format).characters
         info["manifest_sha256"] = manifest.to_json()["sha256"]
-    vocab = Vocabulary.from_chars(chars)
-    if n_train < seq_len + 2:
-        raise AuditError(f"training text has {n_train} characters; needs more than seq_len + 1 = {seq_len + 1}")
-    train = _encode_file(train_path, vocab, n_train, "training text")
-    valid = _encode_file(valid_path, vocab, n_valid, "validation text") if n_valid else np.zeros(0, dtype=train.dtype)
-    return TrainData(train=train, valid=valid, vocab=vocab, info=info)
+    tok = tokenize(model_cfg, lambda: _chunks(train_path, "training text"), chars=chars)
+    train = tok.encode(lambda: _chunks(train_path, "training text"), n_train)
+    if len(train) < seq_len + 2:
+        raise AuditError(f"training text has {len(train)} tokens; needs more than seq_len + 1 = {seq_len + 1}")
+    valid = tok.encode(lambda: _chunks(valid_path, "validation text"), n_valid) if n_valid else train[:0]
+    return TrainData(train=train, valid=valid, tok=tok, info=info, train_chars=n_train, valid_chars=n_valid)
 
 
 def _windows(n: int, seq_len: int, rng: np.random.Generator) -> np.ndarray:
@@ -129,12 +113,15 @@ def _windows(n: int, seq_len: int, rng: np.random.Generator) -> np.ndarray:
 
 
 @torch.no_grad()
-def evaluate_bpc(model: CharLSTM, ids: np.ndarray, seq_len: int, batch: int = 256) -> float | None:
-    """Mean bits per character of ``ids`` (non-overlapping windows, each from a zero state)."""
+def evaluate(
+    logits: Any, net: torch.nn.Module, ids: np.ndarray, seq_len: int, batch: int = 256
+) -> tuple[float, int] | None:
+    """Total bits and tokens predicted over ``ids`` (non-overlapping windows, each read from the
+    start), with ``logits(net, ids)`` the kind's forward pass; None if there is nothing to score."""
     if len(ids) < 2:
         return None
-    was_training = model.training
-    model.eval()
+    was_training = net.training
+    net.eval()
     total, count = 0.0, 0
     starts = np.arange(0, len(ids) - 1, seq_len)
     for lo in range(0, len(starts), batch):
@@ -146,17 +133,30 @@ def evaluate_bpc(model: CharLSTM, ids: np.ndarray, seq_len: int, batch: int = 25
             if not sel or length < 1:
                 continue
             x = torch.as_tensor(np.stack([ids[s : s + length + 1] for s in sel]).astype(np.int64))
-            logits, _ = model(x[:, :-1])
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="sum")
-            total += float(loss)
+            out = logits(net, x[:, :-1])
+            loss = F.cross_entropy(out.reshape(-1, out.shape[-1]), x[:, 1:].reshape(-1), reduction="sum")
+            total += float(loss) / LN2
             count += x[:, 1:].numel()
-    model.train(was_training)
-    return total / count / LN2
+    net.train(was_training)
+    return total, count
+
+
+def validation_record(logits: Any, net: torch.nn.Module, data: TrainData, seq_len: int) -> dict[str, float | None]:
+    """Validation loss in bits per character (so model kinds compare) and per token.
+
+    Bits per character = bits per token x tokens / characters of the validation text: each
+    window's first token is read, not predicted, so the predicted tokens stand for their share."""
+    result = evaluate(logits, net, data.valid, seq_len)
+    if result is None:
+        return {"valid_bpc": None, "valid_bits_per_token": None}
+    bits, count = result
+    per_token = bits / count
+    return {"valid_bpc": per_token * len(data.valid) / max(data.valid_chars, 1), "valid_bits_per_token": per_token}
 
 
 @dataclass
 class TrainResult:
-    model: CharLSTM
+    model: Trainee  # the trained model (``model.view(...)`` scores, ``model.save(...)`` writes it)
     metrics: list[dict[str, Any]]
     seconds: float
     privacy: dict[str, Any] | None = None  # DP-SGD: epsilon, delta, noise multiplier, ...
@@ -180,7 +180,9 @@ class Position:
     epoch_rng: dict[str, Any] | None = None  # numpy generator state at the start of this epoch
 
 
-def save_train_state(folder: Path, model: CharLSTM, opt: torch.optim.Optimizer, pos: Position, identity: str) -> None:
+def save_train_state(
+    folder: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, pos: Position, identity: str
+) -> None:
     """Everything needed to continue bit-identically: weights, Adam moments, data position and
     every RNG state. Tensors go to safetensors (no pickle), the rest to JSON; the JSON holds
     the tensors' SHA-256 and is written last, so it is the commit point."""
@@ -207,7 +209,7 @@ def save_train_state(folder: Path, model: CharLSTM, opt: torch.optim.Optimizer, 
     )
 
 
-def load_train_state(folder: Path, model: CharLSTM, opt: torch.optim.Optimizer, identity: str) -> Position:
+def load_train_state(folder: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, identity: str) -> Position:
     from safetensors.torch import load
 
     meta = read_json(folder / STATE_JSON, "training state")
@@ -236,7 +238,7 @@ def load_train_state(folder: Path, model: CharLSTM, opt: torch.optim.Optimizer, 
     return Position(**meta["position"])
 
 
-def _identity(data: TrainData, model_cfg: CharLSTMConfig, cfg: TrainConfig, seed: int) -> str:
+def _identity(data: TrainData, model_cfg: ModelConfig, cfg: TrainConfig, seed: int) -> str:
     from .files import canonical_sha256
 
     settings = {k: v for k, v in asdict(cfg).items() if k not in ("threads", "checkpoint_every")}
@@ -246,7 +248,7 @@ def _identity(data: TrainData, model_cfg: CharLSTMConfig, cfg: TrainConfig, seed
             "model": asdict(model_cfg),
             "train": settings,
             "seed": seed,
-            "vocab": list(data.vocab.chars),
+            "tokens": data.tok.fingerprint,
         }
     )
 
@@ -282,7 +284,7 @@ class _PrivateTraining:
 
 
 def _make_private(
-    model: CharLSTM, opt: torch.optim.Optimizer, cfg: TrainConfig, *, windows: int, seed: int
+    model: torch.nn.Module, opt: torch.optim.Optimizer, cfg: TrainConfig, *, windows: int, seed: int
 ) -> _PrivateTraining:
     """Wrap ``model`` and ``opt`` for DP-SGD over ``windows`` windows an epoch.
 
@@ -349,7 +351,7 @@ def _fewest_windows(n: int, seq_len: int) -> int:
 
 def train(
     data: TrainData,
-    model_cfg: CharLSTMConfig,
+    model_cfg: ModelConfig,
     cfg: TrainConfig,
     *,
     seed: int,
@@ -358,7 +360,7 @@ def train(
     resume: bool = False,
     hooks: Sequence[Hook] = (),
 ) -> TrainResult:
-    """Train a fresh char-LSTM on ``data``.
+    """Train a fresh model of ``model_cfg``'s kind (or fine-tune its base model) on ``data``.
 
     Each epoch draws non-overlapping windows of ``seq_len + 1`` characters at a random phase,
     in random order (at most ``cfg.max_chars`` characters' worth), and trains on batches of them.
@@ -390,9 +392,10 @@ def train(
         check_dp(cfg)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    model = CharLSTM(data.vocab, model_cfg, dp=cfg.dp.enabled)
+    learner = trainee(model_cfg, data.tok, dp=cfg.dp.enabled, seq_len=cfg.seq_len)
+    model = learner.module
     model.train()
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    opt = learner.optimizer(cfg.learning_rate, cfg.weight_decay)
     identity = _identity(data, model_cfg, cfg, seed)
     pos = Position()
     metrics: list[dict[str, Any]] = []
@@ -426,12 +429,9 @@ def train(
             return (starts[lo : lo + cfg.batch_size] for lo in range(0, len(starts), cfg.batch_size))
         return (starts[idx.numpy()] for (idx,) in private.loader)
 
-    def current() -> CharLSTM:
-        """The model as hooks and validation see it, in eval mode."""
-        if private is not None:
-            return _plain_copy(model)  # Opacus' LSTM and hooks: measure a plain copy
-        model.eval()
-        return model
+    def current() -> Any:
+        """The model as hooks see it (the scoring interface), in eval mode."""
+        return learner.view(private is not None)
 
     def checkpoint() -> None:
         if folder is not None and private is None:
@@ -441,6 +441,7 @@ def train(
     # figures of a "track" line: epsilon so far, for DP-SGD (computed only if a line is written)
     extra = {"epsilon": lambda: private.epsilon(cfg.dp.delta)} if private else {}
     desc = "train (DP-SGD)" if private else "train"
+    loss_unit = "bpc" if data.tok.unit == "characters" else "bits/token"
     with (
         warnings.catch_warnings(),
         Progress(total=batches_per_epoch * cfg.epochs, desc=desc, quiet=quiet, unit="batch", initial=pos.step) as bar,
@@ -460,7 +461,7 @@ def train(
                 if len(group) == 0:
                     continue  # Poisson sampling can draw an empty batch
                 x = torch.as_tensor(np.stack([data.train[s : s + cfg.seq_len + 1] for s in group]).astype(np.int64))
-                logits, _ = net(x[:, :-1])
+                logits = learner.logits(net, x[:, :-1])
                 loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
                 step_opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -473,7 +474,7 @@ def train(
                 pos.loss_sum += loss_value * len(group)
                 pos.loss_n += len(group)
                 bar.update(1)
-                bar.postfix(epoch=epoch, bpc=f"{loss_value / LN2:.3f}")
+                bar.postfix(epoch=epoch, **{loss_unit: f"{loss_value / LN2:.3f}"})
                 if hooks:
                     log.step_hooks(hooks, epoch, pos.step, current, time.perf_counter() - t_start, **extra)
                     model.train()
@@ -483,8 +484,8 @@ def train(
                 "event": "epoch",
                 "epoch": epoch,
                 "step": pos.step,
-                "train_bpc": pos.loss_sum / max(pos.loss_n, 1) / LN2,
-                "valid_bpc": evaluate_bpc(current(), data.valid, cfg.seq_len),
+                "train_bpc": pos.loss_sum / max(pos.loss_n, 1) / LN2 * (len(data.train) / data.train_chars),
+                **validation_record(learner.logits, learner.eval_module(private is not None), data, cfg.seq_len),
                 "seconds": round(time.perf_counter() - t_start, 3),
             }
             if private is not None:
@@ -499,7 +500,7 @@ def train(
     seconds = time.perf_counter() - t_start
     if private is None:
         model.eval()
-        return TrainResult(model=model, metrics=log.records, seconds=seconds)
+        return TrainResult(model=learner, metrics=log.records, seconds=seconds)
     privacy = {
         "mechanism": "DP-SGD (Opacus, Poisson sampling, RDP accountant)",
         "epsilon": private.epsilon(cfg.dp.delta),
@@ -508,27 +509,15 @@ def train(
         "max_grad_norm": cfg.dp.max_grad_norm,
         "sample_rate": private.sample_rate,
         "steps": pos.step,
-        "unit": f"one window of {cfg.seq_len + 1} characters",
+        "unit": f"one window of {cfg.seq_len + 1} {data.tok.unit}",
     }
-    return TrainResult(model=_plain_copy(model), metrics=log.records, seconds=seconds, privacy=privacy)
-
-
-def _plain_copy(model: CharLSTM) -> CharLSTM:
-    """A copy of a DP-SGD model with torch's own LSTM, for measuring and saving (same weights
-    and names), in eval mode."""
-    copy = CharLSTM(model.vocab, model.config)
-    # each part's own state_dict: DPLSTM renames its parameters to nn.LSTM's names only there
-    state = {
-        f"{name}.{k}": v for name in ("embed", "lstm", "head") for k, v in getattr(model, name).state_dict().items()
-    }
-    copy.load_state_dict(state)
-    return copy.eval()
+    return TrainResult(model=learner, metrics=log.records, seconds=seconds, privacy=privacy)
 
 
 def train_folder(
     data_dir: Path,
     out_dir: Path,
-    model_cfg: CharLSTMConfig,
+    model_cfg: ModelConfig,
     cfg: TrainConfig,
     *,
     seed: int,
@@ -537,7 +526,7 @@ def train_folder(
     hooks: Sequence[Hook] = (),
 ) -> TrainResult:
     """Train from an ``insert`` folder into ``out_dir`` (a staging folder), resumable."""
-    data = load_data(data_dir, cfg.seq_len)
+    data = load_data(data_dir, model_cfg, cfg.seq_len)
     if cfg.dp.enabled:
         check_dp(cfg)
     hooks = list(hooks)
@@ -551,9 +540,8 @@ def train_folder(
     result = train(data, model_cfg, cfg, seed=seed, quiet=quiet, folder=Path(out_dir), resume=resume, hooks=hooks)
     for name in (STATE_TENSORS, STATE_JSON):
         (Path(out_dir) / name).unlink(missing_ok=True)  # a finished checkpoint needs no resume state
-    save_checkpoint(
-        result.model,
-        out_dir,
+    result.model.save(
+        Path(out_dir),
         {
             "seed": seed,
             "training": {**asdict(cfg), "seconds": round(result.seconds, 3), "steps": result.metrics[-1]["step"]},

@@ -47,14 +47,25 @@ def data(tmp_path_factory):
     return root
 
 
-def test_sigkill_then_resume_gives_bit_identical_weights(data, tmp_path):
+TRANSFORMER = (
+    "model: {kind: transformer, transformer: {layers: 2, width: 16, heads: 2, context: 32, vocab_size: 300}}\n"
+    "train: {epochs: 12, seq_len: 20, batch_size: 8, checkpoint_every: 7, learning_rate: 0.003}\n"
+)
+
+
+@pytest.mark.parametrize("kind", ["char-lstm", "transformer"])
+def test_sigkill_then_resume_gives_bit_identical_weights(data, tmp_path, kind):
+    args = ARGS
+    if kind == "transformer":
+        (tmp_path / "t.yaml").write_text(TRANSFORMER)
+        args = ["--config", str(tmp_path / "t.yaml"), "-q"]
     ref = tmp_path / "ref"
-    assert main(["train", "--data", str(data / "data"), "--out", str(ref), *ARGS]) == 0
+    assert main(["train", "--data", str(data / "data"), "--out", str(ref), *args]) == 0
 
     out = tmp_path / "killed"
     staging = staging_path(out, "train")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "exposure_audit", "train", "--data", str(data / "data"), "--out", str(out), *ARGS],
+        [sys.executable, "-m", "exposure_audit", "train", "--data", str(data / "data"), "--out", str(out), *args],
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     deadline = time.time() + 120
@@ -75,7 +86,7 @@ def test_sigkill_then_resume_gives_bit_identical_weights(data, tmp_path):
     assert not out.exists() and staging.is_dir()
 
     # a fresh start is refused while an interrupted run is saved
-    assert main(["train", "--data", str(data / "data"), "--out", str(out), *ARGS]) == 2
+    assert main(["train", "--data", str(data / "data"), "--out", str(out), *args]) == 2
     assert main(["train", "--resume", str(out), "-q"]) == 0
     assert not staging.exists()
     a, b = load_file(str(ref / "model.safetensors")), load_file(str(out / "model.safetensors"))
@@ -104,4 +115,6 @@ def test_library_refusals_speak_of_settings_not_flags(data, tmp_path):
     assert "--" not in str(info.value)
     dp = AuditConfig(train=TrainConfig(dp=DPConfig(enabled=True, noise_multiplier=1.0)))
     with pytest.raises(AuditError, match="cannot be resumed"):
-        train_mod.train(train_mod.load_data(data / "data", 30), dp.model, dp.train, seed=0, folder=out, resume=True)
+        train_mod.train(
+            train_mod.load_data(data / "data", dp.model, 30), dp.model, dp.train, seed=0, folder=out, resume=True
+        )

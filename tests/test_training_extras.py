@@ -153,7 +153,7 @@ def test_dp_honours_max_chars_and_keeps_warning_filters(corpus):
     model_cfg = dataclasses.replace(cfg.model, hidden=8, layers=1, embedding=8)
     dp = DPConfig(enabled=True, noise_multiplier=1.0)
     train_cfg = dataclasses.replace(cfg.train, epochs=1, seq_len=30, batch_size=16, threads=2, dp=dp)
-    data = train_mod.load_data(corpus / "data", train_cfg.seq_len)
+    data = train_mod.load_data(corpus / "data", model_cfg, train_cfg.seq_len)
     filters = list(warnings.filters)
     full = train_mod.train(data, model_cfg, train_cfg, seed=0, quiet=True)
     assert warnings.filters == filters  # the filters opacus needs stay inside the call
@@ -260,10 +260,13 @@ def test_sweep_rejects_runs_that_change_the_shared_insertion(tmp_path, capsys):
 def test_large_training_texts_are_memory_mapped(corpus, monkeypatch):
     import numpy as np
 
-    in_memory = train_mod.load_data(corpus / "data", 40)
-    monkeypatch.setattr(train_mod, "IN_MEMORY_CHARS", 1000)
-    mapped = train_mod.load_data(corpus / "data", 40)
+    from exposure_audit.config import ModelConfig
+    from exposure_audit.models import training
+
+    in_memory = train_mod.load_data(corpus / "data", ModelConfig(), 40)
+    monkeypatch.setattr(training, "IN_MEMORY_IDS", 1000)
+    mapped = train_mod.load_data(corpus / "data", ModelConfig(), 40)
     assert isinstance(mapped.train, np.memmap) and not isinstance(in_memory.train, np.memmap)
     assert mapped.train.dtype == np.uint16
     assert np.array_equal(np.asarray(mapped.train), in_memory.train)
-    assert mapped.vocab == in_memory.vocab
+    assert mapped.tok.tokens == in_memory.tok.tokens

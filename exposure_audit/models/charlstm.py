@@ -129,6 +129,18 @@ class CharLSTM(nn.Module):
         return info
 
 
+def plain_copy(model: CharLSTM) -> CharLSTM:
+    """A copy with torch's own LSTM, for scoring and saving a model trained with DP-SGD (Opacus'
+    DPLSTM has the same weights under the same names), in eval mode."""
+    copy = CharLSTM(model.vocab, model.config)
+    # each part's own state_dict: DPLSTM renames its parameters to nn.LSTM's names only there
+    state = {
+        f"{name}.{k}": v for name in ("embed", "lstm", "head") for k, v in getattr(model, name).state_dict().items()
+    }
+    copy.load_state_dict(state)
+    return copy.eval()
+
+
 def save_checkpoint(model: CharLSTM, folder: Path, extra: dict[str, Any]) -> None:
     """Write ``model.safetensors`` and ``config.json`` into ``folder`` (both atomically)."""
     from safetensors.torch import save

@@ -131,6 +131,10 @@ class HFModel:
         self.bos_id: int | None = tokenizer.bos_token_id
         self._weight_files = list(weight_files)
         self._training = training
+        # A model this tool trained records the context its lines followed in training (a newline):
+        # canaries are scored in that context by default, rather than after a BOS it never saw there.
+        recorded = (training or {}).get("context")
+        self.default_context: str | None = recorded if isinstance(recorded, str) and recorded else None
         self._weights_sha256: str | None = None
         self._token_bytes: list[bytes | None] | None = None
         # Only the last position's logits are needed; models that can skip the others save a [n, V] matrix.
@@ -147,6 +151,7 @@ class HFModel:
         return self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=offsets)
 
     def context_ids(self, context: str | None) -> list[int]:
+        context = context if context is not None else self.default_context
         if context is None and self.bos_id is not None:
             return [self.bos_id]
         text = NEWLINE if context is None else context
@@ -157,6 +162,7 @@ class HFModel:
 
     def encode_lines(self, texts: Sequence[str], context: str | None) -> list[tuple[list[int], list[int]]]:
         texts = list(texts)
+        context = context if context is not None else self.default_context
         if context is None and self.bos_id is not None:
             # Nothing merges with BOS: each line is encoded on its own.
             encoded = self._encode([t + NEWLINE for t in texts])["input_ids"]
@@ -277,6 +283,10 @@ class HFModel:
         }
         if self._training is not None:
             info["training"] = self._training
+            # what the engine and reports read from any model: the data it was trained on, its privacy
+            for key in ("data", "privacy", "seed"):
+                if key in self._training:
+                    info[key] = self._training[key]
         return info
 
 
@@ -443,6 +453,11 @@ def load_hf(path: Path | str, *, device: str = "auto", dtype: str | None = None)
             )
         if (path / TRAINING_RECORD).is_file():
             training = read_json(path / TRAINING_RECORD, "training record")
+            recorded = training.get("weights_sha256") if isinstance(training, dict) else None
+            if recorded and len(weight_files) == 1 and sha256_file(weight_files[0]) != recorded:
+                raise AuditError(
+                    f"model {path}: the weights do not match the SHA-256 in {TRAINING_RECORD} (replaced or damaged)"
+                )
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

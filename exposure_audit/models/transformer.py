@@ -1,0 +1,159 @@
+"""Transformers this tool trains or fine-tunes: a small Llama-architecture causal LM with a
+tokenizer learned on the training text, or a user's Hugging Face model (``base``).
+
+Why Llama rather than GPT-2: it is the architecture of today's open models (SmolLM2, Llama 3,
+Qwen-style RoPE + RMSNorm + SwiGLU), so what is found here transfers to the models teams
+fine-tune; it has no fixed table of positions to outgrow; its layers are ``nn.Linear``,
+``nn.Embedding`` and an RMSNorm, all of which Opacus computes per-example gradients for.
+
+Tokenizers learned here (``tokenizers`` library, deterministic for the data):
+- ``bpe``: byte-level BPE (GPT-2's byte alphabet, so any text is encodable) of ``vocab_size``
+  tokens; with ``split_digits`` digits are split before the merges (as Llama 3 and SmolLM2 do),
+  so every digit is its own token and a digit hole's tree has one path per candidate.
+- ``char``: the byte alphabet and no merges: a character-level model for ASCII text.
+Neither has a BOS token: a model trained here reads its lines after a newline, as in training,
+and its saved record says so (``exposure_audit.json`` ``context``), so ``measure`` scores
+canaries in the context the model learned them in.
+
+The output is a Hugging Face folder (``save_pretrained``: safetensors weights, ``config.json``,
+tokenizer files) that any HF tool loads, plus ``exposure_audit.json``: data hashes, seed,
+training settings, privacy, the context.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import AuditError
+from ..files import atomic_write_json
+from .hf import TRAINING_RECORD, HFModel, load_hf
+
+SPECIALS = ["<|endoftext|>"]  # end of text; also the padding token. Never inside the training text.
+CONTEXT = "\n"  # what a line of the training text follows, so what canaries are scored after
+
+
+@dataclass
+class TransformerConfig:
+    """``model.transformer`` in the YAML config: the small transformer trained from scratch."""
+
+    layers: int = 4
+    width: int = 128  # hidden size
+    heads: int = 4
+    context: int = 256  # most tokens the model takes (train.seq_len must fit)
+    tokenizer: str = "bpe"  # bpe | char
+    vocab_size: int = 1024  # bpe only: tokens, the byte alphabet and the special token included
+    split_digits: bool = True  # bpe only: one token per digit (Llama 3 / SmolLM2 style)
+
+
+def learn_tokenizer(lines: Iterable[str], cfg: TransformerConfig) -> Any:
+    """A byte-level tokenizer learned on ``lines`` (see the module docstring)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    tok = Tokenizer(models.BPE())
+    parts = [pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    if cfg.tokenizer == "bpe" and cfg.split_digits:
+        parts.insert(0, pre_tokenizers.Digits(individual_digits=True))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(parts)
+    tok.decoder = decoders.ByteLevel()
+    size = cfg.vocab_size if cfg.tokenizer == "bpe" else len(alphabet) + len(SPECIALS)
+    trainer = trainers.BpeTrainer(
+        vocab_size=size, special_tokens=SPECIALS, initial_alphabet=alphabet, show_progress=False
+    )
+    tok.train_from_iterator(lines, trainer)
+    if cfg.tokenizer == "bpe" and tok.get_vocab_size() < cfg.vocab_size:
+        raise AuditError(
+            f"model.transformer.vocab_size: the training text supports at most {tok.get_vocab_size()} tokens, "
+            f"not {cfg.vocab_size}; use a smaller vocabulary or more text"
+        )
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=SPECIALS[0], pad_token=SPECIALS[0])
+
+
+def build(tokenizer: Any, cfg: TransformerConfig, *, dropout: float) -> torch.nn.Module:
+    """A fresh model (weights from torch's current RNG state: seed it first)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    if cfg.width % cfg.heads:
+        raise AuditError(f"model.transformer: width {cfg.width} is not a multiple of heads {cfg.heads}")
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.width,
+        num_hidden_layers=cfg.layers,
+        num_attention_heads=cfg.heads,
+        num_key_value_heads=cfg.heads,
+        intermediate_size=4 * cfg.width,
+        max_position_embeddings=cfg.context,
+        attention_dropout=dropout,
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    return LlamaForCausalLM(config)
+
+
+def load_base(path: Path) -> tuple[torch.nn.Module, Any, int | None]:
+    """A user's model to fine-tune: its module (float32, CPU), tokenizer and context length."""
+    base = load_hf(path, device="cpu", dtype="float32")
+    return base.model.train(), base.tokenizer, base.max_positions
+
+
+def encode(tokenizer: Any, lines: Iterable[str], block: int = 4096) -> np.ndarray:
+    """Token ids of text given as lines (each with its newline), encoded in blocks of lines.
+
+    A block boundary is a line boundary, where a byte-level tokenizer splits anyway (a newline
+    never merges with the next line's first letter)."""
+    out: list[np.ndarray] = []
+    pending: list[str] = []
+
+    def flush() -> None:
+        if pending:
+            ids = tokenizer("".join(pending), add_special_tokens=False)["input_ids"]
+            out.append(np.asarray(ids, dtype=np.int32))
+            pending.clear()
+
+    for line in lines:
+        pending.append(line)
+        if len(pending) >= block:
+            flush()
+    flush()
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.int32)
+
+
+def logits(net: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    return net(input_ids=ids).logits
+
+
+def scoring_view(net: torch.nn.Module, tokenizer: Any, record: dict[str, Any]) -> HFModel:
+    """The model behind the scoring interface (for exposure tracking during training)."""
+    return HFModel(net.eval(), tokenizer, path=Path("."), weight_files=[], training=record)
+
+
+def save(folder: Path, net: torch.nn.Module, tokenizer: Any, record: dict[str, Any]) -> None:
+    """A Hugging Face folder plus this tool's record (weights' SHA-256 included)."""
+    from ..files import sha256_file
+
+    from transformers.utils import logging as hf_logging
+
+    folder = Path(folder)
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # this tool draws its own bars (and --quiet silences them)
+    try:
+        net.save_pretrained(folder, safe_serialization=True)
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
+    tokenizer.save_pretrained(folder)
+    weights = sorted(folder.glob("*.safetensors"))
+    record = {**record, "weights_sha256": sha256_file(weights[0]) if len(weights) == 1 else None}
+    atomic_write_json(folder / TRAINING_RECORD, record)
+
+
+__all__: Sequence[str] = ["CONTEXT", "TransformerConfig", "build", "encode", "learn_tokenizer", "load_base", "save"]
