@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import AuditConfig, TrainConfig, config_from_dict
-from .corpus import decode_utf8
+from .corpus import data_path, data_spec, iter_training_text
 from .errors import AuditError
 from .files import (
     atomic_write_bytes,
@@ -34,7 +34,6 @@ from .files import (
     atomic_write_text,
     output_dir,
     read_json,
-    sha256_file,
     staging_path,
 )
 from .formats import Format
@@ -43,6 +42,7 @@ from .metrics import METRICS, Hook, MetricsLog, read_metrics
 from .models.charlstm import CharLSTM, CharLSTMConfig, save_checkpoint
 from .models.vocab import Vocabulary
 from .progress import Progress
+from .records import data_sha256
 
 LN2 = math.log(2.0)
 
@@ -58,17 +58,8 @@ class TrainData:
 IN_MEMORY_CHARS = 1 << 26  # larger texts are encoded into a memory-mapped temporary file
 
 
-def _chunks(path: Path, what: str, size: int = 1 << 24) -> Iterator[str]:
-    """The text of ``path`` in pieces, decoded strictly (see :func:`corpus.decode_utf8`).
-    Streaming: memory stays bounded whatever the file's size."""
-    if not path.is_file():
-        raise AuditError(f"{what} {path} is missing")
-    with open(path, "rb") as fh:
-        yield from decode_utf8(iter(lambda: fh.read(size), b""), f"{what} {path}")
-
-
-def _encode_file(path: Path, vocab: Vocabulary, count: int, what: str) -> np.ndarray:
-    """Character ids of a text file as 16-bit integers (32 if the vocabulary needs it), in memory
+def _encode(pieces: Iterator[str], vocab: Vocabulary, count: int) -> np.ndarray:
+    """Character ids of a text as 16-bit integers (32 if the vocabulary needs it), in memory
     up to IN_MEMORY_CHARS characters, else in a memory-mapped temporary file."""
     dtype = np.uint16 if len(vocab) < 65536 else np.int32
     if count <= IN_MEMORY_CHARS:
@@ -76,16 +67,16 @@ def _encode_file(path: Path, vocab: Vocabulary, count: int, what: str) -> np.nda
     else:
         out = np.memmap(tempfile.TemporaryFile(prefix="exposure-audit-ids-"), dtype=dtype, mode="w+", shape=(count,))
     pos = 0
-    for piece in _chunks(path, what):
+    for piece in pieces:
         out[pos : pos + len(piece)] = vocab.encode(piece)
         pos += len(piece)
     return out
 
 
-def _scan(path: Path, what: str) -> tuple[set[str], int]:
+def _scan(pieces: Iterator[str]) -> tuple[set[str], int]:
     chars: set[str] = set()
     count = 0
-    for piece in _chunks(path, what):
+    for piece in pieces:
         chars.update(piece)
         count += len(piece)
     return chars, count
@@ -98,24 +89,29 @@ def load_data(folder: Path, seq_len: int) -> TrainData:
     folder = Path(folder)
     if not folder.is_dir():
         raise AuditError(f"data folder {folder} does not exist (it is the output folder of insert)")
-    train_path, valid_path = folder / "train.txt", folder / "valid.txt"
-    chars, n_train = _scan(train_path, "training text")
-    n_valid = _scan(valid_path, "validation text")[1] if valid_path.exists() else 0
+    spec = data_spec(folder)  # the format insert wrote: plain text, or the corpus's own records
+    train_path, valid_path = data_path(folder, "train", spec), data_path(folder, "valid", spec)
+    chars, n_train = _scan(iter_training_text(folder, "train", spec))
+    n_valid = _scan(iter_training_text(folder, "valid", spec))[1] if valid_path.exists() else 0
     chars.add("\n")
-    info: dict[str, Any] = {"train_sha256": sha256_file(train_path)}
+    info: dict[str, Any] = {"train_sha256": data_sha256(train_path)}
     manifest_path = folder / "canaries.json"
     if manifest_path.exists():
         manifest = Manifest.read(manifest_path)
         if manifest.train.get("sha256") != info["train_sha256"]:
-            raise AuditError(f"{folder}: train.txt does not match canaries.json (changed after insert?)")
+            raise AuditError(f"{folder}: {train_path.name} does not match canaries.json (changed after insert?)")
         for c in manifest.canaries:
             chars |= Format.parse(c.format).characters
         info["manifest_sha256"] = manifest.to_json()["sha256"]
     vocab = Vocabulary.from_chars(chars)
     if n_train < seq_len + 2:
         raise AuditError(f"training text has {n_train} characters; needs more than seq_len + 1 = {seq_len + 1}")
-    train = _encode_file(train_path, vocab, n_train, "training text")
-    valid = _encode_file(valid_path, vocab, n_valid, "validation text") if n_valid else np.zeros(0, dtype=train.dtype)
+    train = _encode(iter_training_text(folder, "train", spec), vocab, n_train)
+    valid = (
+        _encode(iter_training_text(folder, "valid", spec), vocab, n_valid)
+        if n_valid
+        else np.zeros(0, dtype=train.dtype)
+    )
     return TrainData(train=train, valid=valid, vocab=vocab, info=info)
 
 
