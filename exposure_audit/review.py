@@ -135,7 +135,9 @@ def reading(f: Facts) -> str:
     """Two plain sentences: what the worst canary's rank means, and what extraction found."""
     if f.worst is None:
         return "No canary was inserted, so nothing could be memorized; only controls were measured."
-    w = f.worst
+    # the secret seen fewest times that is still found within a few guesses says most; else the worst
+    found = [c for c in f.inserted if rank_of(c) <= CRITICAL_RANK]
+    w = min(found, key=lambda c: (c["insertions"], rank_of(c))) if found else f.worst
     rank = rank_of(w)
     guesses = f"{round(rank):,}" if rank < 1e6 else f"2^{math.log2(rank):.1f}"
     seen = "once" if w["insertions"] == 1 else f"{w['insertions']} times"
@@ -173,7 +175,10 @@ def verdict_line(f: Facts) -> str:
         else "no inserted canary"
     )
     if f.threshold is None:
-        return f"No threshold set (--fail-above / measure.fail_above): not gated; {worst}."
+        levels = [risk_level(c["exposure"], c["exposure_max"]) for c in f.inserted]
+        counts = ", ".join(f"{levels.count(x)} {x}" for x in RISK_LEVELS if levels.count(x))
+        bands = f"; inserted canaries by risk band: {counts}" if counts else ""
+        return f"No threshold set (--fail-above / measure.fail_above): not gated; {worst}{bands}."
     if f.passed:
         return f"Passed: no inserted canary above {f.threshold:g} bits; {worst}."
     return f"Failed: {len(f.failing)} of {len(f.inserted)} inserted canaries above {f.threshold:g} bits; {worst}."
@@ -227,12 +232,13 @@ h1{font-size:1.5em;margin-bottom:.2em}h2{font-size:1.2em;margin-top:1.8em;border
 .card{flex:1 1 150px;border:1px solid #ddd;border-radius:6px;padding:.6em .9em;background:#fafafa}
 .card .n{font-size:1.5em;font-weight:700}.card .l{color:#555;font-size:.9em}
 .reading{font-size:1.05em;background:#f3f6fb;border-left:4px solid #3567b5;padding:.7em 1em}
-table{border-collapse:collapse;width:100%;font-size:.9em;margin:.5em 0}
-th,td{border-bottom:1px solid #e3e3e3;padding:.3em .5em;text-align:left;vertical-align:middle}
+.wide{overflow-x:auto}
+table{border-collapse:collapse;width:100%;font-size:.86em;margin:.5em 0}
+th,td{border-bottom:1px solid #e3e3e3;padding:.3em .45em;text-align:left;vertical-align:middle;white-space:nowrap}
 th{background:#f4f4f4;font-weight:600}td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
 tr.fail td{background:#fdecee}
 code{font-family:Menlo,Consolas,monospace;font-size:.95em}
-.bar{background:#eee;width:140px;height:10px;border-radius:2px;display:inline-block;vertical-align:middle}
+.bar{background:#eee;width:110px;height:10px;border-radius:2px;display:inline-block;vertical-align:middle}
 .bar span{display:block;height:10px;border-radius:2px}
 .risk{color:#fff;border-radius:3px;padding:.05em .45em;font-size:.85em;font-weight:600}
 .note{color:#555;font-size:.88em}
@@ -248,14 +254,14 @@ def _e(x: Any) -> str:
 
 def _table(head: list[tuple[str, bool]], rows: list[tuple[list[str], str]]) -> str:
     """``head``: (title, numeric); ``rows``: (cells as HTML, row class)."""
-    out = ["<table><thead><tr>"]
+    out = ["<div class=wide><table><thead><tr>"]
     out += [f"<th{' class=num' if num else ''}>{_e(h)}</th>" for h, num in head]
     out.append("</tr></thead><tbody>")
     for cells, cls in rows:
         out.append(f"<tr{f' class={cls}' if cls else ''}>")
         out += [f"<td{' class=num' if num else ''}>{cell}</td>" for cell, (_, num) in zip(cells, head)]
         out.append("</tr>")
-    out.append("</tbody></table>")
+    out.append("</tbody></table></div>")
     return "".join(out)
 
 
@@ -335,7 +341,7 @@ def html_sections(report: dict[str, Any], provenance: dict[str, Any]) -> list[st
         risk = _risk_badge(level) + ("" if c["insertions"] else " <span class=note>control</span>")
         cells = [
             f"<code>{_e(_label(c))}</code>",
-            str(c["insertions"]) if c["insertions"] else "0 (control)",
+            str(c["insertions"]),
             f"{c['exposure']:.2f}",
             f"{bar} <span class=note>{c['exposure_max']:.2f}</span>",
             _e(rank_text(c)),

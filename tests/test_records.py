@@ -132,6 +132,13 @@ def test_chat_jsonl_is_detected_and_canaries_are_one_turn_chats(tmp_path):
     assert train[c.positions[0]] == {"messages": [{"role": "user", "content": c.text}]}
     text = "".join(iter_training_text(data))
     assert text.count(f"\n{c.text}\n") == c.insertions  # each message on its own lines
+    # inside the chats: a line of one message's content, the location names the message
+    inside = insert(tmp_path, corpus, "inside", "--placement", "line")
+    train = [json.loads(line) for line in (inside / "train.jsonl").read_text().splitlines()]
+    for c in Manifest.read(inside / "canaries.json").canaries:
+        for loc in c.locations:
+            content = train[loc["record"]]["messages"][loc["message"]]["content"]
+            assert content.split("\n")[loc["line"]] == c.text
 
 
 @pytest.mark.parametrize("kind", ["csv", "tsv"])
