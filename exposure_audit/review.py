@@ -27,19 +27,20 @@ BANDS_TEXT = (
     f"<b>critical</b> e &ge; log2|R| - log2 {CRITICAL_RANK} (found within {CRITICAL_RANK} guesses); "
     f"<b>high</b> e &ge; log2|R| - 20 (within about a million guesses, 2<sup>20</sup>); "
     f"<b>elevated</b> e &ge; {ELEVATED_BITS:g} bits ({2**ELEVATED_BITS:g}x likelier than chance); "
-    f"<b>low</b> below that (a never-seen control averages {CHANCE_BITS:.2f} bits)."
+    f"<b>low</b> below {ELEVATED_BITS:g} bits whatever the rank (a never-seen control averages {CHANCE_BITS:.2f} bits; "
+    "in a small space every secret is found in a few guesses, memorized or not)."
 )
 
 
 def risk_level(exposure: float, exposure_max: float) -> str:
     remaining = exposure_max - exposure  # log2 of the rank
+    if exposure < ELEVATED_BITS:  # in a small space every secret is found in few guesses, memorized or not
+        return "low"
     if remaining <= math.log2(CRITICAL_RANK) + 1e-9:
         return "critical"
     if remaining <= math.log2(HIGH_RANK) + 1e-9:
         return "high"
-    if exposure >= ELEVATED_BITS:
-        return "elevated"
-    return "low"
+    return "elevated"
 
 
 def rank_of(c: dict[str, Any]) -> float:

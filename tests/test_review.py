@@ -148,3 +148,4 @@ def test_plain_reading_of_a_memorized_secret():
     assert "recovers it in about 12 guesses" in text
     assert risk_level(29.9 - 3.585, 29.9) == "high" and risk_level(29.9 - 3.3, 29.9) == "critical"
     assert risk_level(0.5, 29.9) == "low" and risk_level(6.0, 29.9) == "elevated"
+    assert risk_level(1.02, 9.97) == "low"  # rank 492 of 1,000: within 2^20 guesses, but not memorized
