@@ -1,15 +1,17 @@
 """Peak memory of `insert` on a large corpus (default 1 GB), which it streams line by line.
 
-    .venv/bin/python benchmarks/insert_memory.py [--gigabytes 1.0] [--workdir /tmp]
+    .venv/bin/python benchmarks/insert_memory.py [--gigabytes 1.0] [--workdir /tmp] [--format txt|jsonl]
 
-Writes a synthetic UTF-8 corpus of the given size (random words, 40-120 characters a line),
-runs `exposure-audit insert` on it in a child process, and prints its wall time and peak
-resident memory (from the kernel's rusage of the child). Not a test.
+Writes a synthetic UTF-8 corpus of the given size (random words, 40-120 characters a line; with
+--format jsonl, records {"id", "source", "text"} of 1-4 such lines each), runs `exposure-audit
+insert` on it in a child process, and prints its wall time and peak resident memory (from the
+kernel's rusage of the child). The corpus lives in a temporary folder, deleted at the end. Not a test.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import resource
 import subprocess
@@ -21,17 +23,28 @@ from pathlib import Path
 WORDS = "the of and to in is was for on that with as by at from his her an be this which or had not are but".split()
 
 
-def make_corpus(path: Path, size: int, seed: int = 0) -> None:
+def make_corpus(path: Path, size: int, seed: int = 0, fmt: str = "txt") -> None:
     rng = random.Random(seed)
     block = []
     for _ in range(20_000):
         n = rng.randint(6, 20)
         block.append(" ".join(rng.choice(WORDS) for _ in range(n)))
-    chunk = ("\n".join(block) + "\n").encode("utf-8")
+    if fmt == "jsonl":
+        records = []
+        for i in range(8_000):
+            text = "\n".join(rng.choice(block) for _ in range(rng.randint(1, 4)))
+            records.append(json.dumps({"id": i, "source": "synthetic", "text": text}))
+        chunk = ("\n".join(records) + "\n").encode("utf-8")
+    else:
+        chunk = ("\n".join(block) + "\n").encode("utf-8")
     with open(path, "wb") as fh:
         written = 0
         while written < size:
             piece = chunk[: size - written]
+            if fmt == "jsonl":  # whole records only
+                piece = piece[: piece.rfind(b"\n") + 1]
+                if not piece:
+                    break
             fh.write(piece)
             written += len(piece)
 
@@ -40,12 +53,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gigabytes", type=float, default=1.0)
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()))
+    ap.add_argument("--format", choices=["txt", "jsonl"], default="txt")
     args = ap.parse_args()
     size = int(args.gigabytes * 1e9)
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
-        corpus = Path(tmp) / "corpus.txt"
+        corpus = Path(tmp) / f"corpus.{args.format}"
         t0 = time.perf_counter()
-        make_corpus(corpus, size)
+        make_corpus(corpus, size, fmt=args.format)
         print(f"corpus: {size / 1e9:.2f} GB written in {time.perf_counter() - t0:.0f} s")
         t0 = time.perf_counter()
         proc = subprocess.run(

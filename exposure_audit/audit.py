@@ -33,6 +33,7 @@ class Outputs:
 
     json: Path | None = None
     junit: Path | None = None
+    markdown: Path | None = None  # a Markdown summary (verdict + table), e.g. for a CI job summary
     redact: bool = False
 
 
@@ -47,7 +48,7 @@ def check_model_data(model: Any, manifest: Manifest, *, any_model: bool) -> bool
         return False
     if trained_on != manifest.train.get("sha256") and not any_model:
         raise AuditError(
-            "the model was not trained on the data of this manifest (train.txt sha256 differs); "
+            "the model was not trained on the data of this manifest (its training data sha256 differs); "
             "measure it anyway only if that is intended (any-model)"
         )
     return trained_on == manifest.train.get("sha256")
@@ -72,6 +73,7 @@ def measure_and_report(
     from .exposure.measure import MeasureOptions, measure_with
     from .files import atomic_write_json, atomic_write_text
     from .report import junit_xml, passed, report_json, table
+    from .review import markdown
 
     m = cfg.measure
     t0 = time.perf_counter()
@@ -111,7 +113,19 @@ def measure_and_report(
         )
     if not link_checked:
         text += "\n\nnote: the model carries no record of its training data; its link to this manifest was not checked"
-    report = report_json(results, model=info, threshold=threshold, redact_secrets=outputs.redact, extra={"table": text})
+    data = {
+        "corpus_source": manifest.corpus.get("source"),
+        "corpus_sha256": manifest.corpus.get("sha256"),
+        "format": (manifest.data or {}).get("format", "txt"),
+        "train_sha256": manifest.train.get("sha256"),
+        "manifest_sha256": manifest.to_json()["sha256"],
+        "manifest_seed": manifest.seed,
+    }
+    report = report_json(
+        results, model=info, threshold=threshold, redact_secrets=outputs.redact, extra={"data": data, "table": text}
+    )
+    if outputs.markdown:
+        atomic_write_text(Path(outputs.markdown), markdown(report))
     if outputs.json:
         atomic_write_json(Path(outputs.json), report)
     if outputs.junit:
@@ -201,6 +215,7 @@ def run_audit(
     echo: Emit,
     emit: Emit,
     data_dir: Path | None = None,
+    markdown: Path | None = None,
 ) -> int:
     """Insert (unless ``data_dir`` is shared), train, measure, extract and render into ``tmp``."""
     import yaml
@@ -225,7 +240,8 @@ def run_audit(
     echo(f"[2/4] train: {describe_model(cfg)}, {cfg.train.epochs} epochs{dp}")
     result = train_folder(data_dir, tmp / "model", cfg.model, cfg.train, seed=cfg.seed, quiet=quiet)
     last = [m for m in result.metrics if m.get("event", "epoch") == "epoch"][-1]
-    echo(f"      validation {last['valid_bpc']:.3f} bits/char after {result.seconds:.0f}s")
+    valid = f"{last['valid_bpc']:.3f} bits/char" if last["valid_bpc"] is not None else "n/a (no validation text)"
+    echo(f"      validation {valid} after {result.seconds:.0f}s")
     model = load_model(tmp / "model")
     echo("[3/4] measure")
     samples: dict[str, Any] = {}
@@ -255,10 +271,14 @@ def run_audit(
         report["extraction"] = {k: v for k, v in summary.items() if k not in ("schema", "kind")}
         report["table"] += "\n" + text
     atomic_write_json(tmp / "report.json", report)
+    if markdown is not None:
+        from .review import markdown as markdown_summary
+
+        atomic_write_text(Path(markdown), markdown_summary(report))
     if not redact:
         atomic_write_json(tmp / "samples.json", samples)
     try:
-        render_run(tmp)
+        render_run(tmp, final.name)
     except AuditError as e:  # plots are a convenience; the report stands without them
         echo(f"note: no plots ({e})")
     return code
@@ -300,7 +320,7 @@ def run_sweep(
         run_audit(cfg, tmp / name, final / name, redact=False, quiet=quiet, echo=echo, emit=emit, data_dir=tmp / "data")
         rows.append(sweep_row(name, cfg, tmp / name))
     atomic_write_json(tmp / "sweep.json", {"schema": 1, "kind": "exposure-audit/sweep", "runs": rows})
-    render_sweep(tmp)
+    render_sweep(tmp, final.name)
     return rows
 
 

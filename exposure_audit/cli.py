@@ -89,8 +89,37 @@ def _with(options):
 
 
 @cli.command()
-@click.option("--corpus", type=str, default=None, help="UTF-8 text file (default: CPython's bundled reference text).")
-@click.option("--out", "out", required=True, type=str, help="Output folder (train.txt, valid.txt, canaries.json).")
+@click.option(
+    "--corpus",
+    type=str,
+    default=None,
+    help="UTF-8 text file, JSONL, CSV/TSV, Parquet or a folder of text files (default: CPython's reference text).",
+)
+@click.option(
+    "--corpus-format",
+    type=click.Choice(["txt", "folder", "jsonl", "csv", "tsv", "parquet"]),
+    default=None,
+    help="The corpus's format (default: from its extension; a folder is a folder).",
+)
+@click.option(
+    "--text-field", type=str, default=None, help="JSONL: the field holding the text (default text; messages = chat)."
+)
+@click.option(
+    "--text-column", type=str, default=None, help="CSV/TSV/Parquet: the column holding the text (default text)."
+)
+@click.option(
+    "--placement",
+    type=click.Choice(["record", "line"]),
+    default=None,
+    help="Canaries as new records, or as lines inside records (default: record for JSONL and tables, line otherwise).",
+)
+@click.option(
+    "--out",
+    "out",
+    required=True,
+    type=str,
+    help="Output folder (train and valid in the corpus's format, canaries.json).",
+)
 @click.option("--config", "config_path", type=str, default=None, help="YAML config (its insert: section and seed).")
 @click.option("--format", "formats", multiple=True, help="Canary format, e.g. 'my pin is {d:6}' (repeatable).")
 @click.option("--schedule", type=str, default=None, help="Insertion counts, e.g. 0,1,2,4,8,16,32 (0 = controls).")
@@ -99,8 +128,23 @@ def _with(options):
 @click.option("--seed", type=int, default=None, help="Seed for secrets, positions and the split.")
 @force_option
 @quiet_option
-def insert(corpus, out, config_path, formats, schedule, per_count, valid_fraction, seed, force, quiet) -> None:
-    """Plant canaries into a corpus; write train.txt, valid.txt and canaries.json."""
+def insert(
+    corpus,
+    corpus_format,
+    text_field,
+    text_column,
+    placement,
+    out,
+    config_path,
+    formats,
+    schedule,
+    per_count,
+    valid_fraction,
+    seed,
+    force,
+    quiet,
+) -> None:
+    """Plant canaries into a corpus; write train and valid (in the corpus's format) and canaries.json."""
     from .files import output_dir
     from .pipeline import insert_folder
 
@@ -113,14 +157,20 @@ def insert(corpus, out, config_path, formats, schedule, per_count, valid_fractio
             "insert.schedule": _parse_schedule(schedule),
             "insert.per_count": per_count,
             "insert.valid_fraction": valid_fraction,
+            "insert.corpus_format": corpus_format,
+            "insert.text_field": text_field,
+            "insert.text_column": text_column,
+            "insert.placement": placement,
         },
     )
     with output_dir(Path(out), force) as tmp:
         manifest = insert_folder(tmp, cfg.corpus, cfg.insert, cfg.seed, quiet=quiet)
     inserted = sum(c.insertions for c in manifest.canaries)
+    unit = "records" if manifest.data else "lines"
+    where = f" ({manifest.data['format']}, placement {manifest.data['placement']})" if manifest.data else ""
     click.echo(
-        f"{out}: {len(manifest.canaries)} canaries ({inserted} insertions) in {manifest.train['lines']} training lines; "
-        f"{manifest.valid['lines']} validation lines; seed {cfg.seed}"
+        f"{out}: {len(manifest.canaries)} canaries ({inserted} insertions) in {manifest.train[unit]} training {unit}; "
+        f"{manifest.valid[unit]} validation {unit}; seed {cfg.seed}{where}"
     )
 
 
@@ -267,7 +317,14 @@ measure_options = [
         default=None,
         help="Exit 1 if an inserted canary's exposure exceeds this (bits).",
     ),
-    click.option("--redact", is_flag=True, help="Hide secrets in terminal output, JSON and JUnit."),
+    click.option("--redact", is_flag=True, help="Hide secrets in terminal output, JSON, JUnit, Markdown and HTML."),
+    click.option(
+        "--markdown",
+        "markdown_path",
+        type=str,
+        default=None,
+        help="Write a Markdown summary here (verdict + table; append it to $GITHUB_STEP_SUMMARY).",
+    ),
 ]
 
 
@@ -314,6 +371,7 @@ def measure(
     samples,
     fail_above,
     redact,
+    markdown_path,
     device,
     dtype,
     context,
@@ -327,7 +385,7 @@ def measure(
     from .models import load_model
 
     cfg = _config(config_path, _measure_overrides(method, max_steps, samples, fail_above, seed))
-    for p in (json_path, junit_path):
+    for p in (json_path, junit_path, markdown_path):
         if p is not None:
             check_writable_file(Path(p), force)
     manifest = Manifest.read(Path(canaries_path))
@@ -336,7 +394,12 @@ def measure(
         linked = check_model_data(model, manifest, any_model=any_model)
     except AuditError as e:
         raise AuditError(f"model {model_path}: {e}; pass --any-model to measure anyway") from None
-    outputs = Outputs(json=json_path and Path(json_path), junit=junit_path and Path(junit_path), redact=redact)
+    outputs = Outputs(
+        json=json_path and Path(json_path),
+        junit=junit_path and Path(junit_path),
+        markdown=markdown_path and Path(markdown_path),
+        redact=redact,
+    )
     code, _ = measure_and_report(
         model,
         manifest,
@@ -360,14 +423,16 @@ def measure(
 @_with(measure_options)
 @force_option
 @quiet_option
-def audit(config_path, out, corpus, epochs, seed, method, max_steps, samples, fail_above, redact, force, quiet) -> None:
+def audit(
+    config_path, out, corpus, epochs, seed, method, max_steps, samples, fail_above, redact, markdown_path, force, quiet
+) -> None:
     """Insert, train, measure and extract from one YAML config (default: configs/default.yaml).
 
     Writes OUT/data, OUT/model, OUT/report.json, OUT/report.junit.xml and OUT/report.html
     (with figures), and prints the exposure table.
     """
     from .audit import run_audit
-    from .files import output_dir
+    from .files import check_writable_file, output_dir
 
     if config_path is None:
         default = Path("configs/default.yaml")
@@ -375,9 +440,20 @@ def audit(config_path, out, corpus, epochs, seed, method, max_steps, samples, fa
     overrides = _measure_overrides(method, max_steps, samples, fail_above, seed)
     overrides.update({"corpus": corpus, "train.epochs": epochs})
     cfg = _config(config_path, overrides)
+    if markdown_path is not None:
+        check_writable_file(Path(markdown_path), force)
     out = out or _default_out("audit")
     with output_dir(Path(out), force) as tmp:
-        code = run_audit(cfg, tmp, Path(out), redact=redact, quiet=quiet, echo=_echo(quiet), emit=click.echo)
+        code = run_audit(
+            cfg,
+            tmp,
+            Path(out),
+            redact=redact,
+            quiet=quiet,
+            echo=_echo(quiet),
+            emit=click.echo,
+            markdown=markdown_path and Path(markdown_path),
+        )
     click.echo(f"\nwrote {out}/ (data/, model/, report.json, report.junit.xml, report.html)")
     sys.exit(code)
 

@@ -66,6 +66,11 @@ class InsertConfig:
     schedule: list[int] = field(default_factory=lambda: [0, 1, 2, 4, 8, 16, 32])
     per_count: int = 2
     valid_fraction: float = 0.1
+    # the corpus's format (None: from its extension, or a folder); see records.py
+    corpus_format: str | None = None
+    text_field: str | None = None  # JSONL: the field holding the text (default "text"; "messages": chat)
+    text_column: str | None = None  # CSV/TSV/Parquet: the column holding the text (default "text")
+    placement: str | None = None  # "record" (new records) or "line" (inside records); default by format
 
 
 @dataclass
@@ -237,6 +242,12 @@ def validate(cfg: AuditConfig) -> None:
             raise AuditError(f"insert.formats[{i}]: {e}") from None
     if len(set(cfg.insert.formats)) != len(cfg.insert.formats):
         raise AuditError("insert.formats: a format is listed twice")
+    from .records import FORMATS, PLACEMENTS
+
+    if cfg.insert.corpus_format is not None and cfg.insert.corpus_format not in FORMATS:
+        raise AuditError(f"insert.corpus_format: {cfg.insert.corpus_format!r} is not one of {', '.join(FORMATS)}")
+    if cfg.insert.placement is not None and cfg.insert.placement not in PLACEMENTS:
+        raise AuditError(f"insert.placement: {cfg.insert.placement!r} is not one of {', '.join(PLACEMENTS)}")
     if any(n < 0 for n in cfg.insert.schedule):
         raise AuditError("insert.schedule: insertion counts must be >= 0")
     if len(set(cfg.insert.schedule)) != len(cfg.insert.schedule):

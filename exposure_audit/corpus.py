@@ -239,3 +239,233 @@ def insert_canaries(
     for c in canaries:
         c.positions.sort()
     return InsertionResult(stats=stats, canaries=canaries, train_lines=train_lines, valid_lines=valid_lines)
+
+
+# ---------------------------------------------------------------- corpora of records
+
+
+def _holdout(seed: int, fraction: float) -> Callable[[int], bool]:
+    """Whether record ``i`` goes to validation: a keyed hash of its index below ``fraction``.
+
+    Decided record by record from the seed, so the split needs no memory whatever the corpus's
+    size and both passes agree without storing it."""
+    if fraction <= 0:
+        return lambda i: False
+    key = hashlib.sha256(f"exposure-audit:{seed}:valid-records".encode()).digest()[:32]
+    cut = int(fraction * (1 << 64))
+
+    def held(i: int) -> bool:
+        d = hashlib.blake2b(i.to_bytes(8, "little"), key=key, digest_size=8).digest()
+        return int.from_bytes(d, "little") < cut
+
+    return held
+
+
+@dataclass
+class RecordStats:
+    source: str
+    sha256: str
+    records: int
+    train_records: int
+    train_boundaries: int  # line boundaries inside the training records (line placement)
+    characters: int
+    skipped: int = 0
+
+
+def scan_records(source: Path, spec, seed: int, fraction: float, progress=None) -> RecordStats:
+    """Pass 1 over a corpus of records: validate every record, hash, count, plan the split."""
+    from . import records as rec_mod
+    from .files import sha256_file
+
+    digest = hashlib.sha256()
+    held = _holdout(seed, fraction)
+    n = train = boundaries = chars = 0
+    nonblank = False
+    by_line = spec.placement == "line"
+    for rec in rec_mod.iter_records(source, spec, digest):
+        if rec.extra.get("header"):
+            continue
+        if not held(n):
+            train += 1
+            if by_line:
+                boundaries += rec_mod.line_boundaries(rec.texts)
+        n += 1
+        chars += sum(len(t) for t in rec.texts)
+        nonblank = nonblank or any(t.strip() for t in rec.texts)
+        if progress is not None and n % 4096 == 0:
+            progress(0)
+    if not nonblank:
+        raise AuditError(f"corpus {source} is empty (no record holds text)")
+    if train == 0:
+        raise AuditError(f"corpus {source}: all {n} records were held out for validation; lower valid_fraction")
+    sha = digest.hexdigest() if spec.format in ("jsonl", "folder") else sha256_file(source)
+    skipped = 0
+    if spec.format == "folder":
+        skipped = len(rec_mod.folder_files(Path(source))) - n
+    return RecordStats(str(source), sha, n, train, boundaries, chars, skipped)
+
+
+@dataclass
+class RecordInsertion:
+    stats: RecordStats
+    canaries: list[PlannedCanary]
+    locations: list[list[dict]]  # per canary: {"record": index in the training output, "line": ...}
+    train_records: int  # records written to the training output (canary records included)
+    valid_records: int
+
+
+def insert_records(
+    source: Path,
+    spec,
+    train_path: Path,
+    valid_path: Path,
+    formats: Sequence[Format],
+    *,
+    schedule: Sequence[int] = DEFAULT_SCHEDULE,
+    per_count: int = 2,
+    seed: int = 0,
+    valid_fraction: float = 0.1,
+    progress: Callable[[int], None] | None = None,
+) -> RecordInsertion:
+    """Plant canaries into a corpus of records, writing train and valid in the corpus's format.
+
+    ``spec.placement`` "record": each insertion is a new record at a record boundary chosen
+    uniformly; "line": each insertion is a line inside a training record, at a line boundary
+    chosen uniformly among all training records' line boundaries. Validation holds whole records
+    (never a canary). Same inputs and seed give byte-identical files."""
+    from . import records as rec_mod
+
+    if per_count < 1:
+        raise AuditError("per-count must be at least 1")
+    if any(n < 0 for n in schedule) or not schedule:
+        raise AuditError("the schedule needs insertion counts >= 0, e.g. 0,1,2,4")
+    if not 0 <= valid_fraction < 1:
+        raise AuditError("valid_fraction must be in [0, 1)")
+    stats = scan_records(source, spec, seed, valid_fraction, progress)
+    canaries = draw_canaries(formats, schedule, per_count, seed)
+    total = sum(c.insertions for c in canaries)
+    by_record = spec.placement == "record"
+    slots = stats.train_records + 1 if by_record else stats.train_boundaries
+    if total > slots:
+        unit = "record boundaries" if by_record else "line boundaries in training records"
+        raise AuditError(
+            f"corpus too small: {slots} {unit} for {total} canary insertions "
+            "(use a larger corpus, a shorter schedule or a smaller --per-count)"
+        )
+    rng = random.Random(f"exposure-audit:{seed}:positions:{spec.placement}")
+    at: dict[int, list[int]] = {}
+    for ci, c in enumerate(canaries):
+        for b in sorted(rng.sample(range(slots), c.insertions)):
+            at.setdefault(b, []).append(ci)
+    for b in at:
+        rng.shuffle(at[b])
+    locations: list[list[dict]] = [[] for _ in canaries]
+    held = _holdout(seed, valid_fraction)
+    train_out = rec_mod.open_writer(train_path, spec, source)
+    valid_out = rec_mod.open_writer(valid_path, spec, source)
+    written = valid_n = 0  # records written to train, to valid
+    try:
+        t = 0  # training records seen
+        boundary = 0  # line boundaries seen (line placement)
+        n = 0
+        for rec in rec_mod.iter_records(source, spec, parse=not by_record):
+            if rec.extra.get("header"):
+                train_out.copy(rec)
+                valid_out.copy(rec)
+                continue
+            i, n = n, n + 1
+            if progress is not None and n % 4096 == 0:
+                progress(0)
+            if held(i):
+                valid_out.copy(rec)
+                valid_n += 1
+                continue
+            if by_record:
+                for ci in at.get(t, ()):
+                    locations[ci].append({"record": written, "line": 0})
+                    train_out.canary(canaries[ci].text)
+                    written += 1
+                train_out.copy(rec)
+            else:
+                new_texts, changed = [], False
+                for m, text in enumerate(rec.texts):
+                    lines, trailing = rec_mod.split_lines(text)
+                    out: list[str] = []
+                    for j in range(len(lines) + 1):
+                        for ci in at.get(boundary, ()):
+                            where: dict = {"record": written, "line": len(out)}
+                            if spec.chat:
+                                where = {"record": written, "message": m, "line": len(out)}
+                            if spec.format == "folder":
+                                where = {"record": written, "file": rec.raw, "line": len(out)}
+                            locations[ci].append(where)
+                            out.append(canaries[ci].text)
+                            changed = True
+                        boundary += 1
+                        if j < len(lines):
+                            out.append(lines[j])
+                    new_texts.append("\n".join(out) + ("\n" if trailing else ""))
+                if changed:
+                    train_out.changed(rec, new_texts)
+                else:
+                    train_out.copy(rec)
+            written += 1
+            t += 1
+        if by_record:
+            for ci in at.get(t, ()):
+                locations[ci].append({"record": written, "line": 0})
+                train_out.canary(canaries[ci].text)
+                written += 1
+    finally:
+        train_out.close()
+        valid_out.close()
+    for c, locs in zip(canaries, locations):
+        c.positions = sorted(loc["record"] for loc in locs)
+        locs.sort(key=lambda d: (d["record"], d.get("message", 0), d["line"]))
+    return RecordInsertion(stats, canaries, locations, written, valid_n)
+
+
+def data_spec(folder: Path):
+    """How to read the data files of an ``insert`` folder: from its manifest's ``data`` entry,
+    or ``train.txt`` (plain text) when there is none."""
+    from . import records as rec_mod
+    from .manifest import Manifest
+
+    folder = Path(folder)
+    manifest_path = folder / "canaries.json"
+    if manifest_path.exists():
+        data = Manifest.read(manifest_path).data
+        if data:
+            return rec_mod.Spec(
+                format=data["format"],
+                field=data.get("field"),
+                column=data.get("column"),
+                placement=data.get("placement", "line"),
+            )
+    return rec_mod.Spec(format="txt")
+
+
+def data_path(folder: Path, which: str, spec=None) -> Path:
+    """``train.txt`` / ``train.jsonl`` / ``train/`` ... of an insert folder (``which``: train or valid)."""
+    from . import records as rec_mod
+
+    spec = spec or data_spec(folder)
+    return rec_mod.output_path(Path(folder), which, spec.format)
+
+
+def iter_training_text(folder: Path, which: str = "train", spec=None, size: int = 1 << 24) -> Iterator[str]:
+    """The training (or validation) text of an ``insert`` folder, in pieces, whatever its format:
+    a text file decoded strictly as it is; records as their texts, each text on its own lines
+    (so a canary line always follows a line break). Streaming: memory stays bounded."""
+    from . import records as rec_mod
+
+    spec = spec or data_spec(folder)
+    path = data_path(folder, which, spec)
+    what = "training text" if which == "train" else "validation text"
+    if not path.exists():
+        raise AuditError(f"{what} {path} is missing")
+    if spec.format == "txt":
+        with open(path, "rb") as fh:
+            yield from decode_utf8(iter(lambda: fh.read(size), b""), f"{what} {path}")
+        return
+    yield from rec_mod.iter_text_pieces(path, spec, f"{what} {path}")

@@ -25,7 +25,9 @@ class Canary:
     secret: str  # the hole characters, concatenated
     text: str  # the canary line as inserted (format with the secret filled in)
     insertions: int
-    positions: list[int] = field(default_factory=list)  # 0-based line numbers in train.txt
+    positions: list[int] = field(default_factory=list)  # 0-based line numbers in train.txt (records: record index)
+    # records only: where each insertion went, {"record", "line"} (+ "message" for chat), optional on read
+    locations: list[dict[str, Any]] | None = None
 
     @property
     def fmt(self) -> Format:
@@ -44,6 +46,9 @@ class Manifest:
     train: dict[str, Any]
     valid: dict[str, Any]
     canaries: list[Canary]
+    # corpora of records only: {"format", "field" | "column", "placement", "train", "valid", ...};
+    # absent for plain text, so manifests of text corpora are as before and older files read as text
+    data: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         body = {
@@ -54,8 +59,10 @@ class Manifest:
             "settings": self.settings,
             "train": self.train,
             "valid": self.valid,
-            "canaries": [{**asdict(c), "space_size": str(c.space_size)} for c in self.canaries],
+            "canaries": [_canary_json(c) for c in self.canaries],
         }
+        if self.data is not None:
+            body["data"] = self.data
         return {**body, "sha256": canonical_sha256(body)}
 
     def write(self, path: Path) -> None:
@@ -102,6 +109,7 @@ class Manifest:
                     text=_typed(raw, "text", str),
                     insertions=_typed(raw, "insertions", int),
                     positions=_typed(raw, "positions", list),
+                    locations=_typed(raw, "locations", list) if "locations" in raw else None,
                 )
             except KeyError as e:
                 raise bad(f"canary {i}: {e.args[0]}") from None
@@ -110,6 +118,10 @@ class Manifest:
                 raise bad(f"canary {c.id}: text does not match its format and secret")
             if raw.get("space_size") != str(fmt.space_size):
                 raise bad(f"canary {c.id}: space_size does not match its format")
+            if c.locations is not None and (
+                len(c.locations) != c.insertions or not all(isinstance(loc, dict) for loc in c.locations)
+            ):
+                raise bad(f"canary {c.id}: locations do not match its {c.insertions} insertions")
             if c.insertions < 0 or len(c.positions) != c.insertions:
                 raise bad(f"canary {c.id}: {len(c.positions)} positions for {c.insertions} insertions")
             if c.id in seen:
@@ -118,6 +130,9 @@ class Manifest:
             canaries.append(c)
         if not canaries:
             raise bad("holds no canaries")
+        data_entry = data.get("data")
+        if data_entry is not None and not (isinstance(data_entry, dict) and isinstance(data_entry.get("format"), str)):
+            raise bad("key 'data' is not an object with a 'format'")
         return cls(
             seed=data["seed"],
             corpus=data["corpus"],
@@ -125,7 +140,15 @@ class Manifest:
             train=data["train"],
             valid=data["valid"],
             canaries=canaries,
+            data=data_entry,
         )
+
+
+def _canary_json(c: Canary) -> dict[str, Any]:
+    out = asdict(c)
+    if c.locations is None:
+        del out["locations"]
+    return {**out, "space_size": str(c.space_size)}
 
 
 def _typed(raw: dict[str, Any], key: str, typ: type) -> Any:

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from .config import AuditConfig, InsertConfig
-from .corpus import DEFAULT_CORPUS, insert_canaries
+from .corpus import DEFAULT_CORPUS, data_path, insert_canaries, insert_records
+from .errors import AuditError
 from .files import sha256_file
 from .formats import Format
 from .manifest import Canary, Manifest
@@ -19,14 +20,39 @@ from .manifest import Canary, Manifest
 def insert_folder(
     folder: Path, corpus: str | Path | None, cfg: InsertConfig, seed: int, quiet: bool = True
 ) -> Manifest:
-    """Write ``train.txt``, ``valid.txt`` and ``canaries.json`` into ``folder`` (a staging folder)."""
+    """Write ``train.txt``, ``valid.txt`` and ``canaries.json`` into ``folder`` (a staging folder);
+    for a corpus of records (JSONL, CSV/TSV, Parquet, a folder), train and valid in its format."""
     import os
 
     from .progress import Progress
+    from .records import detect_chat, make_spec
 
     folder = Path(folder)
     formats = [Format.parse(f) for f in cfg.formats]
     source = DEFAULT_CORPUS if corpus is None else Path(corpus)
+    if source == DEFAULT_CORPUS:
+        spec = make_spec("x.txt", cfg.corpus_format or "txt", cfg.text_field, cfg.text_column, cfg.placement)
+        if spec.format != "txt":
+            raise AuditError(f"the built-in corpus is plain text, not {spec.format}; pass --corpus")
+    else:
+        spec = make_spec(source, cfg.corpus_format, cfg.text_field, cfg.text_column, cfg.placement)
+        if cfg.text_field is None:
+            spec = detect_chat(source, spec)
+    if spec.format != "txt":
+        with Progress(total=None, desc="insert", quiet=quiet, unit="rec") as bar:
+            result = insert_records(
+                source,
+                spec,
+                data_path(folder, "train", spec),
+                data_path(folder, "valid", spec),
+                formats,
+                schedule=cfg.schedule,
+                per_count=cfg.per_count,
+                seed=seed,
+                valid_fraction=cfg.valid_fraction,
+                progress=lambda _: bar.update(4096),
+            )
+        return _records_manifest(folder, source, spec, cfg, seed, result)
     size = os.path.getsize(source) if source != DEFAULT_CORPUS and Path(source).is_file() else None
     # two passes over the corpus (validate and count, then write): the bar counts both
     with Progress(total=2 * size if size else None, desc="insert", quiet=quiet or not size, unit="B") as bar:
@@ -58,7 +84,7 @@ def _manifest(folder: Path, source, cfg: InsertConfig, seed: int, result) -> Man
             "lines": result.stats.lines,
             "characters": result.stats.characters,
         },
-        settings=dataclasses.asdict(cfg),
+        settings=_settings(cfg),
         train={
             "file": "train.txt",
             "sha256": sha256_file(folder / "train.txt"),
@@ -76,6 +102,46 @@ def _manifest(folder: Path, source, cfg: InsertConfig, seed: int, result) -> Man
             )
             for i, c in enumerate(result.canaries)
         ],
+    )
+    manifest.write(folder / "canaries.json")
+    return manifest
+
+
+def _settings(cfg: InsertConfig) -> dict[str, Any]:
+    """The insert settings; the corpus-format keys only where set (text manifests stay as they were)."""
+    optional = ("corpus_format", "text_field", "text_column", "placement")
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in optional or v is not None}
+
+
+def _records_manifest(folder: Path, source: Path, spec, cfg: InsertConfig, seed: int, result) -> Manifest:
+    from .records import data_sha256
+
+    width = len(str(len(result.canaries)))
+    stats = result.stats
+    train = data_path(folder, "train", spec)
+    valid = data_path(folder, "valid", spec)
+    corpus = {"source": str(source), "sha256": stats.sha256, "records": stats.records, "characters": stats.characters}
+    if spec.format == "folder":
+        corpus["files_skipped"] = stats.skipped  # binary or non-UTF-8 files, left out
+    manifest = Manifest(
+        seed=seed,
+        corpus=corpus,
+        settings=_settings(cfg),
+        train={"file": train.name, "sha256": data_sha256(train), "records": result.train_records},
+        valid={"file": valid.name, "sha256": data_sha256(valid), "records": result.valid_records},
+        canaries=[
+            Canary(
+                id=f"c{i:0{width}d}",
+                format=c.format,
+                secret=c.secret,
+                text=c.text,
+                insertions=c.insertions,
+                positions=c.positions,
+                locations=locs,
+            )
+            for i, (c, locs) in enumerate(zip(result.canaries, result.locations))
+        ],
+        data=spec.describe(),
     )
     manifest.write(folder / "canaries.json")
     return manifest

@@ -136,41 +136,50 @@ def plot_frontier(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     return _save(fig, path)
 
 
-def render_html(title: str, sections: Sequence[tuple[str, str | Path]], path: Path) -> Path:
-    """A single self-contained HTML file: text sections and PNGs embedded as data URIs."""
+def render_html(
+    title: str, sections: Sequence[tuple[str, str | Path]], path: Path, top: Sequence[str] = (), subtitle: str = ""
+) -> Path:
+    """A single self-contained HTML file (inline CSS, PNGs as data URIs, no external assets):
+    ``top`` (HTML fragments, e.g. the verdict and tables), then the sections: text as
+    preformatted blocks, PNGs as figures."""
+    from .review import CSS
+
     parts = [
-        "<!doctype html><html><head><meta charset='utf-8'>",
+        "<!doctype html><html lang=en><head><meta charset='utf-8'>",
+        "<meta name=viewport content='width=device-width, initial-scale=1'>",
         f"<title>{html.escape(title)}</title>",
-        "<style>body{font-family:sans-serif;max-width:960px;margin:2em auto}pre{background:#f6f6f6;padding:1em;overflow-x:auto}"
-        "img{max-width:100%}</style></head><body>",
+        f"<style>{CSS}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
     ]
+    if subtitle:
+        parts.append(f"<p class=sub>{html.escape(subtitle)}</p>")
+    parts.extend(top)
     for heading, content in sections:
         parts.append(f"<h2>{html.escape(heading)}</h2>")
         if isinstance(content, Path):
             data = base64.b64encode(content.read_bytes()).decode("ascii")
             parts.append(f"<img alt='{html.escape(heading)}' src='data:image/png;base64,{data}'>")
         else:
-            parts.append(f"<pre>{html.escape(content)}</pre>")
+            parts.append(f"<details><summary>plain text</summary><pre>{html.escape(content)}</pre></details>")
     parts.append("</body></html>")
     atomic_write_text(path, "\n".join(parts))
     return path
 
 
-def render_run(folder: Path) -> Path:
+def render_run(folder: Path, name: str | None = None) -> Path:
     """Draw the figures of an audit folder (report.json, optional samples.json and model/metrics.jsonl)
-    into ``folder`` and write ``folder/report.html``."""
+    into ``folder`` and write ``folder/report.html``: the verdict, the key figures, a plain-language
+    reading, the canary table with risk levels, provenance, then the figures. ``name`` is the
+    run's name in the title (the final folder's, when ``folder`` is still a staging folder)."""
+    from .review import html_sections, provenance
+
     folder = Path(folder)
     report = read_json(folder / "report.json", "report")
     if not isinstance(report, dict) or report.get("kind") != "exposure-audit/report":
         raise AuditError(f"{folder / 'report.json'} is not an exposure-audit report")
-    sections: list[tuple[str, str | Path]] = []
-    summary = report.get("table")
-    if summary:
-        sections.append(("Exposure", summary))
-    sections.append(
+    sections: list[tuple[str, str | Path]] = [
         ("Exposure against insertion count", plot_exposure_vs_insertions(report, folder / "exposure_vs_insertions.png"))
-    )
+    ]
     samples_path = folder / "samples.json"
     if samples_path.exists():
         samples = read_json(samples_path, "samples")
@@ -183,10 +192,29 @@ def render_run(folder: Path) -> Path:
         png = plot_training(read_metrics(metrics_path), folder / "training.png")
         if png is not None:
             sections.append(("Training", png))
-    return render_html(f"exposure-audit report: {folder.name}", sections, folder / "report.html")
+    summary = report.get("table")
+    if summary:
+        sections.append(("The printed tables", summary))
+    if "data" not in report and (folder / "data" / "canaries.json").is_file():  # an older report
+        from .manifest import Manifest
+
+        m = Manifest.read(folder / "data" / "canaries.json")
+        report["data"] = {
+            "corpus_source": m.corpus.get("source"),
+            "corpus_sha256": m.corpus.get("sha256"),
+            "format": (m.data or {}).get("format", "txt"),
+            "train_sha256": m.train.get("sha256"),
+            "manifest_sha256": m.to_json()["sha256"],
+        }
+    top = html_sections(report, provenance(report))
+    top.append("<h2>Figures</h2>")
+    name = name or folder.name
+    formats = sorted({c["format"] for c in report["canaries"]})
+    subtitle = f"{len(report['canaries'])} canaries of {', '.join(repr(f) for f in formats)}"
+    return render_html(f"exposure-audit report: {name}", sections, folder / "report.html", top=top, subtitle=subtitle)
 
 
-def render_sweep(folder: Path) -> Path:
+def render_sweep(folder: Path, name: str | None = None) -> Path:
     """The privacy/utility figure and sweep.html for a sweep folder."""
     from .report import sweep_table
 
@@ -200,14 +228,14 @@ def render_sweep(folder: Path) -> Path:
     for r in rows:
         run = folder / r["name"]
         if (run / "report.json").is_file():
-            render_run(run)
+            render_run(run, r["name"])
             png = run / "exposure_vs_insertions.png"
             if png.is_file():
                 sections.append((f"{r['name']}: exposure against insertion count", png))
             png = run / "training.png"
             if png.is_file():
                 sections.append((f"{r['name']}: training", png))
-    return render_html(f"exposure-audit sweep: {folder.name}", sections, folder / "sweep.html")
+    return render_html(f"exposure-audit sweep: {name or folder.name}", sections, folder / "sweep.html")
 
 
 def rerender(folder: Path, emit: Callable[[str], None]) -> Path:

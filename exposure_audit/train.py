@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import AuditConfig, ModelConfig, TrainConfig, config_from_dict
-from .corpus import decode_utf8
+from .corpus import data_path, data_spec, iter_training_text
 from .errors import AuditError
 from .files import (
     atomic_write_bytes,
@@ -35,7 +35,6 @@ from .files import (
     atomic_write_text,
     output_dir,
     read_json,
-    sha256_file,
     staging_path,
 )
 from .formats import Format
@@ -43,6 +42,7 @@ from .manifest import Manifest
 from .metrics import METRICS, Hook, MetricsLog, read_metrics
 from .models.training import Tokenization, Trainee, tokenize, trainee
 from .progress import Progress
+from .records import data_sha256
 
 LN2 = math.log(2.0)
 
@@ -57,19 +57,10 @@ class TrainData:
     valid_chars: int  # characters of the validation text (bits per character = total bits / this)
 
 
-def _chunks(path: Path, what: str, size: int = 1 << 24) -> Iterator[str]:
-    """The text of ``path`` in pieces, decoded strictly (see :func:`corpus.decode_utf8`).
-    Streaming: memory stays bounded whatever the file's size."""
-    if not path.is_file():
-        raise AuditError(f"{what} {path} is missing")
-    with open(path, "rb") as fh:
-        yield from decode_utf8(iter(lambda: fh.read(size), b""), f"{what} {path}")
-
-
-def _scan(path: Path, what: str) -> tuple[set[str], int]:
+def _scan(pieces: Iterator[str]) -> tuple[set[str], int]:
     chars: set[str] = set()
     count = 0
-    for piece in _chunks(path, what):
+    for piece in pieces:
         chars.update(piece)
         count += len(piece)
     return chars, count
@@ -82,24 +73,25 @@ def load_data(folder: Path, model_cfg: ModelConfig, seq_len: int) -> TrainData:
     folder = Path(folder)
     if not folder.is_dir():
         raise AuditError(f"data folder {folder} does not exist (it is the output folder of insert)")
-    train_path, valid_path = folder / "train.txt", folder / "valid.txt"
-    chars, n_train = _scan(train_path, "training text")
-    n_valid = _scan(valid_path, "validation text")[1] if valid_path.exists() else 0
+    spec = data_spec(folder)  # the format insert wrote: plain text, or the corpus's own records
+    train_path, valid_path = data_path(folder, "train", spec), data_path(folder, "valid", spec)
+    chars, n_train = _scan(iter_training_text(folder, "train", spec))
+    n_valid = _scan(iter_training_text(folder, "valid", spec))[1] if valid_path.exists() else 0
     chars.add("\n")
-    info: dict[str, Any] = {"train_sha256": sha256_file(train_path)}
+    info: dict[str, Any] = {"train_sha256": data_sha256(train_path)}
     manifest_path = folder / "canaries.json"
     if manifest_path.exists():
         manifest = Manifest.read(manifest_path)
         if manifest.train.get("sha256") != info["train_sha256"]:
-            raise AuditError(f"{folder}: train.txt does not match canaries.json (changed after insert?)")
+            raise AuditError(f"{folder}: {train_path.name} does not match canaries.json (changed after insert?)")
         for c in manifest.canaries:
             chars |= Format.parse(c.format).characters
         info["manifest_sha256"] = manifest.to_json()["sha256"]
-    tok = tokenize(model_cfg, lambda: _chunks(train_path, "training text"), chars=chars)
-    train = tok.encode(lambda: _chunks(train_path, "training text"), n_train)
+    tok = tokenize(model_cfg, lambda: iter_training_text(folder, "train", spec), chars=chars)
+    train = tok.encode(lambda: iter_training_text(folder, "train", spec), n_train)
     if len(train) < seq_len + 2:
-        raise AuditError(f"training text has {len(train)} tokens; needs more than seq_len + 1 = {seq_len + 1}")
-    valid = tok.encode(lambda: _chunks(valid_path, "validation text"), n_valid) if n_valid else train[:0]
+        raise AuditError(f"training text has {len(train)} {tok.unit}; needs more than seq_len + 1 = {seq_len + 1}")
+    valid = tok.encode(lambda: iter_training_text(folder, "valid", spec), n_valid) if n_valid else train[:0]
     return TrainData(train=train, valid=valid, tok=tok, info=info, train_chars=n_train, valid_chars=n_valid)
 
 

@@ -57,6 +57,12 @@ def world(tmp_path_factory):
             {**manifest, "canaries": [{**manifest["canaries"][0], "insertions": "3"}]}
         ).encode(),
         "a_file": b"x",
+        "notjson.jsonl": b'{"text": "fine"}\n{"text": nope}\n',
+        "nofield.jsonl": b'{"text": "fine"}\n{"text": "fine"}\n{"body": "no text field"}\n',
+        "nonstring.jsonl": b'{"text": "fine"}\n{"text": 42}\n',
+        "nocolumn.csv": b"id,body\n1,hello\n",
+        "ragged.csv": b"id,text\n1,hello\n2,hi,extra\n",
+        "latin1.jsonl": b'{"text": "caf\xe9"}\n',
     }
     for name, data in files.items():
         (root / name).write_bytes(data)
@@ -76,6 +82,10 @@ def world(tmp_path_factory):
         "m_badjson": {"config.json": b"{", "model.safetensors": b""},
         "m_noweights": {"config.json": (root / "model" / "config.json").read_bytes()},
     }
+    (root / "empty_dir").mkdir()
+    (root / "binary_dir").mkdir()
+    (root / "binary_dir" / "a.bin").write_bytes(bytes(range(256)))
+    (root / "binary_dir" / "b.dat").write_bytes(b"\x00\x01")
     for name, content in models.items():
         (root / name).mkdir()
         for fname, data in content.items():
@@ -93,7 +103,19 @@ def cases():
         ([*ins, "{root}/empty.txt"], "empty"),
         ([*ins, "{root}/binary.bin"], "binary"),
         ([*ins, "{root}/latin1.txt"], "not UTF-8"),
-        ([*ins, "{root}"], "folder"),
+        ([*ins, "{root}/empty_dir"], "empty_dir is empty"),
+        ([*ins, "{root}/binary_dir"], "holds no UTF-8 text files"),
+        ([*ins, "{root}/notjson.jsonl"], "line 2 is not JSON"),
+        ([*ins, "{root}/nofield.jsonl"], "line 3: no field 'text'"),
+        ([*ins, "{root}/nonstring.jsonl"], "line 2: field 'text' is a number, not a string"),
+        ([*ins, "{root}/latin1.jsonl"], "line 1 is not UTF-8"),
+        ([*ins, "{root}/nocolumn.csv"], "no column 'text' (columns: id, body)"),
+        ([*ins, "{root}/ragged.csv"], "row 2 (line 3): 3 fields, the header has 2"),
+        ([*ins, "{root}/corpus.txt", "--text-field", "body"], "--text-field applies to JSONL"),
+        ([*ins, "{root}/corpus.txt", "--text-column", "body"], "--text-column applies to CSV"),
+        ([*ins, "{root}/corpus.txt", "--placement", "record"], "--placement record needs records"),
+        ([*ins, "{root}/nofield.jsonl", "--text-column", "body"], "--text-column applies to CSV"),
+        ([*ins, "{root}/corpus.txt", "--corpus-format", "xml"], "'--corpus-format': 'xml' is not one of"),
         ([*ins, "{root}/corpus.txt", "--format", "pin {d:0}"], "length"),
         ([*ins, "{root}/corpus.txt", "--format", "pin {d:99999}"], "length"),
         ([*ins, "{root}/corpus.txt", "--format", "pin {z:3}"], "unknown hole class"),
