@@ -50,6 +50,7 @@ _BOUNDS: dict[str, tuple[float | None, float | None]] = {
     "train.track.samples": (10, 10_000_000),
     "train.track.max_steps": (1, None),
     "extract.top": (1, 1_000_000),
+    "audit.canaries": (1, 10_000_000),
     "extract.max_steps": (1, None),
 }
 
@@ -73,6 +74,24 @@ class DPConfig:
     target_epsilon: float | None = None
     delta: float = 1e-5
     max_grad_norm: float = 1.0
+    # AUDITOR CHECK ONLY, never for real training: clip as usual but add NO noise, while the
+    # checkpoint still records the epsilon the noise would have bought. A deliberately broken
+    # DP-SGD that `dp-audit` must flag (configs/dp-audit-broken.yaml, tests).
+    broken_no_noise: bool = False
+
+
+@dataclass
+class DPAuditConfig:
+    """`dp-audit` (and `audit` with ``enabled``): an empirical epsilon lower bound from one run.
+
+    ``canaries`` secrets of ``format`` are drawn; each is planted once with probability 1/2."""
+
+    enabled: bool = False  # `audit` also runs the DP audit (into OUT/dp-audit/)
+    canaries: int = 1000
+    format: str = "the random number is {d:9}"
+    confidence: float = 0.95
+    delta: float | None = None  # None: train.dp.delta
+    fail_if_violated: bool = False  # exit 1 when the lower bound exceeds the claim
 
 
 @dataclass
@@ -129,6 +148,7 @@ class AuditConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     measure: MeasureConfig = field(default_factory=MeasureConfig)
     extract: ExtractConfig = field(default_factory=ExtractConfig)
+    audit: DPAuditConfig = field(default_factory=DPAuditConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -223,6 +243,12 @@ def validate(cfg: AuditConfig) -> None:
     dp = cfg.train.dp
     if dp.enabled and (dp.noise_multiplier is None) == (dp.target_epsilon is None):
         raise AuditError("train.dp: give exactly one of noise_multiplier and target_epsilon")
+    try:
+        Format.parse(cfg.audit.format)
+    except AuditError as e:
+        raise AuditError(f"audit.format: {e}") from None
+    if dp.broken_no_noise and not dp.enabled:
+        raise AuditError("train.dp.broken_no_noise: only meaningful with train.dp.enabled (an auditor check)")
     if cfg.measure.method not in METHODS:
         raise AuditError(f"measure.method: {cfg.measure.method!r} is not one of {', '.join(METHODS)}")
 

@@ -26,6 +26,9 @@ class Canary:
     text: str  # the canary line as inserted (format with the secret filled in)
     insertions: int
     positions: list[int] = field(default_factory=list)  # 0-based line numbers in train.txt
+    # dp-audit: whether this canary was planted (drawn with probability 1/2). None in manifests
+    # of plain insertions, and then absent from the JSON, so older manifests read (and hash) as before.
+    planted: bool | None = None
 
     @property
     def fmt(self) -> Format:
@@ -54,7 +57,7 @@ class Manifest:
             "settings": self.settings,
             "train": self.train,
             "valid": self.valid,
-            "canaries": [{**asdict(c), "space_size": str(c.space_size)} for c in self.canaries],
+            "canaries": [_canary_json(c) for c in self.canaries],
         }
         return {**body, "sha256": canonical_sha256(body)}
 
@@ -102,6 +105,7 @@ class Manifest:
                     text=_typed(raw, "text", str),
                     insertions=_typed(raw, "insertions", int),
                     positions=_typed(raw, "positions", list),
+                    planted=raw.get("planted"),
                 )
             except KeyError as e:
                 raise bad(f"canary {i}: {e.args[0]}") from None
@@ -112,6 +116,8 @@ class Manifest:
                 raise bad(f"canary {c.id}: space_size does not match its format")
             if c.insertions < 0 or len(c.positions) != c.insertions:
                 raise bad(f"canary {c.id}: {len(c.positions)} positions for {c.insertions} insertions")
+            if c.planted is not None and (not isinstance(c.planted, bool) or c.insertions != int(c.planted)):
+                raise bad(f"canary {c.id}: 'planted' must be true (inserted once) or false (never inserted)")
             if c.id in seen:
                 raise bad(f"canary id {c.id} appears twice")
             seen.add(c.id)
@@ -126,6 +132,13 @@ class Manifest:
             valid=data["valid"],
             canaries=canaries,
         )
+
+
+def _canary_json(c: Canary) -> dict[str, Any]:
+    out = {**asdict(c), "space_size": str(c.space_size)}
+    if c.planted is None:
+        del out["planted"]
+    return out
 
 
 def _typed(raw: dict[str, Any], key: str, typ: type) -> Any:
