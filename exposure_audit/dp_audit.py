@@ -34,7 +34,9 @@ def check_dp_audit(cfg: AuditConfig) -> None:
     check_audit_settings(a.canaries, audit_delta(cfg), a.confidence)
     space = Format.parse(a.format).space_size
     if space < a.canaries:
-        raise AuditError(f"audit.format {a.format!r} has only {space} secrets, fewer than audit.canaries = {a.canaries}")
+        raise AuditError(
+            f"audit.format {a.format!r} has only {space} secrets, fewer than audit.canaries = {a.canaries}"
+        )
 
 
 def planted_flags(manifest: Manifest, where: str) -> list[bool]:
@@ -178,7 +180,11 @@ def run_dp_audit(
         planted = planted_flags(manifest, str(data_dir / "canaries.json"))
     (tmp / "model").mkdir()
     dp = cfg.train.dp
-    mode = " with BROKEN DP-SGD (no noise)" if dp.enabled and dp.broken_no_noise else (" with DP-SGD" if dp.enabled else "")
+    mode = (
+        " with BROKEN DP-SGD (no noise)"
+        if dp.enabled and dp.broken_no_noise
+        else (" with DP-SGD" if dp.enabled else "")
+    )
     echo(f"[2/3] train: {cfg.model.layers}x{cfg.model.hidden} LSTM, {cfg.train.epochs} epochs{mode}")
     result = train_folder(data_dir, tmp / "model", cfg.model, cfg.train, seed=cfg.seed, quiet=quiet)
     echo(f"      {result.seconds:.0f}s")

@@ -241,9 +241,7 @@ class RocPoint:
     threshold: float | None
 
 
-def tpr_at_fpr(
-    scores: Sequence[float], planted: Sequence[bool], fpr: float, confidence: float = 0.95
-) -> RocPoint:
+def tpr_at_fpr(scores: Sequence[float], planted: Sequence[bool], fpr: float, confidence: float = 0.95) -> RocPoint:
     """TPR of "planted iff score <= t" at the largest t with at most fpr * (unplanted) false
     positives, with a Clopper-Pearson interval over the planted canaries."""
     s, p = _check_scores(scores, planted)
@@ -278,9 +276,7 @@ def group_size(line_chars: int, seq_len: int) -> int:
     return (line_chars - 1) // seq_len + 2
 
 
-def group_claim(
-    eps_of_delta: Callable[[float], float], k: int, delta: float
-) -> tuple[float, float]:
+def group_claim(eps_of_delta: Callable[[float], float], k: int, delta: float) -> tuple[float, float]:
     """The per-example accountant's claim for a group of k, at the audit's ``delta``.
 
     Group privacy: (eps, d)-DP per example gives (k eps, k e^((k-1) eps) d)-DP for a group of
