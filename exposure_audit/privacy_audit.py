@@ -7,7 +7,7 @@ Two bounds, each at a stated confidence, from the canaries' scores (log-perplexi
   Run" (NeurIPS 2023, arXiv 2305.08846). The auditor guesses "in" for the k+ lowest scores,
   "out" for the k- highest and abstains on the rest; if the training run is (eps, delta)-DP with
   respect to each canary, the number of correct guesses W out of r guesses satisfies (their
-  Theorem 3 with delta > 0)
+  main theorem, in its form for delta > 0)
 
       P[W >= v] <= f(v) + 2 m delta max_{1<=i<=v} (f(v - i) - f(v)) / i,
       f(v) = P[Binomial(r, e^eps / (1 + e^eps)) >= v],
