@@ -281,6 +281,13 @@ def run_audit(
         render_run(tmp, final.name)
     except AuditError as e:  # plots are a convenience; the report stands without them
         echo(f"note: no plots ({e})")
+    if cfg.audit.enabled:
+        from .dp_audit import run_dp_audit
+
+        echo("== dp-audit: an empirical epsilon lower bound (its own planting and training run)")
+        (tmp / "dp-audit").mkdir()
+        dp_code, _ = run_dp_audit(cfg, tmp / "dp-audit", quiet=quiet, echo=echo, emit=emit)
+        code = max(code, dp_code)
     return code
 
 

@@ -442,6 +442,10 @@ def audit(
     cfg = _config(config_path, overrides)
     if markdown_path is not None:
         check_writable_file(Path(markdown_path), force)
+    if cfg.audit.enabled:
+        from .dp_audit import check_dp_audit
+
+        check_dp_audit(cfg)
     out = out or _default_out("audit")
     with output_dir(Path(out), force) as tmp:
         code = run_audit(
@@ -455,6 +459,38 @@ def audit(
             markdown=markdown_path and Path(markdown_path),
         )
     click.echo(f"\nwrote {out}/ (data/, model/, report.json, report.junit.xml, report.html)")
+    sys.exit(code)
+
+
+@cli.command("dp-audit")
+@click.argument("config_path", type=str)
+@click.option("--out", "out", type=str, default=None, help="Output folder (default: runs/dp-audit-<time>).")
+@click.option(
+    "--data",
+    "data_dir",
+    type=str,
+    default=None,
+    help="Reuse the data folder (OUT/data) of an earlier dp-audit instead of planting anew.",
+)
+@click.option("--fail-if-violated", is_flag=True, help="Exit 1 when the lower bound exceeds the claimed epsilon.")
+@force_option
+@quiet_option
+def dp_audit(config_path, out, data_dir, fail_if_violated, force, quiet) -> None:
+    """Check a privacy claim from one training run: plant audit.canaries canaries, each with
+    probability 1/2, train with the config's settings (DP-SGD or not), score them and bound
+    epsilon from below at audit.confidence. Writes OUT/data, OUT/model, OUT/dp_audit.json,
+    OUT/roc.png, OUT/scores.png and OUT/dp_audit.html; prints the claim and the bound."""
+    from .dp_audit import check_dp_audit, run_dp_audit
+    from .files import output_dir
+
+    cfg = _config(config_path, {"audit.fail_if_violated": True if fail_if_violated else None})
+    check_dp_audit(cfg)
+    out = out or _default_out("dp-audit")
+    with output_dir(Path(out), force) as tmp:
+        code, _ = run_dp_audit(
+            cfg, tmp, data_dir=data_dir and Path(data_dir), quiet=quiet, echo=_echo(quiet), emit=click.echo
+        )
+    click.echo(f"\nwrote {out}/ ({'' if data_dir else 'data/, '}model/, dp_audit.json, dp_audit.html)")
     sys.exit(code)
 
 

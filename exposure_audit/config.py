@@ -56,6 +56,7 @@ _BOUNDS: dict[str, tuple[float | None, float | None]] = {
     "train.track.samples": (10, 10_000_000),
     "train.track.max_steps": (1, None),
     "extract.top": (1, 1_000_000),
+    "audit.canaries": (1, 10_000_000),
     "extract.max_steps": (1, None),
 }
 
@@ -84,6 +85,24 @@ class DPConfig:
     target_epsilon: float | None = None
     delta: float = 1e-5
     max_grad_norm: float = 1.0
+    # AUDITOR CHECK ONLY, never for real training: clip as usual but add NO noise, while the
+    # checkpoint still records the epsilon the noise would have bought. A deliberately broken
+    # DP-SGD that `dp-audit` must flag (configs/dp-audit-broken.yaml, tests).
+    broken_no_noise: bool = False
+
+
+@dataclass
+class DPAuditConfig:
+    """`dp-audit` (and `audit` with ``enabled``): an empirical epsilon lower bound from one run.
+
+    ``canaries`` secrets of ``format`` are drawn; each is planted once with probability 1/2."""
+
+    enabled: bool = False  # `audit` also runs the DP audit (into OUT/dp-audit/)
+    canaries: int = 1000
+    format: str = "the random number is {d:9}"
+    confidence: float = 0.95
+    delta: float | None = None  # None: train.dp.delta
+    fail_if_violated: bool = False  # exit 1 when the lower bound exceeds the claim
 
 
 @dataclass
@@ -155,6 +174,7 @@ class AuditConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     measure: MeasureConfig = field(default_factory=MeasureConfig)
     extract: ExtractConfig = field(default_factory=ExtractConfig)
+    audit: DPAuditConfig = field(default_factory=DPAuditConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -262,6 +282,12 @@ def validate(cfg: AuditConfig) -> None:
         raise AuditError("model.base: fine-tuning a base model needs model.kind: transformer")
     if m.transformer.tokenizer not in ("bpe", "char"):
         raise AuditError(f"model.transformer.tokenizer: {m.transformer.tokenizer!r} is not one of bpe, char")
+    try:
+        Format.parse(cfg.audit.format)
+    except AuditError as e:
+        raise AuditError(f"audit.format: {e}") from None
+    if dp.broken_no_noise and not dp.enabled:
+        raise AuditError("train.dp.broken_no_noise: only meaningful with train.dp.enabled (an auditor check)")
     if cfg.measure.method not in METHODS:
         raise AuditError(f"measure.method: {cfg.measure.method!r} is not one of {', '.join(METHODS)}")
 

@@ -176,11 +176,14 @@ def insert_canaries(
     seed: int = 0,
     valid_fraction: float = 0.1,
     progress: Callable[[int], None] | None = None,
+    canaries: list[PlannedCanary] | None = None,
 ) -> InsertionResult:
     """Write ``train_path`` (corpus + canaries) and ``valid_path`` (held-out corpus lines only).
 
     Each canary is inserted ``n`` times as its own line, at distinct line boundaries chosen
     uniformly from the training lines. Same inputs and seed give byte-identical files.
+    ``canaries`` already drawn (e.g. dp-audit's, planted with probability 1/2) replace the
+    ones ``formats``, ``schedule`` and ``per_count`` would draw.
     """
     if per_count < 1:
         raise AuditError("per-count must be at least 1")
@@ -192,7 +195,8 @@ def insert_canaries(
     valid_blocks = _valid_blocks(stats.lines, valid_fraction, seed)
     valid_lines = sum(min(VALID_BLOCK_LINES, stats.lines - b * VALID_BLOCK_LINES) for b in valid_blocks)
     train_lines = stats.lines - valid_lines
-    canaries = draw_canaries(formats, schedule, per_count, seed)
+    if canaries is None:
+        canaries = draw_canaries(formats, schedule, per_count, seed)
     total = sum(c.insertions for c in canaries)
     if total > train_lines:
         raise AuditError(

@@ -28,6 +28,9 @@ class Canary:
     positions: list[int] = field(default_factory=list)  # 0-based line numbers in train.txt (records: record index)
     # records only: where each insertion went, {"record", "line"} (+ "message" for chat), optional on read
     locations: list[dict[str, Any]] | None = None
+    # dp-audit: whether this canary was planted (drawn with probability 1/2). None in manifests
+    # of plain insertions, and then absent from the JSON, so older manifests read (and hash) as before.
+    planted: bool | None = None
 
     @property
     def fmt(self) -> Format:
@@ -110,6 +113,7 @@ class Manifest:
                     insertions=_typed(raw, "insertions", int),
                     positions=_typed(raw, "positions", list),
                     locations=_typed(raw, "locations", list) if "locations" in raw else None,
+                    planted=raw.get("planted"),
                 )
             except KeyError as e:
                 raise bad(f"canary {i}: {e.args[0]}") from None
@@ -124,6 +128,8 @@ class Manifest:
                 raise bad(f"canary {c.id}: locations do not match its {c.insertions} insertions")
             if c.insertions < 0 or len(c.positions) != c.insertions:
                 raise bad(f"canary {c.id}: {len(c.positions)} positions for {c.insertions} insertions")
+            if c.planted is not None and (not isinstance(c.planted, bool) or c.insertions != int(c.planted)):
+                raise bad(f"canary {c.id}: 'planted' must be true (inserted once) or false (never inserted)")
             if c.id in seen:
                 raise bad(f"canary id {c.id} appears twice")
             seen.add(c.id)
@@ -145,10 +151,11 @@ class Manifest:
 
 
 def _canary_json(c: Canary) -> dict[str, Any]:
-    out = asdict(c)
-    if c.locations is None:
-        del out["locations"]
-    return {**out, "space_size": str(c.space_size)}
+    out = {**asdict(c), "space_size": str(c.space_size)}
+    for key in ("locations", "planted"):  # optional keys: absent when unset, so older manifests hash as before
+        if out[key] is None:
+            del out[key]
+    return out
 
 
 def _typed(raw: dict[str, Any], key: str, typ: type) -> Any:

@@ -57,7 +57,7 @@ def insert_folder(
     # two passes over the corpus (validate and count, then write): the bar counts both
     with Progress(total=2 * size if size else None, desc="insert", quiet=quiet or not size, unit="B") as bar:
         result = _insert(source, folder, formats, cfg, seed, bar.update)
-    return _manifest(folder, source, cfg, seed, result)
+    return _manifest(folder, source, _settings(cfg), seed, result)
 
 
 def _insert(source, folder: Path, formats, cfg: InsertConfig, seed: int, progress):
@@ -74,7 +74,7 @@ def _insert(source, folder: Path, formats, cfg: InsertConfig, seed: int, progres
     )
 
 
-def _manifest(folder: Path, source, cfg: InsertConfig, seed: int, result) -> Manifest:
+def _manifest(folder: Path, source, settings: dict[str, Any], seed: int, result, planted: bool = False) -> Manifest:
     width = len(str(len(result.canaries)))
     manifest = Manifest(
         seed=seed,
@@ -84,7 +84,7 @@ def _manifest(folder: Path, source, cfg: InsertConfig, seed: int, result) -> Man
             "lines": result.stats.lines,
             "characters": result.stats.characters,
         },
-        settings=_settings(cfg),
+        settings=settings,
         train={
             "file": "train.txt",
             "sha256": sha256_file(folder / "train.txt"),
@@ -99,6 +99,7 @@ def _manifest(folder: Path, source, cfg: InsertConfig, seed: int, result) -> Man
                 text=c.text,
                 insertions=c.insertions,
                 positions=c.positions,
+                planted=(c.insertions == 1) if planted else None,
             )
             for i, c in enumerate(result.canaries)
         ],
@@ -145,6 +146,38 @@ def _records_manifest(folder: Path, source: Path, spec, cfg: InsertConfig, seed:
     )
     manifest.write(folder / "canaries.json")
     return manifest
+
+
+def plant_folder(
+    folder: Path, corpus: str | Path | None, fmt: str, m: int, valid_fraction: float, seed: int
+) -> Manifest:
+    """dp-audit's data: ``m`` distinct secrets of ``fmt``, each planted exactly once with
+    probability 1/2 (independently, from the seed), the rest never inserted. Only the manifest
+    says which were planted (its ``planted`` flags); the training text alone does not."""
+    import random
+
+    from .corpus import draw_canaries
+    from .errors import AuditError
+
+    f = Format.parse(fmt)
+    if f.space_size < m:
+        raise AuditError(f"audit.format {fmt!r} has only {f.space_size} secrets, fewer than audit.canaries = {m}")
+    canaries = draw_canaries([f], [0], m, seed)
+    coin = random.Random(f"exposure-audit:{seed}:planted")
+    for c in canaries:
+        c.insertions = int(coin.random() < 0.5)
+    source = DEFAULT_CORPUS if corpus is None else Path(corpus)
+    result = insert_canaries(
+        source,
+        folder / "train.txt",
+        folder / "valid.txt",
+        [f],
+        seed=seed,
+        valid_fraction=valid_fraction,
+        canaries=canaries,
+    )
+    settings = {"dp_audit": {"format": fmt, "canaries": m, "probability": 0.5}, "valid_fraction": valid_fraction}
+    return _manifest(folder, source, settings, seed, result, planted=True)
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

@@ -89,6 +89,39 @@ def plot_histogram(
     return _save(fig, path)
 
 
+def plot_roc(fpr: Sequence[float], tpr: Sequence[float], path: Path) -> Path:
+    """dp-audit's ROC of "planted iff low log-perplexity", log-log so the low-FPR end shows."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    ax.plot(fpr, tpr, lw=1.5, label="attack")
+    ax.plot([1e-3, 1], [1e-3, 1], ls="--", color="gray", lw=1, label="chance")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(1e-3, 1)
+    ax.set_ylim(1e-3, 1.05)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title("Membership of canaries: ROC")
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_score_histograms(scores: Sequence[float], planted: Sequence[bool], path: Path) -> Path:
+    """dp-audit's two histograms: log-perplexity of planted and of never-planted canaries."""
+    import numpy as np
+
+    plt = _plt()
+    s, p = np.asarray(scores, dtype=float), np.asarray(planted, dtype=bool)
+    bins = np.linspace(s.min(), s.max(), 50)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.hist(s[~p], bins=bins, alpha=0.5, color="green", label=f"not planted ({int((~p).sum())})")
+    ax.hist(s[p], bins=bins, alpha=0.5, color="red", label=f"planted once ({int(p.sum())})")
+    ax.set_xlabel("log-perplexity (bits)")
+    ax.set_ylabel("canaries")
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
 def plot_training(metrics: Sequence[dict[str, Any]], path: Path) -> Path | None:
     """Losses and (if tracked) exposure against training step."""
     tracked = [m for m in metrics if "exposure_by_insertions" in m]

@@ -268,11 +268,20 @@ class _PrivateTraining:
     module: torch.nn.Module  # the model, also computing per-example gradients
     optimizer: torch.optim.Optimizer  # clips per-example gradients, adds the noise
     loader: Any  # Poisson-sampled batches of positions 0..windows-1 into each epoch's windows
-    noise_multiplier: float
+    noise_multiplier: float  # the noise the epsilon is computed for (the claim)
     sample_rate: float
+    broken_no_noise: bool = False  # auditor check: the optimizer adds no noise at all
 
     def epsilon(self, delta: float) -> float:
-        return float(self.engine.get_epsilon(delta))
+        if not self.broken_no_noise:
+            return float(self.engine.get_epsilon(delta))
+        # The accountant saw noise 0 (epsilon infinite); the broken run records the claim of
+        # the noisy run it pretends to be: the same steps and rate at the solved noise.
+        from opacus.accountants import RDPAccountant
+
+        claim = RDPAccountant()
+        claim.history = [(self.noise_multiplier, q, n) for (_, q, n) in self.engine.accountant.history]
+        return float(claim.get_epsilon(delta)) if claim.history else 0.0
 
 
 def _make_private(
@@ -322,7 +331,8 @@ def _make_private(
         module=model,
         optimizer=opt,
         data_loader=positions,
-        noise_multiplier=noise,
+        # broken_no_noise (an auditor check, never a default): clipping stays, the noise goes
+        noise_multiplier=0.0 if dp.broken_no_noise else noise,
         max_grad_norm=dp.max_grad_norm,
         poisson_sampling=True,
     )
@@ -333,6 +343,7 @@ def _make_private(
         loader=loader,
         noise_multiplier=float(noise),
         sample_rate=sample_rate,
+        broken_no_noise=dp.broken_no_noise,
     )
 
 
@@ -503,6 +514,9 @@ def train(
         "steps": pos.step,
         "unit": f"one window of {cfg.seq_len + 1} {data.tok.unit}",
     }
+    if private.broken_no_noise:
+        privacy["broken_no_noise"] = True  # the epsilon above is claimed, not delivered
+        privacy["mechanism"] = "BROKEN DP-SGD (auditor check): clipping, NO noise; epsilon is the noisy run's claim"
     return TrainResult(model=learner, metrics=log.records, seconds=seconds, privacy=privacy)
 
 
