@@ -75,7 +75,6 @@ def _insert(source, folder: Path, formats, cfg: InsertConfig, seed: int, progres
 
 
 def _manifest(folder: Path, source, settings: dict[str, Any], seed: int, result, planted: bool = False) -> Manifest:
-    width = len(str(len(result.canaries)))
     manifest = Manifest(
         seed=seed,
         corpus={
@@ -91,21 +90,29 @@ def _manifest(folder: Path, source, settings: dict[str, Any], seed: int, result,
             "lines": result.train_lines + sum(c.insertions for c in result.canaries),
         },
         valid={"file": "valid.txt", "sha256": sha256_file(folder / "valid.txt"), "lines": result.valid_lines},
-        canaries=[
-            Canary(
-                id=f"c{i:0{width}d}",
-                format=c.format,
-                secret=c.secret,
-                text=c.text,
-                insertions=c.insertions,
-                positions=c.positions,
-                planted=(c.insertions == 1) if planted else None,
-            )
-            for i, c in enumerate(result.canaries)
-        ],
+        canaries=_canaries(
+            result.canaries, [{"planted": c.insertions == 1} if planted else {} for c in result.canaries]
+        ),
     )
     manifest.write(folder / "canaries.json")
     return manifest
+
+
+def _canaries(planned: list[Any], extra: list[dict[str, Any]]) -> list[Canary]:
+    """The manifest's canaries (ids c0, c1, ... padded to one width), each with its ``extra`` keys."""
+    width = len(str(len(planned)))
+    return [
+        Canary(
+            id=f"c{i:0{width}d}",
+            format=c.format,
+            secret=c.secret,
+            text=c.text,
+            insertions=c.insertions,
+            positions=c.positions,
+            **more,
+        )
+        for i, (c, more) in enumerate(zip(planned, extra))
+    ]
 
 
 def _settings(cfg: InsertConfig) -> dict[str, Any]:
@@ -117,7 +124,6 @@ def _settings(cfg: InsertConfig) -> dict[str, Any]:
 def _records_manifest(folder: Path, source: Path, spec, cfg: InsertConfig, seed: int, result) -> Manifest:
     from .records import data_sha256
 
-    width = len(str(len(result.canaries)))
     stats = result.stats
     train = data_path(folder, "train", spec)
     valid = data_path(folder, "valid", spec)
@@ -130,18 +136,7 @@ def _records_manifest(folder: Path, source: Path, spec, cfg: InsertConfig, seed:
         settings=_settings(cfg),
         train={"file": train.name, "sha256": data_sha256(train), "records": result.train_records},
         valid={"file": valid.name, "sha256": data_sha256(valid), "records": result.valid_records},
-        canaries=[
-            Canary(
-                id=f"c{i:0{width}d}",
-                format=c.format,
-                secret=c.secret,
-                text=c.text,
-                insertions=c.insertions,
-                positions=c.positions,
-                locations=locs,
-            )
-            for i, (c, locs) in enumerate(zip(result.canaries, result.locations))
-        ],
+        canaries=_canaries(result.canaries, [{"locations": locs} for locs in result.locations]),
         data=spec.describe(),
     )
     manifest.write(folder / "canaries.json")
