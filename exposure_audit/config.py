@@ -83,6 +83,7 @@ class TrackConfig:
     every: int = 0  # steps between measurements (0 = only at epoch ends)
     samples: int = 2000
     max_steps: int = 2_000_000
+    estimator: str = "importance"  # the same estimator as measure (see measure.estimator)
 
 
 @dataclass
@@ -105,6 +106,8 @@ class MeasureConfig:
     method: str = "auto"
     max_steps: int = 20_000_000
     samples: int = 10_000
+    estimator: str = "importance"  # importance | uniform | skewnorm (docs/method.md)
+    prefer: str = "exact"  # auto: exact | fast
     batch: int = 1024
     confidence: float = 0.9
     bootstrap: int = 100
@@ -206,7 +209,7 @@ def config_from_dict(data: Any, where: str = "config") -> AuditConfig:
 
 def validate(cfg: AuditConfig) -> None:
     """Checks across keys and of the values' meaning."""
-    from .exposure.measure import METHODS
+    from .exposure.measure import ESTIMATORS, METHODS, PREFER
     from .formats import Format
 
     for i, f in enumerate(cfg.insert.formats):
@@ -225,6 +228,11 @@ def validate(cfg: AuditConfig) -> None:
         raise AuditError("train.dp: give exactly one of noise_multiplier and target_epsilon")
     if cfg.measure.method not in METHODS:
         raise AuditError(f"measure.method: {cfg.measure.method!r} is not one of {', '.join(METHODS)}")
+    for key, value in (("measure.estimator", cfg.measure.estimator), ("train.track.estimator", cfg.train.track.estimator)):
+        if value not in ESTIMATORS:
+            raise AuditError(f"{key}: {value!r} is not one of {', '.join(ESTIMATORS)}")
+    if cfg.measure.prefer not in PREFER:
+        raise AuditError(f"measure.prefer: {cfg.measure.prefer!r} is not one of {', '.join(PREFER)}")
 
 
 def load_config(path: str | Path | None) -> AuditConfig:

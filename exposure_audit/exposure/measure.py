@@ -246,6 +246,7 @@ class Plan:
     predicted: dict[str, int]  # plan -> predicted model steps (estimate included where it is needed)
     exact_possible: int  # canaries whose rank the budget allows to be exact
     canaries: int
+    walkable: int = 0  # canaries whose predicted pruned walk fits the budget
     pruned: list[int] = field(default_factory=list)  # canaries (by position in the format's group) walked
     predicted_pruned_steps: list[int] = field(default_factory=list)  # per canary
     actual_steps: int = 0
@@ -324,24 +325,29 @@ def _plan(
         cheap = [i for i, s in enumerate(pred) if s <= est_steps]
         predicted["fast"] = est_steps + sum(pred[i] for i in cheap)
         if fits_enum and tree <= sum(pred[i] for i in cheap):
-            return Plan("enumerate", "fast", "enumeration costs no more than the cheap walks", predicted,
-                        exact_possible, n, [], pred)
-        return Plan("pruned+estimate" if cheap else "estimate", "fast",
-                    "pruned walks only where a walk costs no more than the estimate", predicted, exact_possible, n,
-                    cheap, pred)
+            return Plan(
+                "enumerate", "fast", "enumeration costs no more than the cheap walks", predicted, exact_possible, n,
+                len(walkable), [], pred,
+            )
+        return Plan(
+            "pruned+estimate" if cheap else "estimate", "fast",
+            "pruned walks only where a walk costs no more than the estimate", predicted, exact_possible, n,
+            len(walkable), cheap, pred,
+        )
     if fits_enum and (len(walkable) < n or predicted["enumerate"] <= predicted["pruned+estimate"]):
         why = (
             "every canary exact; enumeration is cheaper than the pruned walks"
             if len(walkable) == n
             else "only enumeration makes every canary exact within the budget"
         )
-        return Plan("enumerate", "exact", why, predicted, exact_possible, n, [], pred)
+        return Plan("enumerate", "exact", why, predicted, exact_possible, n, len(walkable), [], pred)
     why = (
         "every canary exact by pruned walks, cheaper than enumeration"
         if len(walkable) == n
         else "exact by pruned walks where the budget allows; the others estimated"
     )
-    return Plan("pruned+estimate" if walkable else "estimate", "exact", why, predicted, exact_possible, n, walkable, pred)
+    chosen = "pruned+estimate" if walkable else "estimate"
+    return Plan(chosen, "exact", why, predicted, exact_possible, n, len(walkable), walkable, pred)
 
 
 def _measure_format(
@@ -372,8 +378,8 @@ def _measure_format(
     if method == "auto":
         if tree_steps <= opts.max_steps and tree_steps <= _estimate_steps(cf, opts):
             # enumeration is cheaper than even the estimate: nothing to weigh
-            plan = Plan("enumerate", opts.prefer, "enumeration costs less than the estimate",
-                        {"enumerate": tree_steps, "estimate": _estimate_steps(cf, opts)}, len(group), len(group))
+            predicted = {"enumerate": tree_steps, "estimate": _estimate_steps(cf, opts)}
+            plan = Plan("enumerate", opts.prefer, "enumeration costs less than the estimate", predicted, len(group), len(group))
             method = "enumerate"
         else:
             # (1) estimate every canary (the draws also predict each pruned walk's steps)
