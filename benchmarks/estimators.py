@@ -26,6 +26,7 @@ import argparse
 import math
 import random
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -79,7 +80,7 @@ def targets_for(order: np.ndarray, size: int, bound: float) -> tuple[np.ndarray,
     grid = list(np.arange(lo, emax - 1.0, 0.5)) + [emax - 1.0, emax]
     ts, ex = [], []
     for e in grid:
-        rank = max(1, int(round(size * 2.0**-e)))
+        rank = max(1, round(size * 2.0**-e))
         if rank > len(order):
             continue
         t = float(order[rank - 1])
@@ -130,7 +131,7 @@ def accuracy(scorer: Scorer, name: str, fmt: Format, order: np.ndarray, bound: f
     exact_all = np.tile(ex, args.repeats)
     inner = [e for e in (6, 10, 14, 18, 22, 26) if ex.min() < e < emax - 1]
     edges = [ex.min() - 1e-9, *inner, emax - 1 + 1e-9, emax + 1e-9]
-    bands = list(zip(edges[:-1], edges[1:]))
+    bands = list(pairwise(edges))
     print(f"   {'band (exact bits)':<18} {'n':>4}  " + "  ".join(f"{k:>27}" for k in rows))
     print(f"   {'':<18} {'':>4}  " + "  ".join(f"{'mean|err| max|err| cover':>27}" for _ in rows))
     for a, b in bands:
@@ -211,25 +212,54 @@ def auto_comparison(model, manifest: Manifest, args) -> None:
         scorer = Scorer(model)
         plans: dict = {}
         t0 = time.perf_counter()
-        res = measure(scorer, canaries, method="auto", max_steps=args.max_steps, samples=args.samples,
-                      bootstrap=0, prefer="fast", plans=plans)
+        res = measure(
+            scorer,
+            canaries,
+            method="auto",
+            max_steps=args.max_steps,
+            samples=args.samples,
+            bootstrap=0,
+            prefer="fast",
+            plans=plans,
+        )
         p = plans[source]
         secs = time.perf_counter() - t0
         fast_pred = p["predicted"].get("fast", p["predicted"].get(p["chosen"], 0))
-        rows = [("auto-fast", scorer.steps, f"{secs:.1f}", sum(r.rank is not None for r in res),
-                 f"{p['chosen']}: predicted {fast_pred:,} steps, actual {p['actual_steps']:,}")]
+        rows = [
+            (
+                "auto-fast",
+                scorer.steps,
+                f"{secs:.1f}",
+                sum(r.rank is not None for r in res),
+                f"{p['chosen']}: predicted {fast_pred:,} steps, actual {p['actual_steps']:,}",
+            )
+        ]
         # auto, prefer exact
         choice, pred = exact_choice(p)
         if pred <= args.run_limit:
             scorer = Scorer(model)
             plans = {}
             t0 = time.perf_counter()
-            res = measure(scorer, canaries, method="auto", max_steps=args.max_steps, samples=args.samples,
-                          bootstrap=0, prefer="exact", plans=plans)
+            res = measure(
+                scorer,
+                canaries,
+                method="auto",
+                max_steps=args.max_steps,
+                samples=args.samples,
+                bootstrap=0,
+                prefer="exact",
+                plans=plans,
+            )
             q = plans[source]
-            rows.append(("auto-exact", scorer.steps, f"{time.perf_counter() - t0:.1f}",
-                         sum(r.rank is not None for r in res),
-                         f"{q['chosen']}: predicted {pred:,} steps, actual {q['actual_steps']:,}"))
+            rows.append(
+                (
+                    "auto-exact",
+                    scorer.steps,
+                    f"{time.perf_counter() - t0:.1f}",
+                    sum(r.rank is not None for r in res),
+                    f"{q['chosen']}: predicted {pred:,} steps, actual {q['actual_steps']:,}",
+                )
+            )
         else:
             rows.append(("auto-exact", pred, "not run", p["exact_possible"], f"{choice}: predicted {pred:,} steps"))
         # the pre-#13 policy

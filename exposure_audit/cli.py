@@ -359,7 +359,20 @@ def measure(
 @force_option
 @quiet_option
 def audit(
-    config_path, out, corpus, epochs, seed, method, max_steps, samples, estimator, prefer, fail_above, redact, force, quiet
+    config_path,
+    out,
+    corpus,
+    epochs,
+    seed,
+    method,
+    max_steps,
+    samples,
+    estimator,
+    prefer,
+    fail_above,
+    redact,
+    force,
+    quiet,
 ) -> None:
     """Insert, train, measure and extract from one YAML config (default: configs/default.yaml).
 

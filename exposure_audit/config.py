@@ -228,7 +228,10 @@ def validate(cfg: AuditConfig) -> None:
         raise AuditError("train.dp: give exactly one of noise_multiplier and target_epsilon")
     if cfg.measure.method not in METHODS:
         raise AuditError(f"measure.method: {cfg.measure.method!r} is not one of {', '.join(METHODS)}")
-    for key, value in (("measure.estimator", cfg.measure.estimator), ("train.track.estimator", cfg.train.track.estimator)):
+    for key, value in (
+        ("measure.estimator", cfg.measure.estimator),
+        ("train.track.estimator", cfg.train.track.estimator),
+    ):
         if value not in ESTIMATORS:
             raise AuditError(f"{key}: {value!r} is not one of {', '.join(ESTIMATORS)}")
     if cfg.measure.prefer not in PREFER:

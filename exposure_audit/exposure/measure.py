@@ -32,9 +32,9 @@ from ..formats import Format
 from ..models.base import Scorer
 from ..progress import Progress
 from . import engine
-from .tree import CompiledFormat
 from .importance import ImportanceSamples, importance_samples
 from .math import combine_estimates, exposure_from_rank, log2_int, sampling_estimate, skewnorm_exposure
+from .tree import CompiledFormat
 
 METHODS = ("auto", "enumerate", "pruned", "estimate", "brute")
 ESTIMATORS = ("importance", "uniform", "skewnorm")
@@ -313,7 +313,7 @@ def _plan(
     assert draws.importance is not None
     tree = cf.tree_steps()
     est_steps = draws.importance.steps
-    pred = [int(round(draws.importance.pruned_steps(float(p)))) for p in px]
+    pred = [round(draws.importance.pruned_steps(float(p))) for p in px]
     n = len(group)
     fits_enum = tree <= opts.max_steps
     walkable = [i for i, s in enumerate(pred) if s <= opts.max_steps]
@@ -326,13 +326,26 @@ def _plan(
         predicted["fast"] = est_steps + sum(pred[i] for i in cheap)
         if fits_enum and tree <= sum(pred[i] for i in cheap):
             return Plan(
-                "enumerate", "fast", "enumeration costs no more than the cheap walks", predicted, exact_possible, n,
-                len(walkable), [], pred,
+                "enumerate",
+                "fast",
+                "enumeration costs no more than the cheap walks",
+                predicted,
+                exact_possible,
+                n,
+                len(walkable),
+                [],
+                pred,
             )
         return Plan(
-            "pruned+estimate" if cheap else "estimate", "fast",
-            "pruned walks only where a walk costs no more than the estimate", predicted, exact_possible, n,
-            len(walkable), cheap, pred,
+            "pruned+estimate" if cheap else "estimate",
+            "fast",
+            "pruned walks only where a walk costs no more than the estimate",
+            predicted,
+            exact_possible,
+            n,
+            len(walkable),
+            cheap,
+            pred,
         )
     if fits_enum and (len(walkable) < n or predicted["enumerate"] <= predicted["pruned+estimate"]):
         why = (
@@ -379,7 +392,9 @@ def _measure_format(
         if tree_steps <= opts.max_steps and tree_steps <= _estimate_steps(cf, opts):
             # enumeration is cheaper than even the estimate: nothing to weigh
             predicted = {"enumerate": tree_steps, "estimate": _estimate_steps(cf, opts)}
-            plan = Plan("enumerate", opts.prefer, "enumeration costs less than the estimate", predicted, len(group), len(group))
+            plan = Plan(
+                "enumerate", opts.prefer, "enumeration costs less than the estimate", predicted, len(group), len(group)
+            )
             method = "enumerate"
         else:
             # (1) estimate every canary (the draws also predict each pruned walk's steps)
