@@ -87,8 +87,11 @@ def measure_and_report(
         bootstrap=m.bootstrap,
         context=context,
         quiet=quiet,
+        estimator=m.estimator,
+        prefer=m.prefer,
     )
-    results = measure_with(model, manifest.canaries, opts, collect=collect)
+    plans: dict[str, Any] = {}
+    results = measure_with(model, manifest.canaries, opts, collect=collect, plans=plans)
     threshold = m.fail_above
     ok = passed(results, threshold)
     described = model.describe()
@@ -103,6 +106,7 @@ def measure_and_report(
         "seconds": round(time.perf_counter() - t0, 3),
         "details": described,
         "trained_on_manifest_data": link_checked,
+        "plan": plans,  # per format: what auto chose, predicted and actual model steps
         **(extra or {}),
     }
     text = table(results, redact_secrets=outputs.redact, threshold=threshold)

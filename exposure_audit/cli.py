@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from . import __version__
-from .exposure.measure import METHODS
+from .exposure.measure import ESTIMATORS, METHODS, PREFER
 from .audit import EXIT_OK
 from .config import AuditConfig, apply_overrides, load_config
 from .errors import AuditError
@@ -310,7 +310,19 @@ def train(
 measure_options = [
     click.option("--method", type=click.Choice(list(METHODS)), default=None, help="How to rank (default: auto)."),
     click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Model-step budget for exact methods."),
-    click.option("--samples", type=click.IntRange(min=1), default=None, help="Uniform candidates for estimates."),
+    click.option("--samples", type=click.IntRange(min=1), default=None, help="Draws per format for estimates."),
+    click.option(
+        "--estimator",
+        type=click.Choice(list(ESTIMATORS)),
+        default=None,
+        help="Estimate where a rank is not exact (default: importance).",
+    ),
+    click.option(
+        "--prefer",
+        type=click.Choice(list(PREFER)),
+        default=None,
+        help="auto: exact ranks wherever the budget allows, or exact only where cheap (default: exact).",
+    ),
     click.option(
         "--fail-above",
         type=float,
@@ -328,12 +340,14 @@ measure_options = [
 ]
 
 
-def _measure_overrides(method, max_steps, samples, fail_above, seed=None) -> dict[str, Any]:
+def _measure_overrides(method, max_steps, samples, estimator, prefer, fail_above, seed=None) -> dict[str, Any]:
     return {
         "seed": seed,
         "measure.method": method,
         "measure.max_steps": max_steps,
         "measure.samples": samples,
+        "measure.estimator": estimator,
+        "measure.prefer": prefer,
         "measure.fail_above": fail_above,
     }
 
@@ -369,6 +383,8 @@ def measure(
     method,
     max_steps,
     samples,
+    estimator,
+    prefer,
     fail_above,
     redact,
     markdown_path,
@@ -384,7 +400,7 @@ def measure(
     from .manifest import Manifest
     from .models import load_model
 
-    cfg = _config(config_path, _measure_overrides(method, max_steps, samples, fail_above, seed))
+    cfg = _config(config_path, _measure_overrides(method, max_steps, samples, estimator, prefer, fail_above, seed))
     for p in (json_path, junit_path, markdown_path):
         if p is not None:
             check_writable_file(Path(p), force)
@@ -424,7 +440,21 @@ def measure(
 @force_option
 @quiet_option
 def audit(
-    config_path, out, corpus, epochs, seed, method, max_steps, samples, fail_above, redact, markdown_path, force, quiet
+    config_path,
+    out,
+    corpus,
+    epochs,
+    seed,
+    method,
+    max_steps,
+    samples,
+    estimator,
+    prefer,
+    fail_above,
+    redact,
+    markdown_path,
+    force,
+    quiet,
 ) -> None:
     """Insert, train, measure and extract from one YAML config (default: configs/default.yaml).
 
@@ -437,7 +467,7 @@ def audit(
     if config_path is None:
         default = Path("configs/default.yaml")
         config_path = str(default) if default.is_file() else None
-    overrides = _measure_overrides(method, max_steps, samples, fail_above, seed)
+    overrides = _measure_overrides(method, max_steps, samples, estimator, prefer, fail_above, seed)
     overrides.update({"corpus": corpus, "train.epochs": epochs})
     cfg = _config(config_path, overrides)
     if markdown_path is not None:

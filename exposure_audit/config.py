@@ -113,6 +113,7 @@ class TrackConfig:
     every: int = 0  # steps between measurements (0 = only at epoch ends)
     samples: int = 2000
     max_steps: int = 2_000_000
+    estimator: str = "importance"  # the same estimator as measure (see measure.estimator)
 
 
 @dataclass
@@ -135,6 +136,8 @@ class MeasureConfig:
     method: str = "auto"
     max_steps: int = 20_000_000
     samples: int = 10_000
+    estimator: str = "importance"  # importance | uniform | skewnorm (docs/method.md)
+    prefer: str = "exact"  # auto: exact | fast
     batch: int = 1024
     confidence: float = 0.9
     bootstrap: int = 100
@@ -252,7 +255,7 @@ def config_from_dict(data: Any, where: str = "config") -> AuditConfig:
 
 def validate(cfg: AuditConfig) -> None:
     """Checks across keys and of the values' meaning."""
-    from .exposure.measure import METHODS
+    from .exposure.measure import ESTIMATORS, METHODS, PREFER
     from .formats import Format
 
     for i, f in enumerate(cfg.insert.formats):
@@ -290,6 +293,14 @@ def validate(cfg: AuditConfig) -> None:
         raise AuditError("train.dp.broken_no_noise: only meaningful with train.dp.enabled (an auditor check)")
     if cfg.measure.method not in METHODS:
         raise AuditError(f"measure.method: {cfg.measure.method!r} is not one of {', '.join(METHODS)}")
+    for key, value in (
+        ("measure.estimator", cfg.measure.estimator),
+        ("train.track.estimator", cfg.train.track.estimator),
+    ):
+        if value not in ESTIMATORS:
+            raise AuditError(f"{key}: {value!r} is not one of {', '.join(ESTIMATORS)}")
+    if cfg.measure.prefer not in PREFER:
+        raise AuditError(f"measure.prefer: {cfg.measure.prefer!r} is not one of {', '.join(PREFER)}")
 
 
 def load_config(path: str | Path | None) -> AuditConfig:

@@ -15,7 +15,8 @@ from .report import by_insertions
 class ExposureTracker:
     """Measures ``canaries`` at each epoch end and every ``cfg.every`` steps (if > 0), adding
     ``exposure`` (per canary id), ``exposure_by_insertions`` (mean per count) and the methods
-    used to the metrics record. Exact where the engine's budget allows, else estimated."""
+    used to the metrics record. Exact where the engine's budget allows, else estimated with the
+    estimator ``measure`` uses (``train.track.estimator``, importance sampling by default)."""
 
     def __init__(self, canaries: Sequence[Canary], cfg: TrackConfig, seed: int) -> None:
         self.canaries = list(canaries)
@@ -33,6 +34,9 @@ class ExposureTracker:
             samples=self.cfg.samples,
             seed=self.seed,
             bootstrap=0,
+            # the unbiased importance estimate by default: no ceiling at log2(samples + 1), so a
+            # curve does not flatten or jump where the uniform estimate runs out of samples
+            estimator=self.cfg.estimator,
         )
         record["exposure"] = {c.id: round(r.exposure, 4) for c, r in zip(self.canaries, results)}
         by_n = by_insertions((c.insertions, r.exposure) for c, r in zip(self.canaries, results))

@@ -153,7 +153,7 @@ def test_auto_estimates_an_unremarkable_canary_of_a_large_space(tiny_model):
         format, secret, insertions = "{d:7}", "1234567", 0
 
     (r,) = measure(tiny_model, [C()], method="auto", max_steps=5000, samples=400, bootstrap=5)
-    assert r.method in ("estimate:sampling", "estimate:skewnorm")
+    assert r.method == "estimate:importance"  # the default estimator since #13
     assert r.rank is None and r.rank_bounds is None
     assert r.exposure_ci[0] <= r.exposure <= r.exposure_ci[1] <= r.exposure_max
 

@@ -5,12 +5,16 @@ Methods (``method=``):
   ranked from the same walk (exact).
 - ``pruned``: per canary, walk only prefixes within its log-perplexity (exact; work grows with
   the rank). Past ``max_steps`` it keeps the proven rank bounds and falls back to the estimate.
-- ``estimate``: from ``samples`` uniform candidates: the sampling estimate while enough samples
-  score at or under the canary, else the skew-normal extrapolation; both with intervals.
+- ``estimate``: ``estimator=`` ``importance`` (default: importance sampling over the candidate
+  tree with the model as proposal, unbiased at any exposure; importance.py), ``uniform`` (the
+  share of ``samples`` uniform candidates at or under the canary, Clopper-Pearson interval) or
+  ``skewnorm`` (the pre-#13 policy: uniform while 20 samples are under the canary, else the
+  skew-normal extrapolation, in the Clopper-Pearson interval).
 - ``brute``: score every candidate's whole line (the naive reference).
-- ``auto``: ``enumerate`` if the tree fits ``max_steps``; else the estimate, and ``pruned`` for
-  each canary whose estimated rank says the walk fits the budget (a likely memorized one,
-  where exactness matters).
+- ``auto``: estimate every canary first, then predict each plan's model steps (enumeration: the
+  tree's size; a pruned walk: estimated from the same draws) and run the cheapest plan that
+  gives an exact rank wherever ``max_steps`` allows (``prefer="exact"``), or exact work only
+  where it costs no more than the estimate (``prefer="fast"``). See :class:`Plan`.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -28,15 +32,15 @@ from ..formats import Format
 from ..models.base import Scorer
 from ..progress import Progress
 from . import engine
-from .tree import CompiledFormat
+from .importance import ImportanceSamples, importance_samples
 from .math import combine_estimates, exposure_from_rank, log2_int, sampling_estimate, skewnorm_exposure
+from .tree import CompiledFormat
 
 METHODS = ("auto", "enumerate", "pruned", "estimate", "brute")
+ESTIMATORS = ("importance", "uniform", "skewnorm")
+PREFER = ("exact", "fast")
 DEFAULT_MAX_STEPS = 20_000_000
 DEFAULT_SAMPLES = 10_000
-# Pruned walks took 8-21 model steps per unit of rank on the default model (docs/benchmarks.md);
-# auto tries the exact walk when the estimated rank says it should fit the budget.
-PRUNED_STEPS_PER_RANK = 25
 
 
 class CanaryLike(Protocol):
@@ -111,10 +115,16 @@ class MeasureOptions:
     bootstrap: int = 100
     context: str | None = None  # text before each canary line; None = the model's default
     quiet: bool = True
+    estimator: str = "importance"  # the estimate reported where a rank is not exact
+    prefer: str = "exact"  # auto: exact ranks wherever the budget allows, or "fast"
 
     def check(self) -> None:
         if self.method not in METHODS:
             raise AuditError(f"unknown method {self.method!r} (choose from {', '.join(METHODS)})")
+        if self.estimator not in ESTIMATORS:
+            raise AuditError(f"unknown estimator {self.estimator!r} (choose from {', '.join(ESTIMATORS)})")
+        if self.prefer not in PREFER:
+            raise AuditError(f"unknown preference {self.prefer!r} (choose from {', '.join(PREFER)})")
         if self.max_steps < 1:
             raise AuditError("the model-step budget (max_steps) must be at least 1")
         if self.samples < 1:
@@ -167,7 +177,10 @@ def measure(
     bootstrap: int = 100,
     context: str | None = None,
     quiet: bool = True,
+    estimator: str = "importance",
+    prefer: str = "exact",
     collect: dict[str, Any] | None = None,
+    plans: dict[str, Any] | None = None,
 ) -> list[CanaryResult]:
     """Measure every canary; results come back in the order given.
 
@@ -184,14 +197,22 @@ def measure(
         bootstrap=bootstrap,
         context=context,
         quiet=quiet,
+        estimator=estimator,
+        prefer=prefer,
     )
-    return measure_with(model, canaries, opts, collect=collect)
+    return measure_with(model, canaries, opts, collect=collect, plans=plans)
 
 
 def measure_with(
-    model: Any, canaries: Sequence[CanaryLike], opts: MeasureOptions, *, collect: dict[str, Any] | None = None
+    model: Any,
+    canaries: Sequence[CanaryLike],
+    opts: MeasureOptions,
+    *,
+    collect: dict[str, Any] | None = None,
+    plans: dict[str, Any] | None = None,
 ) -> list[CanaryResult]:
-    """:func:`measure` with its options as one object."""
+    """:func:`measure` with its options as one object. ``plans``, if given, receives per format
+    what ``auto`` chose and why (:class:`Plan`), for the report's ``model.plan``."""
     opts.check()
     scorer = Scorer.of(model)
     results: list[CanaryResult | None] = [None] * len(canaries)
@@ -200,10 +221,13 @@ def measure_with(
         groups.setdefault(c.format, []).append(i)
     for source, idxs in groups.items():
         fmt = Format.parse(source)
-        out, cf, shared = _measure_format(scorer, fmt, [canaries[i] for i in idxs], opts)
+        out, cf, draws, plan = _measure_format(scorer, fmt, [canaries[i] for i in idxs], opts, collect is not None)
         for i, r in zip(idxs, out):
             results[i] = r
+        if plans is not None and plan is not None:
+            plans[source] = plan.to_json()
         if collect is not None:
+            shared = draws.uniform if draws is not None else None
             if shared is None:
                 shared = _sample_scores(scorer, cf, [], replace(opts, bootstrap=0))
             sk = shared.skewnorm
@@ -211,9 +235,137 @@ def measure_with(
     return [r for r in results if r is not None]
 
 
+@dataclass
+class Plan:
+    """What ``auto`` chose for one format, the predicted steps of every plan it weighed, and
+    what the chosen one actually took (model steps; the estimate's draws are counted once)."""
+
+    chosen: str
+    prefer: str
+    reason: str
+    predicted: dict[str, int]  # plan -> predicted model steps (estimate included where it is needed)
+    exact_possible: int  # canaries whose rank the budget allows to be exact
+    canaries: int
+    walkable: int = 0  # canaries whose predicted pruned walk fits the budget
+    pruned: list[int] = field(default_factory=list)  # canaries (by position in the format's group) walked
+    predicted_pruned_steps: list[int] = field(default_factory=list)  # per canary
+    actual_steps: int = 0
+    exact: int = 0
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class FormatDraws:
+    """A format's random draws, shared by its canaries: importance-sampling draws and/or uniform
+    samples (with the skew-normal fit). Each is computed only when an estimate or the report's
+    histogram needs it."""
+
+    importance: ImportanceSamples | None = None
+    uniform: FormatSamples | None = None
+
+    @property
+    def steps(self) -> int:
+        return (self.importance.steps if self.importance else 0) + (self.uniform.steps if self.uniform else 0)
+
+    @property
+    def seconds(self) -> float:
+        return (self.importance.seconds if self.importance else 0.0) + (self.uniform.seconds if self.uniform else 0.0)
+
+
+def _draws(
+    scorer: Scorer,
+    cf: CompiledFormat,
+    px: Sequence[float],
+    opts: MeasureOptions,
+    *,
+    importance: bool,
+    uniform: bool,
+    have: FormatDraws | None = None,
+) -> FormatDraws:
+    draws = have or FormatDraws()
+    if importance and draws.importance is None:
+        with Progress(total=None, desc=f"importance {cf.fmt.source}", quiet=opts.quiet, unit="cand"):
+            draws.importance = importance_samples(scorer, cf, opts.samples, seed=opts.seed, batch=opts.batch)
+    if uniform and draws.uniform is None:
+        draws.uniform = _sample_scores(scorer, cf, px, opts)
+    return draws
+
+
+def _estimate_steps(cf: CompiledFormat, opts: MeasureOptions) -> int:
+    """Predicted model steps of the estimate: every draw walks one path below the shared tokens."""
+    return opts.samples * max(1, cf.path_tokens - 1)
+
+
+def _plan(
+    cf: CompiledFormat, group: Sequence[CanaryLike], px: np.ndarray, draws: FormatDraws, opts: MeasureOptions
+) -> Plan:
+    """Choose by predicted model steps (docs/method.md, ``auto``).
+
+    Each canary's pruned walk is predicted by the importance draws themselves (the estimated
+    number of in-bound nodes the walk would step, measured on this model), enumeration by the
+    tree's size (shared by every canary of the format). ``prefer="exact"``: the cheapest plan
+    that gives an exact rank wherever the budget (``max_steps``) allows. ``prefer="fast"``:
+    exact only where it costs no more than the estimate already paid for.
+    """
+    assert draws.importance is not None
+    tree = cf.tree_steps()
+    est_steps = draws.importance.steps
+    pred = [round(draws.importance.pruned_steps(float(p))) for p in px]
+    n = len(group)
+    fits_enum = tree <= opts.max_steps
+    walkable = [i for i, s in enumerate(pred) if s <= opts.max_steps]
+    predicted = {"estimate": est_steps, "pruned+estimate": est_steps + sum(pred[i] for i in walkable)}
+    if fits_enum:
+        predicted["enumerate"] = est_steps + tree
+    exact_possible = n if fits_enum else len(walkable)
+    if opts.prefer == "fast":
+        cheap = [i for i, s in enumerate(pred) if s <= est_steps]
+        predicted["fast"] = est_steps + sum(pred[i] for i in cheap)
+        if fits_enum and tree <= sum(pred[i] for i in cheap):
+            return Plan(
+                "enumerate",
+                "fast",
+                "enumeration costs no more than the cheap walks",
+                predicted,
+                exact_possible,
+                n,
+                len(walkable),
+                [],
+                pred,
+            )
+        return Plan(
+            "pruned+estimate" if cheap else "estimate",
+            "fast",
+            "pruned walks only where a walk costs no more than the estimate",
+            predicted,
+            exact_possible,
+            n,
+            len(walkable),
+            cheap,
+            pred,
+        )
+    if fits_enum and (len(walkable) < n or predicted["enumerate"] <= predicted["pruned+estimate"]):
+        why = (
+            "every canary exact; enumeration is cheaper than the pruned walks"
+            if len(walkable) == n
+            else "only enumeration makes every canary exact within the budget"
+        )
+        return Plan("enumerate", "exact", why, predicted, exact_possible, n, len(walkable), [], pred)
+    why = (
+        "every canary exact by pruned walks, cheaper than enumeration"
+        if len(walkable) == n
+        else "exact by pruned walks where the budget allows; the others estimated"
+    )
+    chosen = "pruned+estimate" if walkable else "estimate"
+    return Plan(chosen, "exact", why, predicted, exact_possible, n, len(walkable), walkable, pred)
+
+
 def _measure_format(
-    scorer: Scorer, fmt: Format, group: list[CanaryLike], opts: MeasureOptions
-) -> tuple[list[CanaryResult], CompiledFormat, FormatSamples | None]:
+    scorer: Scorer, fmt: Format, group: list[CanaryLike], opts: MeasureOptions, want_uniform: bool = False
+) -> tuple[list[CanaryResult], CompiledFormat, FormatDraws | None, Plan | None]:
     t0 = time.perf_counter()
     s0 = scorer.steps
     secrets = [c.secret for c in group]
@@ -223,6 +375,8 @@ def _measure_format(
     size = fmt.space_size
     tree_steps = cf.tree_steps()
     method = opts.method
+    use_importance = opts.estimator == "importance"
+    use_uniform = opts.estimator != "importance" or want_uniform
 
     if method == "brute" or method == "enumerate":
         need = engine.brute_force_steps(cf) if method == "brute" else tree_steps
@@ -231,8 +385,24 @@ def _measure_format(
                 f"format {fmt.source!r}: |R| = {size} needs {need} model steps by {method}, over the "
                 f"budget of {opts.max_steps} model steps; rank it by pruned walks or estimates instead"
             )
-    if method == "auto" and tree_steps <= opts.max_steps:
-        method = "enumerate"
+    plan: Plan | None = None
+    draws: FormatDraws | None = None
+    walk: set[int] = set()
+    if method == "auto":
+        if tree_steps <= opts.max_steps and tree_steps <= _estimate_steps(cf, opts):
+            # enumeration is cheaper than even the estimate: nothing to weigh
+            predicted = {"enumerate": tree_steps, "estimate": _estimate_steps(cf, opts)}
+            plan = Plan(
+                "enumerate", opts.prefer, "enumeration costs less than the estimate", predicted, len(group), len(group)
+            )
+            method = "enumerate"
+        else:
+            # (1) estimate every canary (the draws also predict each pruned walk's steps)
+            draws = _draws(scorer, cf, px, opts, importance=True, uniform=use_uniform)
+            # (2)-(3) predict every plan's steps and pick
+            plan = _plan(cf, group, px, draws, opts)
+            method = "enumerate" if plan.chosen == "enumerate" else "planned"
+            walk = set(plan.pruned)
 
     if method in ("enumerate", "brute"):
         t1 = time.perf_counter()
@@ -255,22 +425,21 @@ def _measure_format(
             _exact(c, fmt, float(p), int(n), method, steps, seconds, work_shared_by=len(group))
             for c, p, n in zip(group, px, counts)
         ]
-        return results, cf, None
+        if draws is not None:  # auto estimated first: the report keeps those figures too
+            for i, r in enumerate(results):
+                r.details.update(_estimate(float(px[i]), i, draws, size, opts)[3])
+        if plan is not None:
+            _finish(plan, scorer.steps - s0, len(group), time.perf_counter() - t0)
+        return results, cf, draws, plan
 
-    # pruned / estimate / auto on a large space
-    shared: FormatSamples | None = None
-    if method in ("estimate", "auto"):
-        shared = _sample_scores(scorer, cf, px, opts)
+    # pruned / estimate / a planned auto
+    if method == "estimate":
+        draws = _draws(scorer, cf, px, opts, importance=use_importance, uniform=use_uniform)
     out: list[CanaryResult] = []
     for i, (c, p) in enumerate(zip(group, px)):
         t1 = time.perf_counter()
         s1 = scorer.steps
-        try_pruned = method == "pruned"
-        if method == "auto" and shared is not None:
-            # Exact work is worth it where exposure is high (a likely memorized canary): the
-            # estimated rank tells whether the pruned walk should fit the budget.
-            predicted_rank = size * 2.0 ** (-_estimate(float(p), i, shared, size, opts)[0])
-            try_pruned = PRUNED_STEPS_PER_RANK * predicted_rank <= opts.max_steps
+        try_pruned = method == "pruned" or i in walk
         bounds: tuple[int, int] | None = None
         if try_pruned:
             with Progress(total=opts.max_steps, desc=f"pruned {fmt.source}", quiet=opts.quiet, unit="step") as bar:
@@ -278,13 +447,28 @@ def _measure_format(
                     scorer, cf, float(p), max_steps=opts.max_steps, batch=opts.batch, progress=bar.update
                 )
             if pr.rank is not None:
-                out.append(_exact(c, fmt, float(p), pr.rank, "pruned", scorer.steps - s1, time.perf_counter() - t1))
+                extra = {}
+                if draws is not None:
+                    extra = _estimate(float(p), i, draws, size, opts)[3]
+                if plan is not None:
+                    extra["predicted_pruned_steps"] = plan.predicted_pruned_steps[i]
+                out.append(
+                    _exact(c, fmt, float(p), pr.rank, "pruned", scorer.steps - s1, time.perf_counter() - t1, **extra)
+                )
                 continue
             bounds = pr.bounds
-        if shared is None:
-            shared = _sample_scores(scorer, cf, px, opts)
-        out.append(_estimated(c, fmt, float(p), i, shared, bounds, opts, scorer.steps - s1, time.perf_counter() - t1))
-    return out, cf, shared
+        draws = _draws(scorer, cf, px, opts, importance=use_importance, uniform=use_uniform, have=draws)
+        r = _estimated(c, fmt, float(p), i, draws, bounds, opts, scorer.steps - s1, time.perf_counter() - t1)
+        if plan is not None:
+            r.details["predicted_pruned_steps"] = plan.predicted_pruned_steps[i]
+        out.append(r)
+    if plan is not None:
+        _finish(plan, scorer.steps - s0, sum(r.rank is not None for r in out), time.perf_counter() - t0)
+    return out, cf, draws, plan
+
+
+def _finish(plan: Plan, steps: int, exact: int, seconds: float) -> None:
+    plan.actual_steps, plan.exact, plan.seconds = steps, exact, round(seconds, 3)
 
 
 def _sample_scores(scorer: Scorer, cf: CompiledFormat, px: Sequence[float], opts: MeasureOptions) -> FormatSamples:
@@ -321,29 +505,46 @@ def _sample_scores(scorer: Scorer, cf: CompiledFormat, px: Sequence[float], opts
 
 
 def _estimate(
-    px: float, i: int, shared: FormatSamples, size: int, opts: MeasureOptions
+    px: float, i: int, draws: FormatDraws, size: int, opts: MeasureOptions
 ) -> tuple[float, tuple[float, float], str, dict[str, Any]]:
-    """Canary ``i``'s estimated exposure from its format's samples: (exposure, interval, method, details)."""
-    samp, k = sampling_estimate(px, shared.scores, size, opts.confidence, engine.TIE_TOLERANCE)
-    details: dict[str, Any] = {
-        "samples": len(shared.scores),
-        "samples_at_or_below": k,
-        "estimate_sampling": {"exposure": samp.exposure, "ci": list(samp.ci)},
-    }
-    sk = shared.skewnorm
-    if isinstance(sk, str):
-        point = None
-        details["estimate_skewnorm"] = {"error": sk}
-    else:
-        point = float(sk["point"][i])
-        lo, hi = sk["ci"][i]
-        details["estimate_skewnorm"] = {
-            "exposure": point,
-            "ci_bootstrap": [min(lo, point), max(hi, point)],
-            "fit": sk["fit"],
-        }
-    exposure, ci, how = combine_estimates(samp, k, point)
-    return exposure, ci, how, details
+    """Canary ``i``'s estimated exposure: (exposure, interval, method, details). Every figure
+    that the format's draws allow goes into the details; ``opts.estimator`` picks the reported one."""
+    details: dict[str, Any] = {}
+    chosen: tuple[float, tuple[float, float], str] | None = None
+    if draws.importance is not None:
+        est, info = draws.importance.estimate(px, opts.confidence)
+        details["estimate_importance"] = info
+        if opts.estimator == "importance":
+            chosen = (est.exposure, est.ci, "estimate:importance")
+    if draws.uniform is not None:
+        shared = draws.uniform
+        samp, k = sampling_estimate(px, shared.scores, size, opts.confidence, engine.TIE_TOLERANCE)
+        details.update(
+            {
+                "samples": len(shared.scores),
+                "samples_at_or_below": k,
+                "estimate_sampling": {"exposure": samp.exposure, "ci": list(samp.ci)},
+            }
+        )
+        sk = shared.skewnorm
+        if isinstance(sk, str):
+            point = None
+            details["estimate_skewnorm"] = {"error": sk}
+        else:
+            point = float(sk["point"][i])
+            lo, hi = sk["ci"][i]
+            details["estimate_skewnorm"] = {
+                "exposure": point,
+                "ci_bootstrap": [min(lo, point), max(hi, point)],
+                "fit": sk["fit"],
+            }
+        if opts.estimator == "uniform":
+            chosen = (samp.exposure, samp.ci, "estimate:sampling")
+        elif opts.estimator == "skewnorm":
+            chosen = combine_estimates(samp, k, point)
+    if chosen is None:
+        raise AuditError(f"estimator {opts.estimator!r}: its draws were not made")  # a bug, not an input
+    return chosen[0], chosen[1], chosen[2], details
 
 
 def _estimated(
@@ -351,7 +552,7 @@ def _estimated(
     fmt: Format,
     px: float,
     i: int,
-    shared: FormatSamples,
+    draws: FormatDraws,
     bounds: tuple[int, int] | None,
     opts: MeasureOptions,
     steps: int,
@@ -359,7 +560,7 @@ def _estimated(
 ) -> CanaryResult:
     size = fmt.space_size
     emax = log2_int(size)
-    exposure, ci, how, details = _estimate(px, i, shared, size, opts)
+    exposure, ci, how, details = _estimate(px, i, draws, size, opts)
     if bounds is not None:
         # The pruned walk proved lo <= rank <= hi: the estimate must sit inside that.
         e_lo, e_hi = exposure_from_rank(bounds[1], size), exposure_from_rank(bounds[0], size)
@@ -374,11 +575,11 @@ def _estimated(
         rank_bounds=bounds,
         exposure=float(min(max(exposure, 0.0), emax)),
         method=how,
-        model_steps=steps + shared.steps,
-        seconds=seconds + shared.seconds,
+        model_steps=steps + draws.steps,
+        seconds=seconds + draws.seconds,
         exposure_ci=(float(ci[0]), float(ci[1])),
         details=details,
     )
 
 
-__all__ = ["METHODS", "CanaryResult", "MeasureOptions", "measure", "measure_with"]
+__all__ = ["ESTIMATORS", "METHODS", "PREFER", "CanaryResult", "MeasureOptions", "Plan", "measure", "measure_with"]

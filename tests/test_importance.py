@@ -1,0 +1,156 @@
+"""Importance-sampling estimate (#13): unbiased, bounded weights, non-canonical paths count zero,
+and auto's planner picks the cheaper plan."""
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from exposure_audit.exposure import engine
+from exposure_audit.exposure.importance import Proposal, importance_samples
+from exposure_audit.exposure.measure import measure
+from exposure_audit.formats import Format
+from exposure_audit.models import Scorer, load_model
+
+from .hf_models import tiny_model as tiny_hf_model
+
+
+class C:
+    def __init__(self, fmt, secret, insertions=1):
+        self.format, self.secret, self.insertions = fmt, secret, insertions
+
+
+def exact_order(scorer, cf):
+    got = []
+    engine.walk(scorer, cf, lambda c, i: got.append(c.copy()))
+    return np.sort(np.concatenate(got))
+
+
+def exact_rank(order, t):
+    return int(np.searchsorted(order, t + engine.TIE_TOLERANCE, side="right"))
+
+
+def assert_unbiased(scorer, cf, order, ranks, m, seeds):
+    """The mean of the estimates of independent sample sets lands within 3 of its own standard
+    errors (from each set's reported standard error) of the exact rank, at every exposure."""
+    thresholds = [float(order[r - 1]) for r in ranks]
+    sets = [importance_samples(scorer, cf, m, seed=s) for s in range(seeds)]
+    for t in thresholds:
+        exact = exact_rank(order, t)
+        est = np.array([s.rank(t)[:2] for s in sets])
+        mean, se = est[:, 0].mean(), math.sqrt((est[:, 1] ** 2).sum()) / seeds
+        assert abs(mean - exact) <= 3 * se + 1e-9, (exact, mean, se)
+        # and the reported standard errors are honest: they match the spread between sets
+        if seeds >= 4 and se > 0:
+            assert 0.3 < est[:, 0].std(ddof=1) / (se * math.sqrt(seeds)) < 3
+
+
+def test_importance_estimate_is_unbiased_on_a_small_space(tiny_model):
+    scorer = Scorer(tiny_model)
+    cf = engine.compile_format(scorer, Format.parse("id {d:3}"))
+    order = exact_order(scorer, cf)
+    assert_unbiased(scorer, cf, order, [1, 4, 40, 400, 1000], m=1000, seeds=6)
+
+
+def test_defensive_mixture_bounds_every_weight(tiny_model):
+    """Normalized weight (1/|R|)/q'(x) <= 1/a for every draw (q' >= a/|R| on every candidate),
+    even where the model's proposal is very peaked (a model that strongly prefers '7')."""
+    model = copy.deepcopy(tiny_model)
+    with torch.no_grad():
+        model.head.bias[model.vocab.id("7")] += 12.0
+    scorer = Scorer(model)
+    for a in (0.1, 0.3):
+        proposal = Proposal(a, ((1.0, (1 - a) / 2), (2.0, (1 - a) / 2)))
+        cf = engine.compile_format(scorer, Format.parse("{d:5}"))
+        s = importance_samples(scorer, cf, 300, seed=3, proposal=proposal)
+        y = np.exp2(s.log2_y)
+        assert y.max() <= 1 / a * (1 + 1e-9)
+        assert s.components[0] == round(a * 300)
+        # most draws are the peaked proposal's: weights far below the bound, and the memorized
+        # candidate is drawn (its weight is tiny: the model puts most of its mass there)
+        assert np.median(y) < 1 / a and s.rank(float(engine.score_secrets(scorer, cf, ["77777"])[0]))[0] < 3
+
+
+def test_pruned_steps_prediction_matches_the_walk(tiny_model):
+    scorer = Scorer(tiny_model)
+    cf = engine.compile_format(scorer, Format.parse("id {d:3}"))
+    order = exact_order(scorer, cf)
+    s = importance_samples(scorer, cf, 3000, seed=0)
+    for r in (2, 50, 500):
+        t = float(order[r - 1])
+        walked = engine.pruned_rank(scorer, cf, t).result.steps
+        assert s.pruned_steps(t) == pytest.approx(walked, rel=0.25)
+
+
+def test_noncanonical_token_paths_count_zero(tmp_path):
+    """A BPE with merged digit tokens: the tree proposal draws non-canonical spellings; they count
+    zero and the estimate of the canonical rank stays unbiased."""
+    model = load_model(tiny_hf_model(tmp_path, arch="gpt2", tokenizer="merged-digits"))
+    scorer = Scorer(model)
+    fmt = Format.parse("n {d:3}")
+    cf = engine.compile_format(scorer, fmt)
+    assert cf.ambiguous
+    order = exact_order(scorer, cf)  # canonical leaves only
+    assert len(order) == fmt.space_size
+    s = importance_samples(scorer, cf, 400, seed=1)
+    assert s.noncanonical > 0
+    dead = ~np.isfinite(s.log2_y)
+    assert dead.sum() == s.noncanonical and np.all(np.isinf(s.px[dead]))
+    assert s.rank(math.inf)[0] == pytest.approx(np.exp2(s.log2_y).mean() * fmt.space_size)
+    assert_unbiased(scorer, cf, order, [1, 10, 100, 300, 1000], m=1000, seeds=5)
+
+
+def peaked(tiny_model):
+    model = copy.deepcopy(tiny_model)
+    with torch.no_grad():
+        model.head.bias[model.vocab.id("7")] += 12.0
+    return model
+
+
+def test_auto_prunes_a_memorized_canary_when_cheaper_than_enumeration(tiny_model):
+    model = peaked(tiny_model)
+    plans = {}
+    (r,) = measure(model, [C("{d:4}", "7777")], method="auto", samples=400, bootstrap=0, plans=plans)
+    plan = plans["{d:4}"]
+    assert plan["chosen"] == "pruned+estimate" and plan["pruned"] == [0]
+    assert plan["predicted"]["pruned+estimate"] < plan["predicted"]["enumerate"]
+    assert r.method == "pruned" and r.rank == 1
+    assert plan["exact"] == plan["exact_possible"] == 1
+    assert plan["actual_steps"] < Format.parse("{d:4}").space_size
+
+
+def test_auto_enumerates_when_a_random_canary_makes_walks_dearer(tiny_model):
+    model = peaked(tiny_model)
+    plans = {}
+    group = [C("{d:4}", "7777"), C("{d:4}", "1234", 0)]
+    res = measure(model, group, method="auto", samples=400, bootstrap=0, plans=plans)
+    plan = plans["{d:4}"]
+    assert plan["chosen"] == "enumerate"
+    assert plan["predicted"]["enumerate"] < plan["predicted"]["pruned+estimate"]
+    assert all(r.rank is not None for r in res)
+    # prefer fast: the memorized one exact (cheap), the other estimated
+    fast = {}
+    res = measure(model, group, method="auto", samples=400, bootstrap=0, prefer="fast", plans=fast)
+    assert fast["{d:4}"]["chosen"] == "pruned+estimate"
+    assert res[0].rank == 1 and res[1].rank is None and res[1].method == "estimate:importance"
+    assert fast["{d:4}"]["actual_steps"] < plan["actual_steps"]
+
+
+def test_estimators_are_selectable_and_reported_side_by_side(tiny_model):
+    group = [C("{d:5}", "12345", 0)]
+    by = {}
+    for est in ("importance", "uniform", "skewnorm"):
+        collect = {}
+        (r,) = measure(tiny_model, group, method="estimate", estimator=est, samples=300, bootstrap=5, collect=collect)
+        by[est] = r
+        assert len(collect["{d:5}"]["scores"]) == 300
+        # every figure whose draws were made: the histogram's uniform samples always are here
+        assert {"estimate_sampling", "estimate_skewnorm"} <= set(r.details)
+        assert ("estimate_importance" in r.details) == (est == "importance")
+    assert by["importance"].method == "estimate:importance"
+    assert by["uniform"].method == "estimate:sampling"
+    assert by["skewnorm"].method in ("estimate:sampling", "estimate:skewnorm")
+    with pytest.raises(Exception, match="estimator"):
+        measure(tiny_model, group, method="estimate", estimator="nope")
