@@ -37,15 +37,9 @@ def default_corpus_text() -> str:
 def _open(source: str | Path) -> BinaryIO:
     if str(source) == DEFAULT_CORPUS:
         return io.BytesIO(default_corpus_text().encode("utf-8"))
-    path = Path(source)
-    if not path.exists():
-        raise AuditError(f"corpus {path} does not exist")
-    if path.is_dir():
-        raise AuditError(f"corpus {path} is a folder; give a UTF-8 text file")
-    try:
-        return open(path, "rb")
-    except OSError as e:
-        raise AuditError(f"cannot read corpus {path}: {e.strerror or e}") from None
+    from .records import open_file
+
+    return open_file(Path(source), "corpus")
 
 
 def decode_utf8(blocks: Iterable[bytes], what: str) -> Iterator[str]:

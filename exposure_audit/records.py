@@ -144,7 +144,8 @@ def _decode(raw: bytes, what: str) -> str:
         raise AuditError(f"{what} is not UTF-8: invalid byte at offset {e.start}") from None
 
 
-def _open_file(path: Path, what: str):
+def open_file(path: Path, what: str) -> Any:
+    """A corpus file opened for reading bytes, or a one-line error saying why it cannot be."""
     if not path.exists():
         raise AuditError(f"{what} {path} does not exist")
     if path.is_dir():
@@ -179,7 +180,7 @@ def _jsonl_texts(obj: Any, spec: Spec, where: str) -> list[str]:
 
 
 def _jsonl_records(path: Path, spec: Spec, digest, parse: bool = True) -> Iterator[Record]:
-    with _open_file(path, "corpus") as fh:
+    with open_file(path, "corpus") as fh:
         if not parse:  # a second pass over records already checked: the raw lines are enough
             for raw in fh:
                 if raw.strip():
@@ -232,7 +233,7 @@ def _delimiter(spec: Spec) -> str:
 
 
 def _csv_records(path: Path, spec: Spec, digest) -> Iterator[Record]:
-    with _open_file(path, "corpus") as raw_fh:
+    with open_file(path, "corpus") as raw_fh:
         csv.field_size_limit(1 << 30)  # documents in a cell may be long (the default limit is 128 KB)
         text_fh = io.TextIOWrapper(raw_fh, encoding="utf-8", errors="strict", newline="")
         reader = csv.reader(text_fh, delimiter=_delimiter(spec))
