@@ -15,6 +15,7 @@ import click
 
 from . import __version__
 from .exposure.measure import ESTIMATORS, METHODS, PREFER
+from .models.training import KINDS
 from .audit import EXIT_OK
 from .config import AuditConfig, apply_overrides, load_config
 from .errors import AuditError
@@ -189,7 +190,7 @@ def insert(
 @click.option("--max-chars", type=int, default=None, help="Characters per epoch (default: all).")
 @click.option(
     "--kind",
-    type=click.Choice(["char-lstm", "transformer"]),
+    type=click.Choice(list(KINDS)),
     default=None,
     help="Model family (default char-lstm; transformer settings come from the config's model.transformer).",
 )

@@ -63,11 +63,17 @@ class _Trie:
                 node = nxt
             self.tokens[node].append(tok)
         # a tree is unambiguous when every token spells one whole character and no two spell the same
-        self.one_char_each = all(
-            spelled is None
-            or (len(spelled.decode("utf-8", "replace")) == 1 and "\ufffd" not in spelled.decode("utf-8", "replace"))
-            for spelled in table
-        ) and all(len(t) <= 1 for t in self.tokens)
+        self.one_char_each = all(spelled is None or _one_char(spelled) for spelled in table) and all(
+            len(t) <= 1 for t in self.tokens
+        )
+
+
+def _one_char(spelled: bytes) -> bool:
+    """Whether bytes are exactly one whole UTF-8 character."""
+    try:
+        return len(spelled.decode("utf-8")) == 1
+    except UnicodeDecodeError:
+        return False
 
 
 _TRIES: weakref.WeakKeyDictionary[Any, _Trie] = weakref.WeakKeyDictionary()
