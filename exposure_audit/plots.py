@@ -169,6 +169,58 @@ def plot_frontier(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     return _save(fig, path)
 
 
+def plot_sweep_exposure(rows: Sequence[dict[str, Any]], path: Path) -> Path:
+    """Mean exposure by insertion count, one line per run of a sweep (the runs share the canaries)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in rows:
+        by_n = sorted((int(n), v["mean"]) for n, v in r["exposure_by_insertions"].items())
+        ax.plot(
+            [max(n, 0.5) for n, _ in by_n], [m for _, m in by_n], "o-", label=f"{r['name']} ({r['valid_bpc']:.3f} bpc)"
+        )
+    ax.axhline(1 / math.log(2), ls="--", color="gray", lw=1, label="chance (1.44 bits)")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("insertions (0 shown at 0.5)")
+    ax.set_ylabel("mean exposure (bits)")
+    ax.set_title("Exposure by insertion count, per run")
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_sweep_tracking(runs: Sequence[tuple[str, Sequence[dict[str, Any]]]], path: Path) -> Path | None:
+    """Exposure over training for several runs: tracked mean exposure of each insertion count
+    against training progress (left) and against the validation bits/char reached (right), so
+    runs of different speed or family compare at equal utility. None if no run was tracked."""
+    tracked = [
+        (name, [m for m in metrics if "exposure_by_insertions" in m and m.get("valid_bpc") is not None])
+        for name, metrics in runs
+    ]
+    tracked = [(name, ms) for name, ms in tracked if ms]
+    if not tracked:
+        return None
+    plt = _plt()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    styles = ["-", "--", ":", "-."]
+    counts = sorted({int(n) for _, ms in tracked for m in ms for n in m["exposure_by_insertions"]})
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (name, ms) in enumerate(tracked):
+        last = max(m["epoch"] for m in ms) or 1
+        for j, n in enumerate(counts):
+            pts = [m for m in ms if str(n) in m["exposure_by_insertions"]]
+            ys = [m["exposure_by_insertions"][str(n)] for m in pts]
+            kw = {"ls": styles[i % len(styles)], "color": colors[j % len(colors)], "marker": "o", "ms": 3}
+            left.plot([m["epoch"] / last for m in pts], ys, label=f"{name}, {n} ins.", **kw)
+            right.plot([m["valid_bpc"] for m in pts], ys, **kw)
+    left.set_xlabel("fraction of the run's epochs")
+    left.set_ylabel("mean exposure (bits)")
+    left.set_title("Exposure over training")
+    right.set_xlabel("validation bits/char reached (lower = more useful)")
+    right.invert_xaxis()
+    right.set_title("Exposure at equal utility")
+    left.legend(fontsize=6, ncol=2)
+    return _save(fig, path)
+
+
 def render_html(
     title: str, sections: Sequence[tuple[str, str | Path]], path: Path, top: Sequence[str] = (), subtitle: str = ""
 ) -> Path:
@@ -258,6 +310,11 @@ def render_sweep(folder: Path, name: str | None = None) -> Path:
     rows = data["runs"]
     sections: list[tuple[str, str | Path]] = [("Settings", sweep_table(rows))]
     sections.append(("Privacy / utility", plot_frontier(rows, folder / "privacy_utility.png")))
+    sections.append(("Exposure by insertion count, per run", plot_sweep_exposure(rows, folder / "exposure_by_run.png")))
+    metrics = [(r["name"], folder / r["name"] / "model" / "metrics.jsonl") for r in rows]
+    png = plot_sweep_tracking([(n, read_metrics(p)) for n, p in metrics if p.is_file()], folder / "tracking_by_run.png")
+    if png is not None:
+        sections.append(("Exposure over training, per run", png))
     for r in rows:
         run = folder / r["name"]
         if (run / "report.json").is_file():

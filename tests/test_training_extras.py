@@ -223,6 +223,8 @@ def test_sweep_and_report_rendering(corpus, tmp_path, capsys):
     for p in (
         "sweep.html",
         "privacy_utility.png",
+        "exposure_by_run.png",  # both runs' exposure by count in one figure
+        "tracking_by_run.png",  # both runs were tracked: exposure over training and at equal bpc
         "plain/report.html",
         "plain/exposure_vs_insertions.png",
         "plain/histogram_0.png",
@@ -231,6 +233,8 @@ def test_sweep_and_report_rendering(corpus, tmp_path, capsys):
     ):
         assert (out / p).is_file(), p
     assert (out / "plain" / "privacy_utility.png").exists() is False
+    # settings table, frontier, the two comparison figures, then each run's exposure and training figures
+    assert (out / "sweep.html").read_text().count("data:image/png;base64,") == 3 + 2 * 2
     html = (out / "plain" / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 3
     report = json.loads((out / "plain" / "report.json").read_text())
