@@ -1,7 +1,7 @@
 """torchrun scaling on this machine: enumeration of a 10^6 format and DDP training, at world
 size 1 and 2 (one thread per process), side by side with the speedup and scaling efficiency.
 
-    python benchmarks/distributed.py [--world 2] [--hidden 64] [--train-chars 400000]
+    python benchmarks/distributed.py [--world 2] [--hidden 128] [--train-chars 1000000]
 
 Each configuration runs the real command (``exposure-audit measure --method enumerate`` and
 ``exposure-audit train``), under ``torchrun`` for world sizes above 1. The times are the
@@ -95,8 +95,8 @@ def train_at(world: int, root: Path, hidden: int) -> tuple[float, float, int, di
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--world", type=int, default=2, help="the world size compared with 1")
-    ap.add_argument("--hidden", type=int, default=64, help="LSTM units per layer (2 layers)")
-    ap.add_argument("--train-chars", type=int, default=400_000, help="characters of the training corpus")
+    ap.add_argument("--hidden", type=int, default=128, help="LSTM units per layer (2 layers)")
+    ap.add_argument("--train-chars", type=int, default=1_000_000, help="characters of the training corpus")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="exposure-audit-dist-") as tmp:
         root = Path(tmp)
