@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import AuditConfig
+from .distributed import is_main
 from .errors import AuditError
 from .formats import Format
 from .manifest import Manifest
@@ -128,6 +129,9 @@ def measure_and_report(
     report = report_json(
         results, model=info, threshold=threshold, redact_secrets=outputs.redact, extra={"data": data, "table": text}
     )
+    code = EXIT_OK if ok else EXIT_EXPOSED
+    if not is_main():  # under torchrun every rank holds the same results; rank 0 writes and prints
+        return code, report
     if outputs.markdown:
         atomic_write_text(Path(outputs.markdown), markdown(report))
     if outputs.json:
@@ -139,7 +143,7 @@ def measure_and_report(
         worst = max((r.exposure for r in results if r.insertions > 0), default=0.0)
         verdict = "PASS" if ok else "FAIL"
         emit(f"\n{verdict}: highest exposure of an inserted canary {worst:.2f} bits; threshold {threshold:g} bits")
-    return (EXIT_OK if ok else EXIT_EXPOSED), report
+    return code, report
 
 
 def run_extractions(
@@ -197,6 +201,8 @@ def extract_and_report(
     else:
         formats = [Format.parse(format_source)]
     results = run_extractions(model, formats, top=top, max_steps=max_steps, context=context, beam=beam, quiet=quiet)
+    if not is_main():  # under torchrun rank 0 prints and writes
+        return {}
     for ex in results.values():
         emit(extraction_table(ex, redact, manifest.canaries if manifest else None))
     if manifest is None:

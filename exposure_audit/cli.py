@@ -6,6 +6,7 @@ error (one ``error: ...`` line on stderr, no traceback, no partial output).
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -21,6 +22,50 @@ from .config import AuditConfig, apply_overrides, load_config
 from .errors import AuditError
 
 EXIT_USAGE = 2
+EXIT_LOST = 3  # torchrun: a rank died or stopped answering
+
+distributed_options = [
+    click.option(
+        "--backend",
+        type=click.Choice(["auto", "gloo", "nccl"]),
+        default="auto",
+        show_default=True,
+        help="torchrun: the process group's backend (auto: NCCL where CUDA computes, else gloo).",
+    ),
+    click.option(
+        "--timeout",
+        "dist_timeout",
+        type=click.FloatRange(min=1),
+        default=1800,
+        show_default=True,
+        help="torchrun: seconds a rank waits for the others before giving up.",
+    ),
+]
+
+
+def _join(backend: str, timeout: float, *, uses_cuda: bool = True):
+    """Join the torchrun job if this process is one of its ranks (a no-op otherwise)."""
+    from .distributed import start
+
+    return start(backend, timeout=timeout, uses_cuda=uses_cuda)
+
+
+def _rank_zero_only(command: str) -> None:
+    """The pipeline commands run on rank 0 alone under torchrun; the other ranks leave at once."""
+    from .distributed import env_rank, launched
+
+    if not launched():
+        return
+    if env_rank() != 0:
+        sys.exit(EXIT_OK)
+    world = os.environ.get("WORLD_SIZE", "1")
+    if world != "1":
+        click.echo(
+            f"note: {command} runs on rank 0 only under torchrun (the other {int(world) - 1} ranks exit); "
+            "run train and measure under torchrun to spread the work (docs/distributed.md)",
+            err=True,
+        )
+
 
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 force_option = click.option("--force", is_flag=True, help="Replace existing outputs.")
@@ -146,6 +191,7 @@ def insert(
     quiet,
 ) -> None:
     """Plant canaries into a corpus; write train and valid (in the corpus's format) and canaries.json."""
+    _rank_zero_only("insert")
     from .files import output_dir
     from .pipeline import insert_folder
 
@@ -218,6 +264,7 @@ def insert(
 @click.option(
     "--track-every", type=int, default=None, help="Steps between exposure measurements (default: epoch ends)."
 )
+@_with(distributed_options)
 @force_option
 @quiet_option
 def train(
@@ -247,6 +294,8 @@ def train(
     max_grad_norm,
     track_exposure,
     track_every,
+    backend,
+    dist_timeout,
     force,
     quiet,
 ) -> None:
@@ -257,9 +306,14 @@ def train(
     Training state is saved every --checkpoint-every steps and at each epoch end in a hidden
     folder beside the output; after a crash or kill, `train --resume OUT` continues from it
     and ends with the same weights as an uninterrupted run.
+
+    Under torchrun: DistributedDataParallel, each rank on its share of every global batch;
+    rank 0 writes the checkpoint, the metrics and the resume state (docs/distributed.md).
     """
+    from .distributed import is_main
     from .train import run_training
 
+    _join(backend, dist_timeout, uses_cuda=False)
     overrides = {
         "seed": seed,
         "train.epochs": epochs,
@@ -295,6 +349,8 @@ def train(
         raise AuditError("give --data DIR and --out DIR (or --resume DIR)")
     else:
         result = run_training(Path(data), Path(out), _config(config_path, overrides), force=force, quiet=quiet)
+    if not is_main():
+        return
     last = [m for m in result.metrics if m.get("event", "epoch") == "epoch"][-1]
     valid = f"{last['valid_bpc']:.3f}" if last["valid_bpc"] is not None else "n/a"
     privacy = (
@@ -371,6 +427,7 @@ def _measure_overrides(method, max_steps, samples, estimator, prefer, fail_above
 @click.option("--any-model", is_flag=True, help="Measure even if the model was not trained on this manifest's data.")
 @_with(measure_options)
 @_with(model_options)
+@_with(distributed_options)
 @force_option
 @quiet_option
 def measure(
@@ -392,21 +449,26 @@ def measure(
     device,
     dtype,
     context,
+    backend,
+    dist_timeout,
     force,
     quiet,
 ) -> None:
-    """Log-perplexity, rank and exposure of every canary."""
+    """Log-perplexity, rank and exposure of every canary. Under torchrun the ranks share the
+    work and the report is the one a single process gives (docs/distributed.md)."""
     from .audit import Outputs, check_model_data, measure_and_report
+    from .distributed import model_device
     from .files import check_writable_file
     from .manifest import Manifest
     from .models import load_model
 
+    _join(backend, dist_timeout)
     cfg = _config(config_path, _measure_overrides(method, max_steps, samples, estimator, prefer, fail_above, seed))
     for p in (json_path, junit_path, markdown_path):
         if p is not None:
             check_writable_file(Path(p), force)
     manifest = Manifest.read(Path(canaries_path))
-    model = load_model(Path(model_path), device=device, dtype=dtype)
+    model = load_model(Path(model_path), device=model_device(device), dtype=dtype)
     try:
         linked = check_model_data(model, manifest, any_model=any_model)
     except AuditError as e:
@@ -465,6 +527,7 @@ def audit(
     from .audit import run_audit
     from .files import check_writable_file, output_dir
 
+    _rank_zero_only("audit")
     if config_path is None:
         default = Path("configs/default.yaml")
         config_path = str(default) if default.is_file() else None
@@ -514,6 +577,7 @@ def dp_audit(config_path, out, data_dir, fail_if_violated, force, quiet) -> None
     from .dp_audit import check_dp_audit, run_dp_audit
     from .files import output_dir
 
+    _rank_zero_only("dp-audit")
     cfg = _config(config_path, {"audit.fail_if_violated": True if fail_if_violated else None})
     check_dp_audit(cfg)
     out = out or _default_out("dp-audit")
@@ -574,6 +638,7 @@ def _echo(quiet: bool):
     "--redact", is_flag=True, help="Show only the first and last character of each secret (terminal and JSON)."
 )
 @_with(model_options)
+@_with(distributed_options)
 @force_option
 @quiet_option
 def extract(
@@ -588,21 +653,26 @@ def extract(
     device,
     dtype,
     context,
+    backend,
+    dist_timeout,
     force,
     quiet,
 ) -> None:
-    """Recover the most likely secrets of a format by shortest-path search over its prefix tree."""
+    """Recover the most likely secrets of a format by shortest-path search over its prefix tree.
+    Under torchrun the ranks step slices of every batch of frontier nodes (same order and proof)."""
     from .audit import extract_and_report
+    from .distributed import model_device
     from .files import check_writable_file
     from .manifest import Manifest
     from .models import load_model
 
+    _join(backend, dist_timeout)
     if (format_source is None) == (canaries_path is None):
         raise AuditError("give --format F or --canaries FILE (one of them)")
     if json_path is not None:
         check_writable_file(Path(json_path), force)
     manifest = Manifest.read(Path(canaries_path)) if canaries_path else None
-    model = load_model(Path(model_path), device=device, dtype=dtype)
+    model = load_model(Path(model_path), device=model_device(device), dtype=dtype)
     extract_and_report(
         model,
         format_source=format_source,
@@ -635,6 +705,7 @@ def sweep(config_path, out, force, quiet) -> None:
     from .pipeline import load_sweep
     from .report import sweep_table
 
+    _rank_zero_only("sweep")
     base, runs = load_sweep(config_path)
     out = out or _default_out("sweep")
     with output_dir(Path(out), force) as tmp:
@@ -651,12 +722,26 @@ def report(path) -> None:
     and print its tables (exposure; the sweep's settings; exposure during training if tracked)."""
     from .plots import rerender
 
+    _rank_zero_only("report")
     written = rerender(Path(path), emit=click.echo)
     click.echo(f"\nwrote {written}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: one ``error: ...`` line and exit 2 for every usage or input error."""
+    """Entry point: one ``error: ...`` line and exit 2 for every usage or input error.
+
+    Under torchrun an error on any rank stops every rank with the same exit status, and the
+    line is printed once, by rank 0 (exposure_audit/distributed.py); a rank that is lost (killed,
+    or silent past the timeout) makes the others exit 3."""
+    from . import distributed
+
+    def error(message: str) -> None:
+        team = distributed.team()
+        if team.active:
+            team.fail(message)  # the others raise it at their next exchange; rank 0 prints it
+        if distributed.env_rank() == 0:
+            click.echo(f"error: {message}", err=True)
+
     try:
         cli.main(args=argv, prog_name="exposure-audit", standalone_mode=False)
     except SystemExit as e:
@@ -664,17 +749,30 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Exit as e:
         return e.exit_code
     except click.ClickException as e:  # usage errors, bad option values
-        click.echo(f"error: {e.format_message().splitlines()[0] if e.format_message() else e}", err=True)
+        error(e.format_message().splitlines()[0] if e.format_message() else str(e))
+        return EXIT_USAGE
+    except distributed.PeerError as e:  # another rank's error: rank 0 prints it, once
+        if distributed.is_main():
+            click.echo(f"error: {str(e).splitlines()[0]}", err=True)
         return EXIT_USAGE
     except AuditError as e:
-        click.echo(f"error: {str(e).splitlines()[0]}", err=True)
+        error(str(e).splitlines()[0])
         return EXIT_USAGE
+    except distributed.LostPeer as e:
+        rank = distributed.team().rank
+        click.echo(f"error: {'rank ' + str(rank) + ': ' if rank else ''}{e}", err=True)
+        return EXIT_LOST
     except click.exceptions.Abort:
         click.echo("error: interrupted", err=True)
         return 130
     except KeyboardInterrupt:
         click.echo("error: interrupted", err=True)
         return 130
+    except BaseException as e:  # a bug: the others are told (so they do not wait), then the traceback
+        distributed.team().fail(f"{type(e).__name__}: {e}")
+        raise
+    finally:
+        distributed.stop()
     return EXIT_OK
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import time
+from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import distributed
 from .errors import AuditError
 from .exposure.engine import DEFAULT_BATCH, Nodes, children
 from .exposure.tree import CompiledFormat, compile_format
@@ -188,27 +190,36 @@ def best_first(
     batch: int = 256,
     progress: Callable[[int], None] | None = None,
 ) -> Extraction:
-    """The ``top`` most likely secrets of ``fmt`` in exact order (if ``proven``)."""
+    """The ``top`` most likely secrets of ``fmt`` in exact order (if ``proven``).
+
+    Under torchrun the frontier is replicated: every rank pops the same batch, steps the entries
+    whose parent's state it holds (the root's children are dealt round-robin, and a node's
+    subtree stays with the rank that stepped it), and the ranks exchange the children's costs,
+    so every rank pushes the same entries in the same order as one process would."""
     check_extraction(top=top, max_steps=max_steps)
     scorer = Scorer.of(model)
+    team = distributed.team()
     t0 = time.perf_counter()
     cf = compile_format(scorer, fmt, context)
-    s0 = scorer.steps
     edges, end = cf.edges, cf.end
     # node 0 is the root (after the shared tokens); every other node is one token longer than its parent
     parent: list[int] = [-1]
     token: list[int] = [-1]
     node_pos: list[int] = [0]
     node_depth: list[int] = [0]
+    owner = array("i", [-1])  # the rank holding each node's state (-1: every rank, the root)
+    local = array("q", [0])  # each node's row in this rank's states (-1: another rank's)
+    dealt = 0  # children of the root handed out so far (round-robin over ranks)
     states = _States(scorer, cf.state)
     tie = itertools.count()
     frontier: list[tuple[float, int, int, int]] = []  # (cost, tiebreak, node, edge)
 
-    def push_children(nodes: list[int], costs: torch.Tensor, logp: torch.Tensor) -> None:
-        for row, node in enumerate(nodes):
-            e = edges[node_pos[node]]
-            for j, c in enumerate((costs[row] + e.bits(logp[row : row + 1])[0]).tolist()):
-                heapq.heappush(frontier, (c, next(tie), node, j))
+    def child_costs(cost: float, node_position: int, logp_row: torch.Tensor) -> list[float]:
+        return (cost + edges[node_position].bits(logp_row)[0]).tolist()
+
+    def push(node: int, costs: list[float]) -> None:
+        for j, c in enumerate(costs):
+            heapq.heappush(frontier, (c, next(tie), node, j))
 
     def path_of(node: int, j: int) -> list[int]:
         ids = [int(edges[node_pos[node]].ids[j])]
@@ -217,11 +228,12 @@ def best_first(
             node = parent[node]
         return ids[::-1]
 
-    push_children([0], torch.tensor([cf.base_cost], dtype=torch.float64), cf.logp)
+    push(0, child_costs(cf.base_cost, 0, cf.logp))
     done: list[tuple[float, int, int, int]] = []  # completed canonical candidates not yet proven
     found: list[tuple[float, int, int]] = []  # proven, in order: (cost, node, edge)
     proven = False
     noncanonical = 0
+    steps = 0  # model steps of the search (every rank's together)
     while True:
         # Emit completed candidates that no frontier entry can beat.
         bound = frontier[0][0] if frontier else float("inf")
@@ -246,27 +258,50 @@ def best_first(
                     heapq.heappush(done, item)
         if not popped:
             continue
-        if scorer.steps - s0 + len(popped) > max_steps:
+        if steps + len(popped) > max_steps:
             for item in popped:
                 heapq.heappush(frontier, item)
             break
+        # who steps each entry: the rank holding its parent's state
+        by: list[int] = []
+        for item in popped:
+            o = owner[item[2]]
+            if o < 0:
+                o, dealt = dealt % team.world, dealt + 1
+            by.append(o)
         # a model whose rows must share a length (a KV cache) steps each depth separately
-        groups = [popped] if scorer.model.ragged else _by_depth(popped, node_depth)
+        groups = [list(range(len(popped)))] if scorer.model.ragged else _by_depth(popped, node_depth)
+        mine: dict[int, list[float]] = {}  # entry -> its children's costs, for the entries this rank steps
+        rows: dict[int, int] = {}  # entry -> its row in this rank's states
         for group in groups:
-            nodes = np.array([p[2] for p in group])
-            ids = torch.as_tensor([int(edges[node_pos[p[2]]].ids[p[3]]) for p in group], dtype=torch.long)
-            state, logp = scorer.step(states.gather(nodes), ids)
+            sel = [i for i in group if by[i] == team.rank]
+            if sel:
+                nodes = np.array([local[popped[i][2]] for i in sel])
+                ids = torch.as_tensor([int(edges[node_pos[popped[i][2]]].ids[popped[i][3]]) for i in sel])
+                state, logp = scorer.step(states.gather(nodes), ids)
+                first = states.add(state, len(sel))
+                for r, i in enumerate(sel):
+                    rows[i] = first + r
+                    nxt = int(edges[node_pos[popped[i][2]]].next[popped[i][3]])
+                    mine[i] = child_costs(popped[i][0], nxt, logp[r : r + 1])
             if progress is not None:
                 progress(len(group))
-            first = states.add(state, len(group))
-            for p, t in zip(group, ids.tolist()):
-                parent.append(p[2])
-                token.append(t)
-                node_pos.append(int(edges[node_pos[p[2]]].next[p[3]]))
-                node_depth.append(node_depth[p[2]] + 1)
-            push_children(
-                list(range(first, first + len(group))), torch.tensor([p[0] for p in group], dtype=torch.float64), logp
-            )
+        if team.world > 1:
+            for part in team.exchange(mine):
+                mine.update(part)
+        steps += len(popped)
+        # every rank records the new nodes and pushes their children in the same order
+        for group in groups:
+            for i in group:
+                cost, _, node, j = popped[i]
+                e = edges[node_pos[node]]
+                parent.append(node)
+                token.append(int(e.ids[j]))
+                node_pos.append(int(e.next[j]))
+                node_depth.append(node_depth[node] + 1)
+                owner.append(by[i])
+                local.append(rows.get(i, -1))
+                push(len(parent) - 1, mine[i])
 
     if not proven:
         # Best found so far: proven ones, then the cheapest completed ones (order not proven).
@@ -276,15 +311,14 @@ def best_first(
 
     candidates = [_candidate(cf, path_of(node, j), c) for c, node, j in found]
     details = {"expanded_nodes": len(parent), "noncanonical_completions": noncanonical}
-    return _extraction(cf, candidates, scorer.steps - s0, t0, proven=proven, method="best-first", details=details)
+    return _extraction(cf, candidates, steps, t0, proven=proven, method="best-first", details=details)
 
 
-def _by_depth(
-    items: list[tuple[float, int, int, int]], node_depth: list[int]
-) -> list[list[tuple[float, int, int, int]]]:
-    groups: dict[int, list[tuple[float, int, int, int]]] = {}
-    for item in items:
-        groups.setdefault(node_depth[item[2]], []).append(item)
+def _by_depth(items: list[tuple[float, int, int, int]], node_depth: list[int]) -> list[list[int]]:
+    """Positions of ``items`` grouped by their parent's depth (in order of first appearance)."""
+    groups: dict[int, list[int]] = {}
+    for i, item in enumerate(items):
+        groups.setdefault(node_depth[item[2]], []).append(i)
     return list(groups.values())
 
 

@@ -12,7 +12,9 @@ class Progress:
     def __init__(
         self, total: int | None = None, desc: str = "", quiet: bool = False, unit: str = "it", **kw: Any
     ) -> None:
-        if quiet:
+        from .distributed import is_main
+
+        if quiet or not is_main():  # under torchrun only rank 0 draws bars
             self.bar = None
             return
         # A log file (CI) gets a line every 30 s; a terminal a live bar.

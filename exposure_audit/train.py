@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from .config import AuditConfig, ModelConfig, TrainConfig, config_from_dict
 from .corpus import data_path, data_spec, iter_training_text
+from . import distributed
 from .errors import AuditError
 from .files import (
     atomic_write_bytes,
@@ -109,13 +110,15 @@ def evaluate(
     logits: Any, net: torch.nn.Module, ids: np.ndarray, seq_len: int, batch: int = 256
 ) -> tuple[float, int] | None:
     """Total bits and tokens predicted over ``ids`` (non-overlapping windows, each read from the
-    start), with ``logits(net, ids)`` the kind's forward pass; None if there is nothing to score."""
+    start), with ``logits(net, ids)`` the kind's forward pass; None if there is nothing to score.
+    Under torchrun each rank scores every world-th window and the totals are summed."""
     if len(ids) < 2:
         return None
+    team = distributed.team()
     was_training = net.training
     net.eval()
     total, count = 0.0, 0
-    starts = np.arange(0, len(ids) - 1, seq_len)
+    starts = np.arange(0, len(ids) - 1, seq_len)[team.rank :: team.world]
     for lo in range(0, len(starts), batch):
         group = starts[lo : lo + batch]
         # windows of different lengths only at the very end: score the last one separately
@@ -130,6 +133,9 @@ def evaluate(
             total += float(loss) / LN2
             count += x[:, 1:].numel()
     net.train(was_training)
+    if team.world > 1:
+        parts = team.exchange((total, count))
+        total, count = sum(t for t, _ in parts), sum(c for _, c in parts)
     return total, count
 
 
@@ -173,12 +179,20 @@ class Position:
 
 
 def save_train_state(
-    folder: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, pos: Position, identity: str
+    folder: Path,
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    pos: Position,
+    identity: str,
+    rng_states: Sequence[torch.Tensor] | None = None,
 ) -> None:
     """Everything needed to continue bit-identically: weights, Adam moments, data position and
-    every RNG state. Tensors go to safetensors (no pickle), the rest to JSON; the JSON holds
-    the tensors' SHA-256 and is written last, so it is the commit point."""
+    every RNG state (``rng_states``: every rank's torch RNG under torchrun, rank 0's first).
+    Tensors go to safetensors (no pickle), the rest to JSON; the JSON holds the tensors' SHA-256
+    and the world size, and is written last, so it is the commit point."""
     from safetensors.torch import save
+
+    rng_states = list(rng_states) if rng_states is not None else [torch.get_rng_state()]
 
     tensors = {f"model.{k}": v.detach().clone().contiguous() for k, v in model.state_dict().items()}
     for i, p in enumerate(model.parameters()):
@@ -186,7 +200,9 @@ def save_train_state(
         for key, value in st.items():
             t = value if torch.is_tensor(value) else torch.tensor(value)
             tensors[f"optim.{i}.{key}"] = t.detach().clone().contiguous()
-    tensors["rng.torch"] = torch.get_rng_state().clone()
+    tensors["rng.torch"] = rng_states[0].clone()
+    for rank, state in enumerate(rng_states[1:], 1):
+        tensors[f"rng.torch.{rank}"] = state.clone()
     data = save(tensors)
     atomic_write_bytes(folder / STATE_TENSORS, data)
     atomic_write_json(
@@ -196,14 +212,14 @@ def save_train_state(
             "format_version": 1,
             "identity": identity,
             "position": asdict(pos),
+            "world_size": len(rng_states),
             "tensors_sha256": hashlib.sha256(data).hexdigest(),
         },
     )
 
 
-def load_train_state(folder: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, identity: str) -> Position:
-    from safetensors.torch import load
-
+def read_train_state(folder: Path) -> tuple[dict[str, Any], bytes]:
+    """The saved state's JSON and tensor bytes, checked against each other."""
     meta = read_json(folder / STATE_JSON, "training state")
     if (
         not isinstance(meta, dict)
@@ -211,14 +227,35 @@ def load_train_state(folder: Path, model: torch.nn.Module, opt: torch.optim.Opti
         or meta.get("format_version") != 1
     ):
         raise AuditError(f"{folder / STATE_JSON} is not a training state this version can resume")
-    if meta.get("identity") != identity:
-        raise AuditError(f"{folder}: the saved training state belongs to other data or settings; cannot resume")
     path = folder / STATE_TENSORS
     if not path.is_file():
         raise AuditError(f"{folder}: {STATE_TENSORS} is missing; cannot resume")
     raw = path.read_bytes()
     if hashlib.sha256(raw).hexdigest() != meta.get("tensors_sha256"):
         raise AuditError(f"{path} does not match its sha256 (damaged); cannot resume")
+    return meta, raw
+
+
+def load_train_state(
+    folder: Path,
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    identity: str,
+    saved: tuple[dict[str, Any], bytes] | None = None,
+) -> Position:
+    """Restore a saved state (``saved``: one already read, e.g. by rank 0 for every rank)."""
+    from safetensors.torch import load
+
+    meta, raw = saved if saved is not None else read_train_state(folder)
+    if meta.get("identity") != identity:
+        raise AuditError(f"{folder}: the saved training state belongs to other data or settings; cannot resume")
+    team = distributed.team()
+    saved_world = int(meta.get("world_size", 1))
+    if saved_world != team.world:
+        raise AuditError(
+            f"{folder}: the interrupted training ran on {saved_world} rank(s), this run has {team.world}; "
+            f"resume it with {saved_world} (torchrun --nproc-per-node/--nnodes)"
+        )
     tensors = load(raw)
     model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
     params = list(model.parameters())
@@ -226,7 +263,7 @@ def load_train_state(folder: Path, model: torch.nn.Module, opt: torch.optim.Opti
         st = {k.split(".", 2)[2]: v for k, v in tensors.items() if k.startswith(f"optim.{i}.")}
         if st:
             opt.state[p] = st
-    torch.set_rng_state(tensors["rng.torch"])
+    torch.set_rng_state(tensors["rng.torch" if team.rank == 0 else f"rng.torch.{team.rank}"])
     return Position(**meta["position"])
 
 
@@ -353,6 +390,29 @@ def _make_private(
     )
 
 
+DP_UNDER_TORCHRUN = (
+    "DP-SGD under torchrun is refused: Opacus' distributed Poisson sampler can give a rank an empty "
+    "batch, which this loop skips while DDP needs every rank in each gradient all-reduce; train with "
+    "DP-SGD in one process"
+)
+
+
+def _my_rows(group: np.ndarray, rank: int, world: int) -> np.ndarray:
+    """This rank's windows of a global batch: every world-th one from its rank. A short last
+    batch can leave a rank none; it then runs the first window with a zero share of the loss."""
+    mine = group[rank::world]
+    return mine if len(mine) else group[:1]
+
+
+def _global_mean(local_sum: float, tokens: int) -> float:
+    """The global batch's mean loss from every rank's summed loss (for the bar and metrics)."""
+    import torch.distributed as dist
+
+    t = torch.tensor([local_sum], dtype=torch.float64)
+    dist.all_reduce(t)
+    return float(t[0]) / tokens
+
+
 def _fewest_windows(n: int, seq_len: int) -> int:
     """The fewest windows :func:`_windows` gives for any phase (its count varies by one)."""
     return max(1, len(range(seq_len - 1, n - seq_len - 1, seq_len)))
@@ -389,16 +449,25 @@ def train(
     charges the rate within that share: an upper bound on any window's. DP-SGD runs cannot be
     resumed (the accountant's history is not saved).
     """
+    team = distributed.team()
+    ddp = team.world > 1
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     else:
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
+        torch.set_num_threads(distributed.threads_per_rank() if team.active else max(1, os.cpu_count() or 1))
     if cfg.dp.enabled:
+        if ddp:
+            raise AuditError(DP_UNDER_TORCHRUN)
         if resume:
             raise AuditError(
                 "DP-SGD runs cannot be resumed (the privacy accountant's history is not saved); start over"
             )
         check_dp(cfg)
+    if ddp and cfg.batch_size < team.world:
+        raise AuditError(
+            f"train.batch_size {cfg.batch_size} is the global batch, smaller than the {team.world} ranks: "
+            "every rank needs a window of each batch; use fewer ranks or a larger batch"
+        )
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     learner = trainee(model_cfg, data.tok, dp=cfg.dp.enabled, seq_len=cfg.seq_len)
@@ -406,13 +475,24 @@ def train(
     model.train()
     opt = learner.optimizer(cfg.learning_rate, cfg.weight_decay)
     identity = _identity(data, model_cfg, cfg, seed)
+    writer = folder if team.main else None  # under torchrun only rank 0 writes
+    # Every rank has the same weights (same seed) and window order (same rng); under torchrun
+    # the ranks agree on that (and on a resumed state, which rank 0 reads for all of them).
+    saved = read_train_state(folder) if resume and team.main and folder is not None else None
+    if ddp:
+        parts = team.exchange((identity, saved))
+        if any(ident != identity for ident, _ in parts):
+            raise AuditError("the ranks tokenized the training data differently; they must read the same data folder")
+        saved = parts[0][1]
+        # dropout masks: each rank its own stream (the same one would repeat masks across ranks)
+        torch.manual_seed(seed + 1_000_003 * (team.rank + 1))
     pos = Position()
     metrics: list[dict[str, Any]] = []
-    metrics_path = folder / METRICS if folder is not None else None
+    metrics_path = writer / METRICS if writer is not None else None
     if resume:
         if folder is None:
             raise AuditError("resuming needs the training folder")
-        pos = load_train_state(folder, model, opt, identity)
+        pos = load_train_state(folder, model, opt, identity, saved)
         if metrics_path is not None and metrics_path.exists():
             metrics = [m for m in read_metrics(metrics_path) if m["step"] <= pos.step]
             atomic_write_text(metrics_path, "".join(json.dumps(m) + "\n" for m in metrics))
@@ -428,9 +508,13 @@ def train(
     batches_per_epoch = -(-per_epoch // cfg.batch_size)
     private = _make_private(model, opt, cfg, windows=per_epoch, seed=seed) if cfg.dp.enabled else None
     net, step_opt = (private.module, private.optimizer) if private else (model, opt)
+    if ddp:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model)  # averages the ranks' gradients in backward
     t_start = time.perf_counter() - pos.seconds
 
-    log = MetricsLog(metrics_path, metrics)
+    log = MetricsLog(metrics_path, metrics)  # rank 0's file only (metrics_path is None elsewhere)
 
     def batches(starts: np.ndarray) -> Iterator[np.ndarray]:
         """The epoch's batches of window starts: in order, or Poisson-sampled for DP-SGD."""
@@ -445,7 +529,9 @@ def train(
     def checkpoint() -> None:
         if folder is not None and private is None:
             pos.seconds = time.perf_counter() - t_start
-            save_train_state(folder, model, opt, pos, identity)
+            rngs = team.exchange(torch.get_rng_state()) if ddp else None  # every rank's dropout stream
+            if writer is not None:
+                save_train_state(writer, model, opt, pos, identity, rngs)
 
     # figures of a "track" line: epsilon so far, for DP-SGD (computed only if a line is written)
     extra = {"epsilon": lambda: private.epsilon(cfg.dp.delta)} if private else {}
@@ -469,15 +555,24 @@ def train(
                     continue  # done before the interruption
                 if len(group) == 0:
                     continue  # Poisson sampling can draw an empty batch
-                x = torch.as_tensor(np.stack([data.train[s : s + cfg.seq_len + 1] for s in group]).astype(np.int64))
+                rows = group if not ddp else _my_rows(group, team.rank, team.world)
+                x = torch.as_tensor(np.stack([data.train[s : s + cfg.seq_len + 1] for s in rows]).astype(np.int64))
                 logits = learner.logits(net, x[:, :-1])
-                loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
+                if not ddp:
+                    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
+                else:
+                    # this rank's share of the global batch's mean loss, times the world size:
+                    # DDP averages over ranks, so the gradient is that of the global mean
+                    local = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="sum")
+                    if team.rank >= len(group):
+                        local = local * 0.0  # no window of a short last batch: a zero share, still all-reduced
+                    loss = local * team.world / (len(group) * cfg.seq_len)
                 step_opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if private is None and cfg.grad_clip > 0:  # DP-SGD clips each window's gradient instead
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 step_opt.step()
-                loss_value = loss.item()
+                loss_value = loss.item() if not ddp else _global_mean(local.item(), len(group) * cfg.seq_len)
                 pos.step += 1
                 pos.batch = b + 1
                 pos.loss_sum += loss_value * len(group)
@@ -550,6 +645,8 @@ def train_folder(
             raise AuditError(f"exposure tracking needs {manifest_path} (the data folder of insert)")
         hooks.append(ExposureTracker(Manifest.read(manifest_path).canaries, cfg.track, seed))
     result = train(data, model_cfg, cfg, seed=seed, quiet=quiet, folder=Path(out_dir), resume=resume, hooks=hooks)
+    if not distributed.is_main():  # under torchrun rank 0 writes the checkpoint
+        return result
     for name in (STATE_TENSORS, STATE_JSON):
         (Path(out_dir) / name).unlink(missing_ok=True)  # a finished checkpoint needs no resume state
     result.model.save(
@@ -589,6 +686,12 @@ def run_training(
     """
     out = Path(out)
     staging = staging_path(out, "train")
+    team = distributed.team()
+    if not team.main:
+        # Under torchrun rank 0 checks, reads and writes; the others train from its run description.
+        data_dir, config = team.exchange()[0]
+        cfg = config_from_dict(config, "the run description of rank 0")
+        return train_folder(Path(data_dir), staging, cfg.model, cfg.train, seed=cfg.seed, quiet=True, resume=resume)
     if resume:
         if data_dir is not None or cfg is not None:
             raise AuditError("resuming continues with the saved data folder and settings; give neither")
@@ -608,6 +711,8 @@ def run_training(
                     f"an interrupted training of {out} is saved in {staging}; resume it, or force a fresh start"
                 )
             shutil.rmtree(staging)
+    if team.active:
+        team.exchange((str(Path(data_dir).resolve()), cfg.to_dict()))
     with output_dir(out, force, staging=staging, resumable=lambda d: (d / STATE_JSON).is_file()) as tmp:
         if not resume:
             atomic_write_json(tmp / RUN_JSON, {"data": str(Path(data_dir).resolve()), "config": cfg.to_dict()})

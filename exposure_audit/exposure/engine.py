@@ -145,6 +145,7 @@ class WalkResult:
     seconds: float
     leaves: int = 0  # complete token paths reached
     noncanonical_leaves: int = 0  # of those, paths that are not their text's canonical tokenization
+    foreign_steps: int = 0  # with index_range: steps of nodes whose candidates start before the shard
 
 
 @dataclass
@@ -226,7 +227,10 @@ def walk(
     ``bound``: skip every prefix whose cost already exceeds bound + TIE_TOLERANCE (costs only
     grow, so none of its candidates can score at or under the bound).
     ``max_steps``: stop before a model call that would pass it (``complete`` is then False).
-    ``index_range``: only candidates with ``lo <= index < hi`` (a shard); shards add up.
+    ``index_range``: only candidates with ``lo <= index < hi`` (a shard); shards add up. A node
+    whose candidates straddle shards is stepped by each of them; ``foreign_steps`` counts the
+    ones whose first candidate lies before this shard, so that the shards' ``steps -
+    foreign_steps`` add up to the steps of one walk of the whole range (each node once).
     """
     t0 = time.perf_counter()
     steps0 = scorer.steps
@@ -235,7 +239,7 @@ def walk(
     if index_range is not None and not cf.track_index:
         raise AuditError("sharding by index needs |R| < 2**62")
     below = torch.as_tensor(cf.leaves_below, dtype=torch.long) if index_range is not None else None
-    leaves = noncanonical = 0
+    leaves = noncanonical = foreign = 0
     root = Nodes(
         0,
         cf.state,
@@ -293,12 +297,16 @@ def walk(
             for s in stack:
                 pending.update(s.pos[: s.end].tolist())
             unexplored = sum(cf.leaves_below[p] * c for p, c in pending.items())
-            return WalkResult(scorer.steps - steps0, False, unexplored, time.perf_counter() - t0, leaves, noncanonical)
+            return WalkResult(
+                scorer.steps - steps0, False, unexplored, time.perf_counter() - t0, leaves, noncanonical, foreign
+            )
+        if below is not None and lo_idx > 0:
+            foreign += int((ch.index * below[ch.pos] < lo_idx).sum())
         state, logp = scorer.step(scorer.take(top.state, ch.parent), ch.token)
         if progress is not None:
             progress(m)
         stack.append(Nodes(d + 1, state, logp, ch.cost, ch.pos, ch.index, path))
-    return WalkResult(scorer.steps - steps0, True, 0, time.perf_counter() - t0, leaves, noncanonical)
+    return WalkResult(scorer.steps - steps0, True, 0, time.perf_counter() - t0, leaves, noncanonical, foreign)
 
 
 def enumerate_counts(
@@ -328,6 +336,7 @@ class PrunedRank:
     rank: int | None  # exact, when the walk completed
     bounds: tuple[int, int]  # proven lower and upper bound on the rank
     result: WalkResult
+    found: int = 0  # candidates found at or under the canary (in the shard, with index_range)
 
 
 def pruned_rank(
@@ -338,11 +347,13 @@ def pruned_rank(
     max_steps: int | None = None,
     batch: int = DEFAULT_BATCH,
     progress: Callable[[int], None] | None = None,
+    index_range: tuple[int, int] | None = None,
 ) -> PrunedRank:
     """Exact rank by walking only prefixes whose cost is within the canary's (docs/method.md).
 
     Past ``max_steps`` it stops: the candidates found so far are a proven lower bound on the
     rank, and found + the candidates under every unexpanded in-bound node an upper bound.
+    ``index_range``: only that shard's candidates (``found`` holds their count).
     """
     found = 0
 
@@ -350,12 +361,21 @@ def pruned_rank(
         nonlocal found
         found += len(costs)
 
-    result = walk(scorer, cf, leaves, bound=canary_cost, max_steps=max_steps, batch=batch, progress=progress)
+    result = walk(
+        scorer,
+        cf,
+        leaves,
+        bound=canary_cost,
+        max_steps=max_steps,
+        batch=batch,
+        progress=progress,
+        index_range=index_range,
+    )
     space = cf.fmt.space_size
     if result.complete:
         rank = max(1, found)
-        return PrunedRank(rank, (rank, rank), result)
-    return PrunedRank(None, (max(1, found), min(space, max(1, found + result.unexplored_leaves))), result)
+        return PrunedRank(rank, (rank, rank), result, found)
+    return PrunedRank(None, (max(1, found), min(space, max(1, found + result.unexplored_leaves))), result, found)
 
 
 def brute_force_counts(
@@ -366,11 +386,15 @@ def brute_force_counts(
     context: str | None = None,
     batch: int = DEFAULT_BATCH,
     progress: Callable[[int], None] | None = None,
+    index_range: tuple[int, int] | None = None,
 ) -> np.ndarray:
-    """The naive reference: score every candidate's whole line with :func:`score`."""
+    """The naive reference: score every candidate's whole line with :func:`score`.
+
+    ``index_range``: only candidates ``lo <= index < hi`` (a shard; ``lo`` a multiple of
+    ``batch`` keeps every batch, and so every score, as in the whole run)."""
     counter = ThresholdCounter(thresholds)
-    size = fmt.space_size
-    for lo in range(0, size, batch):
+    start, size = index_range if index_range is not None else (0, fmt.space_size)
+    for lo in range(start, size, batch):
         texts = [fmt.render(fmt.fill(i)) for i in range(lo, min(size, lo + batch))]
         counter.add(np.asarray(score(scorer, texts, context=context, batch=batch)))
         if progress is not None:

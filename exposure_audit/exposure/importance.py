@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import distributed
 from ..models.base import Scorer
 from .engine import DEFAULT_BATCH, TIE_TOLERANCE
 from .math import Estimate, clamp_exposure, log2_int
@@ -186,14 +187,16 @@ def importance_samples(
     """Draw ``m`` candidates of ``cf`` from the mixture proposal and score them (one forward pass each).
 
     Every random draw flows from ``seed`` (and the format's source): the uniform secrets from a
-    ``random.Random``, the tree proposals' tokens from a ``torch.Generator``.
+    ``random.Random``, the tree proposals' tokens from a ``torch.Generator`` of their own per
+    chunk of ``batch`` draws (seeded by the chunk's number). So a chunk's draws and scores do not
+    depend on which process makes them: under torchrun each rank draws every world-th chunk,
+    and the gathered samples are those of one process.
     """
     proposal = proposal or Proposal()
     t0 = time.perf_counter()
     s0 = scorer.steps
     fmt = cf.fmt
     rng = random.Random(f"exposure-audit:{seed}:importance:{fmt.source}")
-    gen = torch.Generator().manual_seed(rng.getrandbits(63))
     counts = proposal.counts(m)
     uniform_paths = cf.line_ids(fmt.sample(rng, counts[0], distinct=False))
     # rows: (forced path or None, component index among the tempered ones or -1)
@@ -208,19 +211,33 @@ def importance_samples(
     canonical = np.ones(m, dtype=bool)
     nodes: list[list[tuple[float, float]]] = [[] for _ in range(m)]
     noncanonical = 0
-    for lo in range(0, m, batch):
+    team = distributed.team()
+    done = []
+    for lo in list(range(0, m, batch))[team.rank :: team.world]:
         chunk = rows[lo : lo + batch]
+        gen = torch.Generator().manual_seed(
+            random.Random(f"exposure-audit:{seed}:importance:{fmt.source}:{lo // batch}").getrandbits(63)
+        )
         cost, lq, paths, nd = _draw_chunk(scorer, cf, chunk, betas, gen, log2_paths)
-        px[lo : lo + len(chunk)] = cost
-        logq[lo : lo + len(chunk)] = lq
-        for i, n in enumerate(nd):
-            nodes[lo + i] = n
+        ok_rows = np.ones(len(chunk), dtype=bool)
         if cf.ambiguous:
             sampled = [i for i, (forced, _) in enumerate(chunk) if forced is None]
             ok = cf.canonical_mask([paths[i] for i in sampled])
-            for i, good in zip(sampled, ok):
-                canonical[lo + i] = bool(good)
-            noncanonical += int((~ok).sum())
+            ok_rows[sampled] = ok
+        done.append((lo, cost, lq, nd, ok_rows))
+    steps = scorer.steps - s0
+    if team.world > 1:
+        parts = team.exchange((done, steps))
+        done = [d for part, _ in parts for d in part]
+        steps = sum(st for _, st in parts)
+        scorer.steps = s0 + steps
+    for lo, cost, lq, nd, ok_rows in done:
+        px[lo : lo + len(cost)] = cost
+        logq[lo : lo + len(cost)] = lq
+        for i, n in enumerate(nd):
+            nodes[lo + i] = n
+        canonical[lo : lo + len(cost)] = ok_rows
+        noncanonical += int((~ok_rows).sum())
     # the mixture density of every draw, whichever component drew it (balance heuristic)
     shares = np.array([c / m for c in counts])
     mix = np.full(m, -np.inf)
@@ -244,7 +261,7 @@ def importance_samples(
         node_cost=node_cost,
         node_log2_paths=node_paths,
         components=counts,
-        steps=scorer.steps - s0,
+        steps=steps,
         seconds=time.perf_counter() - t0,
         noncanonical=noncanonical,
         proposal=proposal,

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from .. import distributed
 from ..errors import AuditError
 from ..formats import Format
 from ..models.base import Scorer
@@ -214,6 +215,7 @@ def measure_with(
     """:func:`measure` with its options as one object. ``plans``, if given, receives per format
     what ``auto`` chose and why (:class:`Plan`), for the report's ``model.plan``."""
     opts.check()
+    distributed.team().exchange()  # under torchrun: every rank got this far (or all stop with the error)
     scorer = Scorer.of(model)
     results: list[CanaryResult | None] = [None] * len(canaries)
     groups: dict[str, list[int]] = {}
@@ -414,11 +416,9 @@ def _measure_format(
             unit="step" if method == "enumerate" else "cand",
         ) as bar:
             if method == "enumerate":
-                counts, _ = engine.enumerate_counts(scorer, cf, px, batch=opts.batch, progress=bar.update)
+                counts = _enumerate(scorer, cf, px, opts, bar.update)
             else:
-                counts = engine.brute_force_counts(
-                    scorer, fmt, px, context=opts.context, batch=opts.batch, progress=bar.update
-                )
+                counts = _brute_force(scorer, cf, px, opts, bar.update)
         steps = scorer.steps - s1 + setup_steps
         seconds = time.perf_counter() - t1 + setup_seconds
         results = [
@@ -443,9 +443,7 @@ def _measure_format(
         bounds: tuple[int, int] | None = None
         if try_pruned:
             with Progress(total=opts.max_steps, desc=f"pruned {fmt.source}", quiet=opts.quiet, unit="step") as bar:
-                pr = engine.pruned_rank(
-                    scorer, cf, float(p), max_steps=opts.max_steps, batch=opts.batch, progress=bar.update
-                )
+                pr = _pruned(scorer, cf, float(p), opts, bar.update)
             if pr.rank is not None:
                 extra = {}
                 if draws is not None:
@@ -467,6 +465,84 @@ def _measure_format(
     return out, cf, draws, plan
 
 
+# -- the heavy parts, shared by the ranks of a torchrun job (docs/distributed.md) ----------
+# Each returns what one process would: counts are exact integer sums, and the model steps
+# reported are those of one walk of the whole tree (Scorer.steps is set to them), so the report
+# does not depend on the world size.
+
+
+def _subtree_align(fmt: Format, world: int) -> int:
+    """Candidates under one node after the first hole characters: shards made of whole such
+    subtrees share no node below them. Enough subtrees for every rank (4 each where |R| allows)."""
+    blocks, k = 1, 0
+    while k < len(fmt.radices) and blocks < 4 * world:
+        blocks *= len(fmt.radices[k])
+        k += 1
+    return max(1, fmt.space_size // blocks)
+
+
+def _shard(cf: CompiledFormat, align: int, opts: MeasureOptions) -> tuple[int, int]:
+    team = distributed.team()
+    size = cf.fmt.space_size
+    useful = -(-size // align)
+    if useful < team.world and not opts.quiet:
+        distributed.note(
+            f"format {cf.fmt.source!r}: {useful} shard(s) of work for {team.world} ranks; {team.world - useful} idle"
+        )
+    return team.split(size, align)
+
+
+def _enumerate(scorer: Scorer, cf: CompiledFormat, px: np.ndarray, opts: MeasureOptions, progress) -> np.ndarray:
+    team = distributed.team()
+    if team.world == 1 or not cf.track_index:
+        return engine.enumerate_counts(scorer, cf, px, batch=opts.batch, progress=progress)[0]
+    s0 = scorer.steps
+    lo, hi = _shard(cf, _subtree_align(cf.fmt, team.world), opts)
+    counts, res = engine.enumerate_counts(scorer, cf, px, batch=opts.batch, index_range=(lo, hi), progress=progress)
+    *total, steps = team.all_sum([*counts.tolist(), res.steps - res.foreign_steps])
+    scorer.steps = s0 + steps
+    return np.asarray(total, dtype=np.int64)
+
+
+def _brute_force(scorer: Scorer, cf: CompiledFormat, px: np.ndarray, opts: MeasureOptions, progress) -> np.ndarray:
+    team = distributed.team()
+    fmt = cf.fmt
+    if team.world == 1:
+        return engine.brute_force_counts(scorer, fmt, px, context=opts.context, batch=opts.batch, progress=progress)
+    s0 = scorer.steps
+    lo, hi = _shard(cf, opts.batch, opts)  # whole batches: every score as in one process
+    counts = engine.brute_force_counts(
+        scorer, fmt, px, context=opts.context, batch=opts.batch, progress=progress, index_range=(lo, hi)
+    )
+    *total, steps = team.all_sum([*counts.tolist(), scorer.steps - s0])
+    scorer.steps = s0 + steps
+    return np.asarray(total, dtype=np.int64)
+
+
+def _pruned(scorer: Scorer, cf: CompiledFormat, px: float, opts: MeasureOptions, progress) -> engine.PrunedRank:
+    """A pruned walk, its subtrees under the first hole characters shared by the ranks.
+
+    Within the budget the ranks' counts add up to the exact rank, and their steps (each node
+    once) to one walk's. Where the budget runs out, the proven bounds depend on the order in
+    which one walk met the nodes, so every rank then takes that one walk: the report stays the
+    single process's."""
+    team = distributed.team()
+    single = dict(max_steps=opts.max_steps, batch=opts.batch, progress=progress)
+    if team.world == 1 or not cf.track_index:
+        return engine.pruned_rank(scorer, cf, px, **single)
+    s0 = scorer.steps
+    lo, hi = team.split(cf.fmt.space_size, _subtree_align(cf.fmt, team.world))
+    pr = engine.pruned_rank(scorer, cf, px, index_range=(lo, hi), **single)
+    res = pr.result
+    found, steps, unfinished = team.all_sum([pr.found, res.steps - res.foreign_steps, 0 if res.complete else 1])
+    if not unfinished and steps <= opts.max_steps:
+        rank = max(1, found)
+        scorer.steps = s0 + steps
+        return engine.PrunedRank(rank, (rank, rank), res, found)
+    scorer.steps = s0
+    return engine.pruned_rank(scorer, cf, px, **single)
+
+
 def _finish(plan: Plan, steps: int, exact: int, seconds: float) -> None:
     plan.actual_steps, plan.exact, plan.seconds = steps, exact, round(seconds, 3)
 
@@ -480,11 +556,24 @@ def _sample_scores(scorer: Scorer, cf: CompiledFormat, px: Sequence[float], opts
     distinct = opts.samples <= fmt.space_size // 2
     secrets = fmt.sample(rng, opts.samples, distinct=distinct)
     scores = np.empty(len(secrets))
-    with Progress(total=len(secrets), desc=f"sample {fmt.source}", quiet=opts.quiet, unit="cand") as bar:
-        for lo in range(0, len(secrets), opts.batch):
+    # under torchrun each rank scores every world-th batch; the batches are those of one process
+    team = distributed.team()
+    mine = list(range(0, len(secrets), opts.batch))[team.rank :: team.world]
+    done: list[tuple[int, np.ndarray]] = []
+    share = sum(len(secrets[lo : lo + opts.batch]) for lo in mine)
+    with Progress(total=share, desc=f"sample {fmt.source}", quiet=opts.quiet, unit="cand") as bar:
+        for lo in mine:
             chunk = secrets[lo : lo + opts.batch]
-            scores[lo : lo + len(chunk)] = engine.score_secrets(scorer, cf, chunk, opts.batch)
+            done.append((lo, engine.score_secrets(scorer, cf, chunk, opts.batch)))
             bar.update(len(chunk))
+    steps = scorer.steps - s0
+    if team.world > 1:
+        parts = team.exchange((done, steps))
+        done = [d for part, _ in parts for d in part]
+        steps = sum(st for _, st in parts)
+        scorer.steps = s0 + steps
+    for lo, chunk_scores in done:
+        scores[lo : lo + len(chunk_scores)] = chunk_scores
     try:
         fit, point, ci = skewnorm_exposure(
             np.asarray(px, dtype=np.float64),
@@ -501,7 +590,7 @@ def _sample_scores(scorer: Scorer, cf: CompiledFormat, px: Sequence[float], opts
         }
     except ValueError as e:
         skewnorm = str(e)
-    return FormatSamples(scores=scores, steps=scorer.steps - s0, seconds=time.perf_counter() - t0, skewnorm=skewnorm)
+    return FormatSamples(scores=scores, steps=steps, seconds=time.perf_counter() - t0, skewnorm=skewnorm)
 
 
 def _estimate(

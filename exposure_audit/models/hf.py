@@ -337,6 +337,8 @@ def is_hf_checkpoint(path: Path | str) -> bool:
 
 
 def _resolve_device(device: str) -> torch.device:
+    if device.startswith("cuda:") and device[5:].isdigit() and torch.cuda.is_available():
+        return torch.device(device)  # one GPU per local rank under torchrun (distributed.model_device)
     if device not in DEVICES:
         raise AuditError(f"device {device!r}: expected one of {', '.join(DEVICES)}")
     if device == "cuda" and not torch.cuda.is_available():

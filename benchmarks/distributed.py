@@ -1,0 +1,138 @@
+"""torchrun scaling on this machine: enumeration of a 10^6 format and DDP training, at world
+size 1 and 2 (one thread per process), side by side with the speedup and scaling efficiency.
+
+    python benchmarks/distributed.py [--world 2] [--hidden 128] [--train-chars 1000000]
+
+Each configuration runs the real command (``exposure-audit measure --method enumerate`` and
+``exposure-audit train``), under ``torchrun`` for world sizes above 1. The times are the
+command's own (from its JSON report and metrics), so process start-up and model loading are
+left out; the wall time of each launch is printed beside them. Nothing is asserted: the figures
+are printed for docs/distributed.md. It also checks that the reports agree across world sizes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(world: int, args: list[str], cwd: Path) -> float:
+    """Run one command at ``world`` ranks (torchrun above 1); its wall time in seconds."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    if world == 1:
+        cmd = [sys.executable, "-m", "exposure_audit", *args]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(world)]
+        cmd += ["--master-addr", "127.0.0.1", "--master-port", str(free_port()), "-m", "exposure_audit", *args]
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if p.returncode != 0:
+        sys.exit(f"failed ({' '.join(args[:1])} at world size {world}):\n{p.stderr[-2000:]}")
+    return time.perf_counter() - t0
+
+
+def setup(root: Path, hidden: int, chars: int) -> None:
+    """A model of the chosen size (random weights: enumeration costs the same whatever they are),
+    a manifest with a {d:6} format, and a synthetic training corpus."""
+    import torch
+
+    from exposure_audit.cli import main
+    from exposure_audit.models import CharLSTM, CharLSTMConfig, Vocabulary, save_checkpoint
+
+    rng = random.Random(0)
+    words = ["the", "model", "reads", "text", "and", "learns", "a", "line", "of", "words", "every", "day", "pin"]
+    lines, size = [], 0
+    while size < chars:
+        line = " ".join(rng.choice(words) for _ in range(rng.randint(3, 12)))
+        lines.append(line)
+        size += len(line) + 1
+    (root / "corpus.txt").write_text("\n".join(lines) + "\n")
+    argv = ["insert", "--corpus", str(root / "corpus.txt"), "--out", str(root / "data"), "--format", "pin {d:6}"]
+    assert main([*argv, "--schedule", "0,1", "--per-count", "2", "-q"]) == 0
+    torch.manual_seed(0)
+    vocab = Vocabulary.from_chars(set("".join(lines)) | set("0123456789\n"))
+    model = CharLSTM(vocab, CharLSTMConfig(embedding=16, hidden=hidden, layers=2))
+    (root / "model").mkdir()
+    save_checkpoint(model.eval(), root / "model", {})
+
+
+def enumerate_at(world: int, root: Path) -> tuple[float, float, dict]:
+    out = root / f"enum-{world}.json"
+    args = ["measure", "--model", "model", "--canaries", "data/canaries.json", "--any-model"]
+    args += ["--method", "enumerate", "--json", str(out), "-q", "--force"]
+    wall = launch(world, args, root)
+    report = json.loads(out.read_text())
+    return report["canaries"][0]["seconds"], wall, report
+
+
+def train_at(world: int, root: Path, hidden: int) -> tuple[float, float, int, dict]:
+    out = root / f"train-{world}"
+    (root / "threads.yaml").write_text("train: {threads: 1}\n")
+    args = ["train", "--data", "data", "--out", str(out), "--config", "threads.yaml", "--hidden", str(hidden)]
+    args += ["--embedding", "16", "--layers", "2", "--epochs", "1", "--seq-len", "100", "--batch-size", "64"]
+    args += ["-q", "--force"]
+    wall = launch(world, args, root)
+    last = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()][-1]
+    return last["seconds"], wall, last["step"], last
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--world", type=int, default=2, help="the world size compared with 1")
+    ap.add_argument("--hidden", type=int, default=128, help="LSTM units per layer (2 layers)")
+    ap.add_argument("--train-chars", type=int, default=1_000_000, help="characters of the training corpus")
+    a = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="exposure-audit-dist-") as tmp:
+        root = Path(tmp)
+        setup(root, a.hidden, a.train_chars)
+        print(f"one thread per process; {os.cpu_count()} CPU cores; char-LSTM 2x{a.hidden}\n")
+
+        e1, w1, r1 = enumerate_at(1, root)
+        eN, wN, rN = enumerate_at(a.world, root)
+        steps = r1["canaries"][0]["model_steps"]
+        same = [(c["rank"], c["exposure"]) for c in r1["canaries"]] == [
+            (c["rank"], c["exposure"]) for c in rN["canaries"]
+        ] and r1["table"] == rN["table"]
+        t1, tw1, st1, m1 = train_at(1, root, a.hidden)
+        tN, twN, stN, mN = train_at(a.world, root, a.hidden)
+        tokens = st1 * 64 * 100  # steps x global batch x window
+
+        head = f"{'':34}{'world 1':>12}{'world ' + str(a.world):>12}{'speedup':>10}{'efficiency':>12}"
+        print(head)
+        print("-" * len(head))
+
+        def row(name: str, one: float, many: float, unit: str, higher_better: bool) -> None:
+            speedup = many / one if higher_better else one / many
+            print(f"{name:34}{one:>10.1f}{unit:>2}{many:>10.1f}{unit:>2}{speedup:>9.2f}x{speedup / a.world:>11.0%}")
+
+        row("enumerate pin {d:6}: seconds", e1, eN, " s", False)
+        row("  model steps per second (k)", steps / e1 / 1e3, steps / eN / 1e3, "  ", True)
+        row("train (DDP): seconds, 1 epoch", t1, tN, " s", False)
+        row("  tokens per second (k)", tokens / t1 / 1e3, tokens / tN / 1e3, "  ", True)
+        print(f"\nenumeration: {steps:,} model steps; reports identical across world sizes: {'yes' if same else 'NO'}")
+        print(
+            f"training: {st1} steps of 64 x 100 tokens; validation {m1['valid_bpc']:.6f} (world 1) vs "
+            f"{mN['valid_bpc']:.6f} (world {a.world}) bits/char"
+        )
+        print(f"wall time of each launch (start-up included): enumerate {w1:.1f} s / {wN:.1f} s, ", end="")
+        print(f"train {tw1:.1f} s / {twN:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
