@@ -102,7 +102,17 @@ def build(tokenizer: Any, cfg: TransformerConfig, *, dropout: float) -> torch.nn
 def load_base(path: Path) -> tuple[torch.nn.Module, Any, int | None]:
     """A user's model to fine-tune: its module (float32, CPU), tokenizer and context length."""
     base = load_hf(path, device="cpu", dtype="float32")
-    return base.model.train(), base.tokenizer, base.max_positions
+    net = base.model
+    if getattr(net, "hf_quantizer", None) is not None:
+        # A GGUF file loads dequantized (plain float32 tensors), but transformers keeps its
+        # quantizer attached and then refuses save_pretrained. What is trained and saved here is
+        # the float model, so it is detached: the output is an ordinary safetensors folder.
+        net.hf_quantizer = None
+        net.is_quantized = False
+        for cfg in (net.config, getattr(net, "generation_config", None)):
+            if cfg is not None and hasattr(cfg, "quantization_config"):
+                delattr(cfg, "quantization_config")
+    return net.train(), base.tokenizer, base.max_positions
 
 
 def encode(tokenizer: Any, lines: Iterable[str], block: int = 4096) -> np.ndarray:
