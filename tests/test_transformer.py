@@ -130,3 +130,29 @@ def test_bad_transformer_requests(world, tmp_path, capsys, config, extra, match)
 
 def test_model_config_defaults_stay_the_paper_lstm():
     assert ModelConfig().kind == "char-lstm" and ModelConfig().hidden == 200
+
+
+def test_base_loaded_from_gguf_saves_as_a_plain_float_model(tmp_path, monkeypatch):
+    """A GGUF base loads dequantized, but transformers leaves its quantizer attached and then
+    refuses save_pretrained; load_base detaches it so a fine-tuned GGUF model can be saved."""
+    from exposure_audit.models import hf, transformer
+
+    folder = tiny_model(tmp_path / "base", arch="llama", tokenizer="split-digits")
+    real = hf.load_hf(folder, device="cpu", dtype="float32")
+
+    class NotSerializable:  # what transformers attaches to a model read from a GGUF file
+        quantization_config = type("Q", (), {"quant_method": "gguf"})()
+
+        def is_serializable(self) -> bool:
+            return False
+
+    real.model.hf_quantizer = NotSerializable()
+    real.model.config.quantization_config = {"quant_method": "gguf"}
+    with pytest.raises(ValueError, match="not serializable"):
+        real.model.save_pretrained(tmp_path / "refused", safe_serialization=True)
+    monkeypatch.setattr(transformer, "load_hf", lambda *a, **k: real)
+    net, tok, ctx = transformer.load_base(folder)
+    assert net.training and ctx == 128
+    assert not hasattr(net.config, "quantization_config")
+    net.save_pretrained(tmp_path / "saved", safe_serialization=True)
+    assert (tmp_path / "saved" / "model.safetensors").is_file()
