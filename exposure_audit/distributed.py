@@ -95,6 +95,12 @@ class Team:
         """Element-wise sums of integer counters over ranks (exact: Python ints)."""
         return [sum(col) for col in zip(*self.exchange([int(v) for v in values]))]
 
+    def gather_chunks(self, chunks: list[Any], steps: int) -> tuple[list[Any], int]:
+        """Every rank's chunks of a job split by chunk (each chunk scored by one rank), in rank
+        order, and the sum of the ranks' model steps: what one process would have done."""
+        parts = self.exchange((chunks, steps))
+        return [c for part, _ in parts for c in part], sum(st for _, st in parts)
+
     def split(self, size: int, align: int = 1) -> tuple[int, int]:
         """This rank's contiguous share ``[lo, hi)`` of ``range(size)``, the boundaries at
         multiples of ``align`` (so shards are whole subtrees or whole batches)."""

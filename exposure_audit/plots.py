@@ -217,7 +217,8 @@ def plot_sweep_tracking(runs: Sequence[tuple[str, Sequence[dict[str, Any]]]], pa
     right.set_xlabel("validation bits/char reached (lower = more useful)")
     right.invert_xaxis()
     right.set_title("Exposure at equal utility")
-    left.legend(fontsize=6, ncol=2)
+    handles, labels = left.get_legend_handles_labels()  # beside the panels: inside, it hides the top curves
+    right.legend(handles, labels, fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     return _save(fig, path)
 
 

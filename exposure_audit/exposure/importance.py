@@ -225,12 +225,8 @@ def importance_samples(
             ok = cf.canonical_mask([paths[i] for i in sampled])
             ok_rows[sampled] = ok
         done.append((lo, cost, lq, nd, ok_rows))
-    steps = scorer.steps - s0
-    if team.world > 1:
-        parts = team.exchange((done, steps))
-        done = [d for part, _ in parts for d in part]
-        steps = sum(st for _, st in parts)
-        scorer.steps = s0 + steps
+    done, steps = team.gather_chunks(done, scorer.steps - s0)
+    scorer.steps = s0 + steps
     for lo, cost, lq, nd, ok_rows in done:
         px[lo : lo + len(cost)] = cost
         logq[lo : lo + len(cost)] = lq

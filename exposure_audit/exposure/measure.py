@@ -566,12 +566,8 @@ def _sample_scores(scorer: Scorer, cf: CompiledFormat, px: Sequence[float], opts
             chunk = secrets[lo : lo + opts.batch]
             done.append((lo, engine.score_secrets(scorer, cf, chunk, opts.batch)))
             bar.update(len(chunk))
-    steps = scorer.steps - s0
-    if team.world > 1:
-        parts = team.exchange((done, steps))
-        done = [d for part, _ in parts for d in part]
-        steps = sum(st for _, st in parts)
-        scorer.steps = s0 + steps
+    done, steps = team.gather_chunks(done, scorer.steps - s0)
+    scorer.steps = s0 + steps
     for lo, chunk_scores in done:
         scores[lo : lo + len(chunk_scores)] = chunk_scores
     try:
