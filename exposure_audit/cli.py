@@ -756,8 +756,10 @@ def main(argv: list[str] | None = None) -> int:
             click.echo(f"error: {message}", err=True)
 
     _DEBUG[0] = False
+    lost = False
     try:
         code = cli.main(args=argv, prog_name="exposure-audit", standalone_mode=False)
+        distributed.team().finish()  # under torchrun: every rank done, or the others' error
         return code if isinstance(code, int) else EXIT_OK
     except SystemExit as e:  # click's --help/--version (0) and our early exits; a stray 1 is not a verdict
         code = e.code if isinstance(e.code, int) else (EXIT_OK if e.code is None else EXIT_USAGE)
@@ -777,6 +779,7 @@ def main(argv: list[str] | None = None) -> int:
     except distributed.LostPeer as e:
         rank = distributed.team().rank
         click.echo(f"error: {'rank ' + str(rank) + ': ' if rank else ''}{e}", err=True)
+        lost = True
         return EXIT_LOST
     except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("error: interrupted", err=True)
@@ -789,7 +792,7 @@ def main(argv: list[str] | None = None) -> int:
         click.echo(_internal_error(e, debug=_DEBUG[0]), err=True)
         return EXIT_INTERNAL
     finally:
-        distributed.stop()
+        distributed.stop(lost=lost)
 
 
 _DEBUG = [False]  # set by the group's --debug (click parses it before the command runs)
@@ -817,10 +820,12 @@ def _internal_error(e: BaseException, *, debug: bool) -> str:
     return f"error: internal error ({what[:200]}): this is a bug in exposure-audit, please report it; {where}"
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def run() -> None:
-    """Console-script entry point."""
-    sys.exit(main())
+    """Console-script entry point (and ``python -m exposure_audit``)."""
+    from .distributed import leave
+
+    leave(main())
+
+
+if __name__ == "__main__":
+    run()

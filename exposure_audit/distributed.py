@@ -52,6 +52,7 @@ class Team:
     backend: str | None = None
     device: str = "cpu"
     control: Any = None  # the gloo group that carries exchanges (the default group unless that is NCCL)
+    finished: bool = False  # the last exchange of a command's normal path was made (:meth:`finish`)
 
     @property
     def main(self) -> bool:
@@ -90,6 +91,13 @@ class Team:
             pass  # the others are gone already: nothing left to tell
         finally:
             timer.cancel()
+
+    def finish(self) -> None:
+        """The last exchange of a command that succeeded on this rank: raises :class:`PeerError`
+        if another rank failed instead, so that every rank ends with the same status."""
+        if self.active:
+            self.exchange(None)
+            self.finished = True
 
     def all_sum(self, values: Sequence[int]) -> list[int]:
         """Element-wise sums of integer counters over ranks (exact: Python ints)."""
@@ -222,17 +230,59 @@ def start(backend: str = "auto", *, timeout: float = DEFAULT_TIMEOUT, uses_cuda:
     return _TEAM
 
 
-def stop() -> None:
-    """Leave the process group (at exit), and fall back to the solo team."""
-    global _TEAM
-    if _TEAM.active:
-        import torch.distributed as dist
+def stop(*, lost: bool = False) -> None:
+    """Leave the process group at the end of a command, on every path (docs/distributed.md,
+    "Shutdown"), and fall back to the solo team.
 
+    1. A last exchange (``lost`` False; :meth:`Team.finish` on the normal path, one here on an
+       error path): no rank tears its group down while a peer still talks to it (rank 0 may
+       still be writing the outputs while the others are done).
+    2. Garbage collection: DistributedDataParallel's reducer sits in reference cycles with the
+       model's hooks and holds the group; collected now, not during interpreter finalization,
+       where gloo's worker threads releasing tensors abort the process ("terminate called
+       without an active exception").
+    3. ``destroy_process_group`` and another collection, so the group's threads are joined now.
+
+    With ``lost`` (a peer died or timed out) the group is broken: nothing is exchanged or torn
+    down, and the entry point leaves at once (:func:`leave`).
+    """
+    global _TEAM
+    team = _TEAM
+    _TEAM = Team()
+    if not team.active or lost:
+        return
+    import gc
+
+    import torch.distributed as dist
+
+    if not team.finished:  # an error path: the peers are told already (fail), now meet once more
         try:
-            dist.destroy_process_group()
+            team._gather((None, None))
+        except LostPeer:
+            return  # a peer is gone: its group cannot be torn down in step with it
+    gc.collect()
+    try:
+        dist.destroy_process_group()
+    except Exception:
+        pass
+    gc.collect()
+
+
+def leave(code: int) -> None:
+    """End a process that ran under torchrun with ``code`` without interpreter finalization:
+    after :func:`stop`, nothing is left to say to the peers, and finalization would run the
+    destructors of torch's C++ objects (gloo contexts, their threads) in an arbitrary order.
+    Output is flushed first. A process outside torchrun exits normally."""
+    import sys
+
+    if not launched():
+        sys.exit(code)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
         except Exception:
             pass
-    _TEAM = Team()
+    os._exit(code)
 
 
 def model_device(requested: str) -> str:

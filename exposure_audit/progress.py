@@ -13,6 +13,7 @@ from typing import Any, TextIO
 from tqdm import tqdm
 
 LOG_INTERVAL = 30.0  # seconds between the plain lines of a log
+FIRST_LINE = 2.0  # a job still running after this many seconds says so at once (then every LOG_INTERVAL)
 
 
 def _si(n: float) -> str:
@@ -24,7 +25,8 @@ def _si(n: float) -> str:
 
 class LogLines:
     """What a log gets instead of a bar: ``desc: 1.2k/5k batch (24%), 310 batch/s, 4s elapsed[, key=value]``
-    every ``interval`` seconds while work goes on, and once when it ends (if it ran at all)."""
+    once the job has run ``FIRST_LINE`` seconds, then every ``interval`` seconds while it goes on,
+    and once when it ends (if it did anything): a quick job is one line."""
 
     def __init__(
         self,
@@ -39,8 +41,11 @@ class LogLines:
         self.interval = LOG_INTERVAL if interval is None else interval
         self.n, self.start_n = initial, initial
         self.stream = stream
-        self.t0 = self.last = time.monotonic()
+        self.t0 = time.monotonic()
+        self.last = self.t0 - self.interval + FIRST_LINE  # the first line comes FIRST_LINE seconds in
         self.fields: dict[str, Any] = {}
+        if total is None:  # no count to report as it goes: say that it started
+            self._write(f"{desc}: started")
 
     def update(self, n: int = 1) -> None:
         self.n += n
@@ -53,7 +58,7 @@ class LogLines:
         self.fields = kw
 
     def close(self) -> None:
-        if self.n > self.start_n:
+        if self.n > self.start_n or self.total is None:
             self._line(time.monotonic(), done=True)
 
     def _line(self, now: float, done: bool = False) -> None:
@@ -63,8 +68,11 @@ class LogLines:
         rate = f"{_si((self.n - self.start_n) / elapsed)} {self.unit}/s"
         extra = "".join(f", {k}={v}" for k, v in self.fields.items())
         state = "done in" if done else "elapsed"
+        self._write(f"{self.desc}: {count}{share}, {rate}, {elapsed:.0f}s {state}{extra}")
+
+    def _write(self, line: str) -> None:
         stream = self.stream or sys.stderr
-        stream.write(f"{self.desc}: {count}{share}, {rate}, {elapsed:.0f}s {state}{extra}\n")
+        stream.write(line + "\n")
         stream.flush()
 
 

@@ -8,6 +8,7 @@ from exposure_audit.progress import Progress
 
 def test_a_log_gets_plain_occasional_lines_and_a_last_one(capsys, monkeypatch):
     monkeypatch.setattr(progress, "LOG_INTERVAL", 0.05)
+    monkeypatch.setattr(progress, "FIRST_LINE", 0.05)
     with Progress(total=40, desc="train", unit="batch") as bar:  # stderr is captured: not a terminal
         for i in range(40):
             bar.update(1)
@@ -25,12 +26,19 @@ def test_quiet_is_silent_and_a_job_that_did_nothing_prints_nothing(capsys):
     with Progress(total=10, desc="x", quiet=True) as bar:
         bar.update(10)
     with Progress(total=10, desc="y"):
-        pass
+        pass  # counted work that did nothing
     assert capsys.readouterr().err == ""
+
+
+def test_a_job_without_a_count_says_when_it_starts_and_ends(capsys):
+    with Progress(total=None, desc="importance pin {d:4}", unit="cand"):
+        pass
+    assert capsys.readouterr().err.splitlines()[0] == "importance pin {d:4}: started"
 
 
 def test_resumed_work_counts_from_where_it_was(capsys, monkeypatch):
     monkeypatch.setattr(progress, "LOG_INTERVAL", 1e9)
+    monkeypatch.setattr(progress, "FIRST_LINE", 1e9)
     with Progress(total=100, desc="train", unit="batch", initial=60) as bar:
         bar.update(40)
     (line,) = capsys.readouterr().err.splitlines()
