@@ -46,7 +46,9 @@ def auc(members: Sequence[float], non_members: Sequence[float]) -> float:
     return float((ranks[:m].sum() - m * (m + 1) / 2) / (m * n))
 
 
-def auc_interval(members: Sequence[float], non_members: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
+def auc_interval(
+    members: Sequence[float], non_members: Sequence[float], confidence: float = 0.95
+) -> tuple[float, float]:
     """DeLong et al. (1988): the AUC's variance from its structural components, a normal interval
     clipped to [0, 1]. Deterministic (no resampling); degenerate ([1, 1]) when the sets are fully
     separated, which a reader should read together with the set sizes."""
@@ -128,7 +130,9 @@ def rate(k: int, n: int, confidence: float = 0.95) -> dict[str, float | list[flo
     return {"k": k, "n": n, "rate": k / n if n else 0.0, "ci": [lo, hi]}
 
 
-def quantiles(values: Sequence[float], qs: Sequence[float] = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)) -> dict[str, float | None]:
+def quantiles(
+    values: Sequence[float], qs: Sequence[float] = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
+) -> dict[str, float | None]:
     """Quantiles of values that may hold -inf (a zero probability): None stands for -inf in JSON."""
     v = np.sort(np.asarray(values, dtype=np.float64))
     out: dict[str, float | None] = {}

@@ -163,9 +163,9 @@ def score_rows(
         logq = None
         if suffix is not None and sampler is not None:
             n_pre, n_suf = suffix
-            pos = torch.stack(
-                [torch.arange(starts[i] + n_pre - 1, starts[i] + n_pre + n_suf - 1) for i in group]
-            ).to(device)
+            pos = torch.stack([torch.arange(starts[i] + n_pre - 1, starts[i] + n_pre + n_suf - 1) for i in group]).to(
+                device
+            )
             picked = lp2[torch.arange(len(chunk), device=device).unsqueeze(1), pos]  # [B, S, V]
             q = sampler_logq(picked, sampler)
             logq = q.gather(-1, targets.gather(1, pos).unsqueeze(-1)).squeeze(-1).sum(-1).cpu()
