@@ -78,13 +78,23 @@ def summary(report: dict[str, Any]) -> dict[str, str]:
     mia = report["mia"]
     return {
         "discoverable": f"Discoverable memorization: prefix {s['prefix_tokens']} + suffix {s['suffix_tokens']} "
-        f"{unit}s (a {unit} is one model token{' here: a character' if unit == 'character' else ''}), greedy decoding",
+        f"{unit}s, greedy decoding" + ("" if unit == "token" else f" (this model's tokens are {unit}s)"),
         "probabilistic": f"Probabilistic extraction ({dec}): share of records extracted within n queries with "
         "probability at least 1/2",
         "mia": "Membership inference: no non-members to compare with"
         if mia is None
         else f"Membership inference: {mia['members']} members vs {mia['non_members']} non-members",
     }
+
+
+def _resolution_notes(report: dict[str, Any]) -> list[str]:
+    """With N non-members, FPR f allows floor(f N) false positives: below 1 / f that is none."""
+    n = report["mia"]["non_members"]
+    return [
+        f"({n} non-members: TPR at {label} FPR allows no false positive, so it is the TPR at 0 FPR)"
+        for f, label in ((0.01, "1%"), (0.001, "0.1%"))
+        if n * f < 1
+    ]
 
 
 def table(report: dict[str, Any]) -> str:
@@ -100,6 +110,7 @@ def table(report: dict[str, Any]) -> str:
     parts += ["", head["mia"]]
     if attacks:
         parts.append(_text_table(MIA_HEAD, attacks))
+        parts += _resolution_notes(report)
     d = report["data"]
     if d["members_skipped_short"]:
         parts.append(f"\n{d['members_skipped_short']} member records shorter than prefix + suffix were skipped")
