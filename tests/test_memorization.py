@@ -101,7 +101,9 @@ def test_records_and_seed_draw_a_subset(world):
 def test_bad_input_is_one_line_and_writes_nothing(world, capsys, extra, message):
     root, _ = world
     out = root / "bad.json"
-    code = main([str(a) for a in ["memorization", "--model", root / "model", "--data", root / "data", "--json", out, *extra]])
+    code = main(
+        [str(a) for a in ["memorization", "--model", root / "model", "--data", root / "data", "--json", out, *extra]]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and message in err[0]
     assert not out.exists()
@@ -113,7 +115,9 @@ def test_members_equal_to_non_members_is_refused(world, capsys):
     copy = root / "copy.txt"
     copy.write_bytes(train.read_bytes())
     for other in (train, copy):
-        code = main(["memorization", "--model", str(root / "model"), "--members", str(train), "--non-members", str(other)])
+        code = main(
+            ["memorization", "--model", str(root / "model"), "--members", str(train), "--non-members", str(other)]
+        )
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1 and "same data" in err[0]
 
@@ -127,3 +131,31 @@ def test_members_and_non_members_files(world):
     report = json.loads((root / "f.json").read_text())
     ref = report["mia"]["attacks"]["reference"]
     assert ref["auc"] == 0.5  # the model as its own reference: every score is 0
+
+
+def test_audit_runs_a_memorization_section(tmp_path, capsys):
+    from tests.conftest import make_corpus
+
+    make_corpus(tmp_path / "corpus.txt", lines=300)
+    cfg = tmp_path / "mem.yaml"
+    cfg.write_text(
+        f"corpus: {tmp_path / 'corpus.txt'}\n"
+        "insert:\n  formats: ['the pin is {d:4} ok']\n  schedule: [0, 16]\n  per_count: 1\n"
+        "model:\n  hidden: 32\n  layers: 1\n  embedding: 8\n"
+        "train:\n  epochs: 2\n  seq_len: 40\n  batch_size: 16\n"
+        "extract:\n  enabled: false\n"
+        "memorization:\n  enabled: true\n  prefix_tokens: 8\n  suffix_tokens: 8\n  fail_above_extractable: 1.0\n"
+    )
+    assert main(["audit", str(cfg), "--out", str(tmp_path / "run"), "-q"]) == 0
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    mem = json.loads((tmp_path / "run" / "memorization.json").read_text())
+    assert report["memorization"]["exact_match_rate"] == mem["discoverable"]["exact_match_rate"]
+    assert set(report["memorization"]["auc"]) == {"loss", "zlib", "min_k", "min_k_plus_plus"}
+    assert (tmp_path / "run" / "memorization.html").is_file()
+    # the canary planted 16 times is one record with 16 copies
+    assert any(b["copies"] == "5-16" for b in mem["discoverable"]["by_copies"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(cfg.read_text().replace("fail_above_extractable: 1.0", "top_p: 2.0"))
+    assert main(["audit", str(bad), "--out", str(tmp_path / "run2"), "-q"]) == 2
+    assert "memorization: --top-p" in capsys.readouterr().err
+    assert not (tmp_path / "run2").exists()

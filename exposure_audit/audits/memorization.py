@@ -62,6 +62,7 @@ class MemorizationOptions:
     dtype: str | None = None
 
     def check(self) -> None:
+        self.check_settings()
         if (self.data is None) == (self.members is None and self.non_members is None):
             raise AuditError("give --data DIR (an insert output) or --members FILE and --non-members FILE")
         if self.data is None and (self.members is None or self.non_members is None):
@@ -69,6 +70,9 @@ class MemorizationOptions:
         if self.members is not None and self.non_members is not None:
             if _same_data(self.members, self.non_members):
                 raise AuditError(f"--members {self.members} and --non-members {self.non_members} are the same data")
+
+    def check_settings(self) -> None:
+        """The settings alone (no files): what a config can be checked for before any training."""
         if self.prefix_tokens < 1 or self.suffix_tokens < 1:
             raise AuditError("--prefix-tokens and --suffix-tokens must be at least 1")
         if self.records is not None and self.records < 1:
@@ -424,6 +428,23 @@ def _mia_part(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
             continue  # the reference attack without --reference
         attacks[name] = attack_part(xs, ys)
     return {"members": len(members), "non_members": len(non), "attacks": attacks}
+
+
+def options_from_config(cfg: Any, model: Path, data: Path) -> MemorizationOptions:
+    """`audit`'s ``memorization:`` section as the options of `exposure-audit memorization`."""
+    m = cfg.memorization
+    return MemorizationOptions(
+        model=model,
+        data=data,
+        records=m.records,
+        prefix_tokens=m.prefix_tokens,
+        suffix_tokens=m.suffix_tokens,
+        k=m.k,
+        sampler=Sampler(temperature=m.temperature, top_k=m.top_k, top_p=m.top_p, greedy=m.greedy),
+        seed=cfg.seed,
+        fail_above_extractable=m.fail_above_extractable,
+        fail_above_auc=m.fail_above_auc,
+    )
 
 
 def memorization_audit(
