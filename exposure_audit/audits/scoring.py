@@ -76,15 +76,28 @@ def sampler_logq(logp2: torch.Tensor, s: Sampler) -> torch.Tensor:
         return out.scatter(-1, z.argmax(-1, keepdim=True), 0.0)
     z = z / s.temperature
     if s.top_k is not None and s.top_k < z.shape[-1]:
-        kth = z.topk(s.top_k, dim=-1).values[..., -1:]
-        z = z.masked_fill(z < kth, -math.inf)
-    if s.top_p is not None and s.top_p < 1.0:
-        ordered, idx = z.sort(dim=-1, descending=True)
-        probs = ordered.softmax(-1)
-        before = probs.cumsum(-1) - probs
-        drop = torch.zeros_like(z, dtype=torch.bool).scatter(-1, idx, before >= s.top_p)
-        z = z.masked_fill(drop, -math.inf)
+        # Only the k best can survive: top-p then sorts k values, not the whole vocabulary.
+        top = z.topk(s.top_k, dim=-1)
+        kth = top.values[..., -1:]
+        ties = int((z >= kth).sum(-1).max())  # tokens tied with the k-th are kept too
+        if ties > s.top_k:
+            top = z.topk(ties, dim=-1)
+        kept = torch.where(top.values >= kth, top.values, -math.inf)
+        kept = _nucleus(kept, s.top_p)
+        return torch.full_like(z, -math.inf).scatter(-1, top.indices, kept.log_softmax(-1))
+    z = _nucleus(z, s.top_p)
     return z.log_softmax(-1)
+
+
+def _nucleus(z: torch.Tensor, top_p: float | None) -> torch.Tensor:
+    """Drop (set to -inf) every token whose better tokens already hold at least ``top_p``."""
+    if top_p is None or top_p >= 1.0:
+        return z
+    ordered, idx = z.sort(dim=-1, descending=True)
+    probs = ordered.softmax(-1)
+    before = probs.cumsum(-1) - probs
+    drop = torch.zeros_like(z, dtype=torch.bool).scatter(-1, idx, before >= top_p)
+    return z.masked_fill(drop, -math.inf)
 
 
 @dataclass
