@@ -138,7 +138,7 @@ def markdown(report: dict[str, Any]) -> str:
     parts += [f"Model: `{report['model']['path']}`", "", f"## {head['discoverable']}", "", md(DISC_HEAD, disc), ""]
     parts += [f"## {head['probabilistic']}", "", md(PROB_HEAD, prob), "", f"## {head['mia']}", ""]
     if attacks:
-        parts += [md(MIA_HEAD, attacks), ""]
+        parts += [md(MIA_HEAD, attacks), "", *_resolution_notes(report), ""]
     return "\n".join(parts)
 
 
