@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import AuditError
+from ..errors import AuditError, gate_exit
 from . import mia_stats
 from .scoring import ATTACKS, Sampler, Scored, greedy_decode, membership_scores, score_rows, token_unit
 
@@ -39,7 +39,6 @@ SCHEMA = 1
 FPRS = ((0.01, "tpr_at_1pct_fpr"), (0.001, "tpr_at_0.1pct_fpr"))
 CONFIDENCE = 0.95
 ENCODE_CHUNK = 256
-EXIT_OK, EXIT_GATE = 0, 1
 
 
 @dataclass(frozen=True)
@@ -385,7 +384,7 @@ def run_memorization(
         report["reference"] |= ref_scores["describe"]
     failures = _gates(report, opts)
     report["gates"] = {"failed": failures}
-    return MemorizationResult(report, EXIT_GATE if failures else EXIT_OK, failures)
+    return MemorizationResult(report, gate_exit(bool(failures)), failures)
 
 
 def _row(text, which, row, start, s: Scored, opts, losses: dict[str, float] | None) -> dict[str, Any]:
