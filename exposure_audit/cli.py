@@ -831,7 +831,7 @@ def memorization(
     dtype,
     force,
     quiet,
-) -> None:
+) -> int:
     """How much of the training data comes back: discoverable memorization (greedy prefix ->
     suffix), probabilistic extraction under the deployed sampler, and membership inference
     (loss, zlib, min-k%, min-k%++, reference). docs/memorization.md."""
@@ -866,7 +866,7 @@ def memorization(
     click.echo(text)
     for line in result.failures:
         click.echo(f"FAIL: {line}")
-    sys.exit(result.code)
+    return result.code  # the gate's verdict (gate_exit): main() turns it into the exit status
 
 
 def main(argv: list[str] | None = None) -> int:
