@@ -279,6 +279,8 @@ def run_audit(
         emit(text)
         report["extraction"] = {k: v for k, v in summary.items() if k not in ("schema", "kind")}
         report["table"] += "\n" + text
+    if cfg.memorization.enabled:
+        code = max(code, _memorization_section(cfg, tmp, data_dir, report, quiet=quiet, echo=echo, emit=emit))
     atomic_write_json(tmp / "report.json", report)
     if markdown is not None:
         from .review import markdown as markdown_summary
@@ -298,6 +300,32 @@ def run_audit(
         dp_code, _ = run_dp_audit(cfg, tmp / "dp-audit", quiet=quiet, echo=echo, emit=emit)
         code = max(code, dp_code)
     return code
+
+
+def _memorization_section(cfg: AuditConfig, tmp: Path, data_dir: Path, report: dict[str, Any], **kw: Any) -> int:
+    """`memorization` on this run's data and model, beside the canaries: OUT/memorization.{json,html};
+    report.json gets its headline figures (docs/memorization.md)."""
+    from .audits.memorization import options_from_config, run_memorization
+    from .audits.memorization_report import Outputs, table
+
+    kw["echo"]("== memorization: extractable training records and membership inference")
+    result = run_memorization(options_from_config(cfg, tmp / "model", data_dir), quiet=kw["quiet"], emit=kw["echo"])
+    Outputs(json=tmp / "memorization.json", html=tmp / "memorization.html").write(result.report)
+    text = table(result.report)
+    kw["emit"](text)
+    r = result.report
+    attacks = (r["mia"] or {}).get("attacks", {})
+    report["memorization"] = {
+        "file": "memorization.json",
+        "exact_match_rate": r["discoverable"]["exact_match_rate"],
+        "by_copies": r["discoverable"]["by_copies"],
+        "extractable_fraction": r["probabilistic"]["extractable_fraction"],
+        "auc": {name: a["auc"] for name, a in attacks.items()},
+        "tpr_at_1pct_fpr": {name: a["tpr_at_1pct_fpr"] for name, a in attacks.items()},
+        "failed": result.failures,
+    }
+    report["table"] += "\n\n" + text
+    return result.code
 
 
 def describe_model(cfg: AuditConfig) -> str:

@@ -737,6 +737,138 @@ def report(path) -> None:
     click.echo(f"\nwrote {written}")
 
 
+@cli.command()
+@click.option(
+    "--model", "model_path", required=True, type=str, help="A checkpoint folder, a Hugging Face folder or a .gguf file."
+)
+@click.option(
+    "--data",
+    "data_dir",
+    type=str,
+    default=None,
+    help="An insert output: members = its train records, non-members = its valid records.",
+)
+@click.option(
+    "--members",
+    "members",
+    type=str,
+    default=None,
+    help="Members (training records) in any corpus format the tool reads.",
+)
+@click.option(
+    "--non-members", "non_members", type=str, default=None, help="Non-members (never trained on), same formats."
+)
+@click.option(
+    "--reference",
+    type=str,
+    default=None,
+    help="A model that did not see the data (the base): adds the reference-loss attack.",
+)
+@click.option(
+    "--records",
+    type=click.IntRange(min=1),
+    default=None,
+    help="At most this many member records (drawn with the seed; default all).",
+)
+@click.option("--prefix-tokens", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--suffix-tokens", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option(
+    "--k",
+    "k_fraction",
+    type=float,
+    default=0.2,
+    show_default=True,
+    help="min-k%: the fraction of lowest-probability tokens.",
+)
+@click.option(
+    "--temperature", type=float, default=1.0, show_default=True, help="The deployed sampling temperature (> 0)."
+)
+@click.option("--top-k", type=int, default=None, help="The deployed top-k (default: none).")
+@click.option("--top-p", type=float, default=None, help="The deployed nucleus mass, in (0, 1] (default: none).")
+@click.option(
+    "--greedy", is_flag=True, help="The deployment decodes greedily (probabilistic extraction becomes greedy)."
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--fail-above-extractable",
+    type=float,
+    default=None,
+    help="Exit 1 if the discoverable exact-match rate exceeds this fraction.",
+)
+@click.option("--fail-above-auc", type=float, default=None, help="Exit 1 if any membership attack's AUC exceeds this.")
+@click.option("--reveal", is_flag=True, help="Put each record's text in the JSON (default: its SHA-256 only).")
+@click.option("--json", "json_path", type=str, default=None)
+@click.option("--markdown", "markdown_path", type=str, default=None)
+@click.option("--html", "html_path", type=str, default=None)
+@click.option("--junit", "junit_path", type=str, default=None)
+@click.option("--device", type=str, default="auto", show_default=True)
+@click.option("--dtype", type=str, default=None)
+@force_option
+@quiet_option
+def memorization(
+    model_path,
+    data_dir,
+    members,
+    non_members,
+    reference,
+    records,
+    prefix_tokens,
+    suffix_tokens,
+    k_fraction,
+    temperature,
+    top_k,
+    top_p,
+    greedy,
+    seed,
+    fail_above_extractable,
+    fail_above_auc,
+    reveal,
+    json_path,
+    markdown_path,
+    html_path,
+    junit_path,
+    device,
+    dtype,
+    force,
+    quiet,
+) -> int:
+    """How much of the training data comes back: discoverable memorization (greedy prefix ->
+    suffix), probabilistic extraction under the deployed sampler, and membership inference
+    (loss, zlib, min-k%, min-k%++, reference). docs/memorization.md."""
+    from .audits.memorization import MemorizationOptions, memorization_audit
+    from .audits.memorization_report import Outputs
+    from .audits.scoring import Sampler
+
+    _rank_zero_only("memorization")
+    as_path = lambda v: None if v is None else Path(v)  # noqa: E731
+    opts = MemorizationOptions(
+        model=Path(model_path),
+        data=as_path(data_dir),
+        members=as_path(members),
+        non_members=as_path(non_members),
+        reference=as_path(reference),
+        records=records,
+        prefix_tokens=prefix_tokens,
+        suffix_tokens=suffix_tokens,
+        k=k_fraction,
+        sampler=Sampler(temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy),
+        seed=seed,
+        fail_above_extractable=fail_above_extractable,
+        fail_above_auc=fail_above_auc,
+        reveal=reveal,
+        device=device,
+        dtype=dtype,
+    )
+    outputs = Outputs(
+        json=as_path(json_path), markdown=as_path(markdown_path), html=as_path(html_path), junit=as_path(junit_path)
+    )
+    result, text = memorization_audit(opts, outputs, force=force, quiet=quiet, emit=_echo(quiet))
+    click.echo(text)
+    for line in result.failures:
+        click.echo(f"FAIL: {line}")
+    return result.code  # the gate's verdict (gate_exit): main() turns it into the exit status
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: the exit codes of README's table, by construction (exposure_audit/errors.py).
 

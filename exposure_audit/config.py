@@ -58,6 +58,13 @@ _BOUNDS: dict[str, tuple[float | None, float | None]] = {
     "extract.top": (1, 1_000_000),
     "audit.canaries": (1, 10_000_000),
     "extract.max_steps": (1, None),
+    "memorization.records": (1, None),
+    "memorization.prefix_tokens": (1, 100_000),
+    "memorization.suffix_tokens": (1, 100_000),
+    "memorization.k": (1e-9, 1.0),
+    "memorization.top_k": (1, None),
+    "memorization.fail_above_extractable": (0.0, 1.0),
+    "memorization.fail_above_auc": (0.0, 1.0),
 }
 
 
@@ -154,6 +161,24 @@ class ExtractConfig:
 
 
 @dataclass
+class MemorizationConfig:
+    """`audit` also runs `memorization` on its own data and model (docs/memorization.md):
+    discoverable and probabilistic extraction of training records, membership inference."""
+
+    enabled: bool = False
+    records: int | None = None  # member records drawn with the seed (None = all)
+    prefix_tokens: int = 32
+    suffix_tokens: int = 32
+    k: float = 0.2  # min-k%
+    temperature: float = 1.0  # the deployed sampler (probabilistic extraction)
+    top_k: int | None = None
+    top_p: float | None = None
+    greedy: bool = False
+    fail_above_extractable: float | None = None  # exit 1 above this discoverable exact-match rate
+    fail_above_auc: float | None = None  # exit 1 when any membership attack's AUC is above this
+
+
+@dataclass
 class ModelConfig:
     """The model to train. ``char-lstm``: the paper's character-level LSTM (embedding, hidden,
     layers, dropout). ``transformer``: a small Llama-architecture model with a learned tokenizer
@@ -178,6 +203,7 @@ class AuditConfig:
     measure: MeasureConfig = field(default_factory=MeasureConfig)
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     audit: DPAuditConfig = field(default_factory=DPAuditConfig)
+    memorization: MemorizationConfig = field(default_factory=MemorizationConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -301,6 +327,13 @@ def validate(cfg: AuditConfig) -> None:
             raise AuditError(f"{key}: {value!r} is not one of {', '.join(ESTIMATORS)}")
     if cfg.measure.prefer not in PREFER:
         raise AuditError(f"measure.prefer: {cfg.measure.prefer!r} is not one of {', '.join(PREFER)}")
+    if cfg.memorization.enabled:
+        from .audits.memorization import options_from_config
+
+        try:
+            options_from_config(cfg, Path("."), Path(".")).check_settings()
+        except AuditError as e:
+            raise AuditError(f"memorization: {e}") from None
 
 
 def load_config(path: str | Path | None) -> AuditConfig:

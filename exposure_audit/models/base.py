@@ -47,6 +47,15 @@ Model steps
     recomputed). ``start`` costs one step per id read. :class:`Scorer` counts them, so brute
     force, enumeration, pruning, sampling and extraction report work in the same unit.
 
+Whole sequences (batched scoring and decoding)
+    ``sequence_logprobs(rows) -> [B, L, V]``: one forward pass over a batch of rows (token id
+    lists, lengths may differ, L the longest); position ``j`` of row ``b`` holds the
+    log2-probabilities of the token after ``rows[b][:j + 1]``. Positions past a row's end are
+    padding and mean nothing. The tensor may stay on the model's device (callers reduce it there).
+    ``start_batch(rows) -> (state, logp)``: like ``start`` for several rows at once (``logp`` is
+    ``[B, V]`` on the CPU); a model that is not ``ragged`` needs rows of equal length. Both cost one
+    model step per id read.
+
 ``describe()`` returns what a report records about the model (kind, class, tokenizer, weights'
 SHA-256, device, dtype, and the training record of a model this tool trained).
 """
@@ -74,6 +83,10 @@ class LanguageModel(Protocol):
 
     def start(self, ids: Sequence[int]) -> tuple[State, torch.Tensor]: ...
 
+    def start_batch(self, rows: Sequence[Sequence[int]]) -> tuple[State, torch.Tensor]: ...
+
+    def sequence_logprobs(self, rows: Sequence[Sequence[int]]) -> torch.Tensor: ...
+
     def step(self, state: State, ids: torch.Tensor) -> tuple[State, torch.Tensor]: ...
 
     def take(self, state: State, rows: torch.Tensor) -> State: ...
@@ -81,6 +94,18 @@ class LanguageModel(Protocol):
     def cat(self, states: Sequence[State]) -> State: ...
 
     def describe(self) -> dict[str, Any]: ...
+
+
+def pad_rows(rows: Sequence[Sequence[int]], device: torch.device | str = "cpu") -> torch.Tensor:
+    """Rows of token ids right-padded with id 0 into one ``[B, L]`` tensor. Right padding needs no
+    mask in a causal model: a position reads only the positions before it, all real tokens."""
+    if not rows or any(len(r) == 0 for r in rows):
+        raise ValueError("pad_rows: every row needs at least one token")
+    width = max(len(r) for r in rows)
+    out = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.as_tensor(list(r), dtype=torch.long)
+    return out.to(device)
 
 
 def check_finite(module: torch.nn.Module, where: str) -> None:

@@ -27,7 +27,7 @@ from torch import nn
 
 from ..errors import AuditError
 from ..files import atomic_write_bytes, atomic_write_json, canonical_sha256, sha256_file
-from .base import NEWLINE, check_finite
+from .base import NEWLINE, check_finite, pad_rows
 from .vocab import Vocabulary
 
 CHECKPOINT_FORMAT = "exposure-audit/char-lstm"
@@ -102,6 +102,22 @@ class CharLSTM(nn.Module):
             raise AuditError("context must not be empty")
         out, state = self.lstm(self.embed(torch.as_tensor(list(ids), dtype=torch.long).view(1, -1)))
         return state, self._log2probs(out[:, -1])
+
+    @torch.inference_mode()
+    def start_batch(self, rows: Sequence[Sequence[int]]) -> tuple[Any, torch.Tensor]:
+        # Packed, so each row's state is the one after its own last character (rows may differ in length).
+        ids = pad_rows(rows)
+        lengths = torch.as_tensor([len(r) for r in rows])
+        packed = nn.utils.rnn.pack_padded_sequence(self.embed(ids), lengths, batch_first=True, enforce_sorted=False)
+        out, state = self.lstm(packed)
+        out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True)
+        last = out[torch.arange(len(rows)), lengths - 1]
+        return state, self._log2probs(last)
+
+    @torch.inference_mode()
+    def sequence_logprobs(self, rows: Sequence[Sequence[int]]) -> torch.Tensor:
+        out, _ = self.lstm(self.embed(pad_rows(rows)))
+        return self._log2probs(out)
 
     @torch.inference_mode()
     def step(self, state: Any, ids: torch.Tensor) -> tuple[Any, torch.Tensor]:

@@ -51,7 +51,7 @@ from safetensors import SafetensorError
 
 from ..errors import AuditError
 from ..files import read_json, sha256_file
-from .base import NEWLINE, check_finite, spell
+from .base import NEWLINE, check_finite, pad_rows, spell
 
 if TYPE_CHECKING:  # transformers is imported only when a model is loaded: it takes seconds
     from transformers import BatchEncoding, PreTrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
@@ -232,6 +232,21 @@ class HFModel:
         if len(ids) == 0:
             raise AuditError("the context must hold at least one token")
         return self._forward(torch.as_tensor(list(ids), dtype=torch.long, device=self.device).view(1, -1), None)
+
+    @torch.inference_mode()
+    def start_batch(self, rows: Sequence[Sequence[int]]) -> tuple[KVState, torch.Tensor]:
+        if len({len(r) for r in rows}) != 1:
+            raise ValueError("start_batch: a KV cache holds one length; give rows of equal length")
+        return self._forward(pad_rows(rows, self.device), None)
+
+    @torch.inference_mode()
+    def sequence_logprobs(self, rows: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Every position's log2-probabilities in one forward pass (right-padded, no cache kept)."""
+        ids = pad_rows(rows, self.device)
+        if self.max_positions is not None and ids.shape[1] > self.max_positions:
+            raise AuditError(f"a row needs {ids.shape[1]} tokens; the model takes at most {self.max_positions}")
+        out = self.model(input_ids=ids, use_cache=False)
+        return torch.log_softmax(out.logits.float(), dim=-1) / LN2
 
     @torch.inference_mode()
     def step(self, state: KVState, ids: torch.Tensor) -> tuple[KVState, torch.Tensor]:
