@@ -32,8 +32,6 @@ WORDS = (
 
 def _secret_lines(rng: random.Random, n: int) -> list[str]:
     """``n`` fake secrets in natural contexts (valid-looking: Luhn cards, mod-97 IBANs)."""
-    from exposure_audit.audits.secrets import iban_ok, luhn_ok
-
     out = []
     for i in range(n):
         k = i % 7
@@ -48,7 +46,9 @@ def _secret_lines(rng: random.Random, n: int) -> list[str]:
                 card = "4" + "".join(rng.choice("0123456789") for _ in range(15))
                 if luhn_ok(card):
                     break
-            out.append(f"Agent: can you confirm the card? User: sure, it is {' '.join(card[j:j+4] for j in range(0, 16, 4))}")
+            out.append(
+                f"Agent: can you confirm the card? User: sure, it is {' '.join(card[j : j + 4] for j in range(0, 16, 4))}"
+            )
         elif k == 3:
             while True:
                 body = "".join(rng.choice("0123456789") for _ in range(18))
@@ -63,6 +63,20 @@ def _secret_lines(rng: random.Random, n: int) -> list[str]:
         else:
             out.append(f"the server at 10.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)} is down")
     return out
+
+
+def luhn_ok(digits: str) -> bool:
+    # written out here, not imported: the parent process stays small (a child's peak RSS
+    # includes what it inherits at fork)
+    total = sum(
+        int(c) if i % 2 == 0 else (2 * int(c) - 9 if int(c) > 4 else 2 * int(c)) for i, c in enumerate(digits[::-1])
+    )
+    return total % 10 == 0
+
+
+def iban_ok(iban: str) -> bool:
+    moved = iban[4:] + iban[:4]
+    return int("".join(str(int(c, 36)) for c in moved)) % 97 == 1
 
 
 def make_corpus(path: Path, size: int, seed: int = 0) -> None:
@@ -83,10 +97,10 @@ def make_corpus(path: Path, size: int, seed: int = 0) -> None:
             written += len(chunk)
 
 
-def run_child(argv: list[str], stdout) -> tuple[float, float, int]:
+def run_child(argv: list[str], stdout, cwd: str) -> tuple[float, float, int]:
     """Wall seconds, peak RSS (MB) and exit status of one child process."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=stdout, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(argv, stdout=stdout, stderr=subprocess.PIPE, cwd=cwd)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -112,14 +126,16 @@ def main() -> None:
         rows = []
         ours = [sys.executable, "-m", "exposure_audit", "scan", "--corpus", str(corpus), "--out", f"{tmp}/out", "-q"]
         with open(f"{tmp}/scan.stdout", "wb") as out:
-            wall, rss, code = run_child(ours, out)
+            wall, rss, code = run_child(ours, out, os.getcwd())
         report = json.loads(Path(f"{tmp}/out/scan.json").read_text()) if code == 0 else {"summary": {}}
         found = report["summary"].get("findings")
         rows.append(("exposure-audit scan", wall, rss, code, f"{found} distinct values"))
         if not args.no_peer:
-            peer = [str(bindir / "detect-secrets"), "scan", str(corpus)]
+            # run from the corpus's folder: from inside a git work tree detect-secrets scans only
+            # that tree's tracked files and skips the corpus (0 results in 0.2 s)
+            peer = [str(bindir / "detect-secrets"), "scan", corpus.name]
             with open(f"{tmp}/peer.json", "wb") as out:
-                wall, rss, code = run_child(peer, out)
+                wall, rss, code = run_child(peer, out, tmp)
             results = json.loads(Path(f"{tmp}/peer.json").read_text()).get("results", {}) if code == 0 else {}
             hits = sum(len(v) for v in results.values())
             rows.append(("detect-secrets scan", wall, rss, code, f"{hits} results (secret types per line)"))

@@ -135,3 +135,15 @@ def test_chat_context_uses_the_models_template(hf, tmp_path):
     chat.write_text(json.dumps({"messages": msgs}) + "\n")
     (f,) = collect(ScanInput(chat), render=chat_renderer(model)).findings
     assert f.chat_template and f.context == "<user>my ip?\n<assistant>It is " and f.terminator == " "
+
+
+def test_fail_if_extracted_gate(hf, tmp_path, capsys):
+    corpus = _corpus(tmp_path / "c.jsonl", [f"host {IP}\nup"])
+    common = ["--corpus", corpus, "--model", hf, "--fail-if-extracted", "--extract-max-steps", "200000"]
+    # top 10^4 = every filling: the value is among them, so it is "extracted" and the gate fails
+    code, _, _ = _scan(capsys, *common, "--extract-top", "10000", "--out", tmp_path / "all")
+    x = json.loads((tmp_path / "all" / "scan.json").read_text())["findings"][0]
+    assert code == 1 and x["extracted_position"] is not None and x["proven"] is True
+    assert x["extracted_position"] == json.loads((tmp_path / "all" / "scan.json").read_text())["summary"][
+        "per_finding"
+    ][0]["rank"]  # the exact order of best-first search is the rank's order
