@@ -144,6 +144,7 @@ def test_fail_if_extracted_gate(hf, tmp_path, capsys):
     code, _, _ = _scan(capsys, *common, "--extract-top", "10000", "--out", tmp_path / "all")
     x = json.loads((tmp_path / "all" / "scan.json").read_text())["findings"][0]
     assert code == 1 and x["extracted_position"] is not None and x["proven"] is True
-    assert x["extracted_position"] == json.loads((tmp_path / "all" / "scan.json").read_text())["summary"][
-        "per_finding"
-    ][0]["rank"]  # the exact order of best-first search is the rank's order
+    assert (
+        x["extracted_position"]
+        == json.loads((tmp_path / "all" / "scan.json").read_text())["summary"]["per_finding"][0]["rank"]
+    )  # the exact order of best-first search is the rank's order
