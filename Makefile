@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# Pin torch first: a bare `torch` requirement would pull a multi-GB CUDA build here.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test,plots,dp,hf,parquet]' torch==2.13.0
+	$(BIN)/pip install -q -e '.[test,plots,dp,hf,parquet,scan]' torch==2.13.0
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -869,6 +869,96 @@ def memorization(
     return result.code  # the gate's verdict (gate_exit): main() turns it into the exit status
 
 
+@cli.command()
+@click.option(
+    "--corpus", required=True, type=str, help="Text file, JSONL (text or chat messages), CSV/TSV, Parquet or folder."
+)
+@click.option("--corpus-format", type=click.Choice(["txt", "folder", "jsonl", "csv", "tsv", "parquet"]), default=None)
+@click.option("--text-field", type=str, default=None, help="JSONL: the field holding the text (messages = chat).")
+@click.option("--text-column", type=str, default=None, help="CSV/TSV/Parquet: the column holding the text.")
+@click.option("--out", "out", type=str, default=None, help="Output folder (default: runs/scan-<time>).")
+@click.option("--model", "model_path", type=str, default=None, help="Rank every found value under this model.")
+@click.option("--reference", "reference_path", type=str, default=None, help="A model that did not see the data.")
+@click.option("--reveal", is_flag=True, help="Show raw values in every output (a warning goes to stderr).")
+@click.option("--max-secrets", type=int, default=None, help="Rank a seeded uniform sample of this many values.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--terminator",
+    type=click.Choice(["next", "none"]),
+    default="next",
+    show_default=True,
+    help="What follows a value when it is scored: the record's next character, or nothing.",
+)
+@click.option("--min-space-bits", type=float, default=None, help="Smaller format spaces are listed, not ranked (10).")
+@click.option("--context-chars", type=int, default=256, show_default=True, help="Context window before a value.")
+@click.option(
+    "--method", type=click.Choice(["auto", "enumerate", "pruned", "estimate"]), default="auto", show_default=True
+)
+@click.option("--max-steps", type=int, default=2_000_000, show_default=True, help="Model-step budget per value.")
+@click.option("--samples", type=int, default=2_000, show_default=True, help="Importance samples per value.")
+@click.option("--extract-top", type=int, default=1, show_default=True, help="Extracted = in the model's top K.")
+@click.option("--extract-max-steps", type=int, default=20_000, show_default=True)
+@click.option("--fail-above", type=float, default=None, help="Exit 1 if an exposure (gain, with --reference) is above.")
+@click.option("--fail-if-extracted", is_flag=True, help="Exit 1 if a value is extracted from its context.")
+@_with(model_options[:2])
+@force_option
+@quiet_option
+def scan(
+    corpus,
+    corpus_format,
+    text_field,
+    text_column,
+    out,
+    model_path,
+    reference_path,
+    reveal,
+    max_secrets,
+    seed,
+    terminator,
+    min_space_bits,
+    context_chars,
+    method,
+    max_steps,
+    samples,
+    extract_top,
+    extract_max_steps,
+    fail_above,
+    fail_if_extracted,
+    device,
+    dtype,
+    force,
+    quiet,
+) -> int:
+    """Find the secrets really in a corpus (credentials, personal data); with --model, rank each
+    in its own context, try to extract it, and compare with --reference (docs/scan.md)."""
+    from .audits.scan import MIN_SPACE_BITS, ScanInput, ScanOptions, scan_command
+
+    _rank_zero_only("scan")
+    inp = ScanInput(Path(corpus), corpus_format, text_field, text_column, context_chars=context_chars)
+    opts = ScanOptions(
+        model=model_path,
+        reference=reference_path,
+        reveal=reveal,
+        max_secrets=max_secrets,
+        seed=seed,
+        terminator=terminator,
+        min_space_bits=MIN_SPACE_BITS if min_space_bits is None else min_space_bits,
+        method=method,
+        max_steps=max_steps,
+        samples=samples,
+        extract_top=extract_top,
+        extract_max_steps=extract_max_steps,
+        fail_above=fail_above,
+        fail_if_extracted=fail_if_extracted,
+        device=device,
+        dtype=dtype,
+        quiet=quiet,
+    )
+    out = out or _default_out("scan")
+    return scan_command(inp, opts, Path(out), force=force, emit=click.echo, warn=lambda s: click.echo(s, err=True))
+
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: the exit codes of README's table, by construction (exposure_audit/errors.py).
 

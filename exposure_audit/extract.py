@@ -189,8 +189,10 @@ def best_first(
     context: str | None = None,
     batch: int = 256,
     progress: Callable[[int], None] | None = None,
+    terminator: str = "\n",
 ) -> Extraction:
-    """The ``top`` most likely secrets of ``fmt`` in exact order (if ``proven``).
+    """The ``top`` most likely secrets of ``fmt`` in exact order (if ``proven``). ``terminator``
+    closes every candidate (scan: a found secret's next character, docs/method.md).
 
     Under torchrun the frontier is replicated: every rank pops the same batch, steps the entries
     whose parent's state it holds (the root's children are dealt round-robin, and a node's
@@ -200,7 +202,7 @@ def best_first(
     scorer = Scorer.of(model)
     team = distributed.team()
     t0 = time.perf_counter()
-    cf = compile_format(scorer, fmt, context)
+    cf = compile_format(scorer, fmt, context, terminator=terminator)
     edges, end = cf.edges, cf.end
     # node 0 is the root (after the shared tokens); every other node is one token longer than its parent
     parent: list[int] = [-1]

@@ -125,6 +125,7 @@ class MeasureOptions:
     quiet: bool = True
     estimator: str = "importance"  # the estimate reported where a rank is not exact
     prefer: str = "exact"  # auto: exact ranks wherever the budget allows, or "fast"
+    terminator: str = "\n"  # what closes each candidate (scan: the value's next character, or "")
 
     def check(self) -> None:
         if self.method not in METHODS:
@@ -378,7 +379,7 @@ def _measure_format(
     t0 = time.perf_counter()
     s0 = scorer.steps
     secrets = [c.secret for c in group]
-    cf = engine.compile_format(scorer, fmt, opts.context, canaries=secrets, seed=opts.seed)
+    cf = engine.compile_format(scorer, fmt, opts.context, canaries=secrets, seed=opts.seed, terminator=opts.terminator)
     px = engine.score_secrets(scorer, cf, secrets, opts.batch)
     setup_steps, setup_seconds = scorer.steps - s0, time.perf_counter() - t0
     size = fmt.space_size
@@ -387,6 +388,8 @@ def _measure_format(
     use_importance = opts.estimator == "importance"
     use_uniform = opts.estimator != "importance" or want_uniform
 
+    if method == "brute" and opts.terminator != "\n":
+        raise AuditError("brute force scores whole lines; use another method with a terminator other than a newline")
     if method == "brute" or method == "enumerate":
         need = engine.brute_force_steps(cf) if method == "brute" else tree_steps
         if need > opts.max_steps:

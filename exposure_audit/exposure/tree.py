@@ -138,6 +138,7 @@ class CompiledFormat:
     path_tokens: int  # tokens after the shared ones in one candidate's canonical path (brute-force cost)
     ambiguous: bool  # several token paths can spell one text: leaves need the canonical check
     track_index: bool
+    terminator: str = NEWLINE  # what closes every candidate: a canary's newline; scan: the value's next character or ""
 
     def tree_steps(self) -> int:
         """Model steps to walk the whole tree: one per node that is neither the root nor a leaf."""
@@ -154,7 +155,7 @@ class CompiledFormat:
         """Canonical tokens of context + each text after the shared ones (None: not after them)."""
         n = len(self.shared)
         out: list[list[int] | None] = []
-        for ctx, line in self.model.encode_lines(list(texts), self.context):
+        for ctx, line in self.model.encode_lines(list(texts), self.context, self.terminator):
             full = ctx + line
             out.append(full[n:] if full[:n] == self.shared else None)
         return out
@@ -189,7 +190,8 @@ class CompiledFormat:
 
     def text_of(self, path: Sequence[int]) -> str:
         """The candidate line (without its newline) that a complete path spells."""
-        return (self.head + _spelled(self.model, path)).decode("utf-8")[self.lead : -1]
+        text = (self.head + _spelled(self.model, path)).decode("utf-8")
+        return text[self.lead : len(text) - len(self.terminator)]
 
     def canonical_mask(self, paths: Sequence[Sequence[int]]) -> np.ndarray:
         """For complete paths: which are the canonical tokenization of their text."""
@@ -205,11 +207,11 @@ def _spelled(model: LanguageModel, ids: Sequence[int]) -> bytes:
     return b"".join(table[i] or b"" for i in ids)
 
 
-def _slots(fmt: Format, lead: str) -> list[_Slot]:
-    """Every character of ``lead + line + newline`` (lead: the end of the context) as a slot."""
+def _slots(fmt: Format, lead: str, terminator: str = NEWLINE) -> list[_Slot]:
+    """Every character of ``lead + line + terminator`` (lead: the end of the context) as a slot."""
     hole = set(fmt.hole_slots)
     out = [_Slot({c.encode(): 0}, 1) for c in lead]
-    for i, chars in enumerate(list(fmt.slots) + [NEWLINE]):
+    for i, chars in enumerate(list(fmt.slots) + list(terminator)):
         if i in hole:
             out.append(_Slot({c.encode(): d for d, c in enumerate(chars)}, len(chars)))
         else:
@@ -278,11 +280,11 @@ def _build_edges(trie: _Trie, slots: list[_Slot], first: int, lead: int) -> tupl
     return edges, end, leaves_below
 
 
-def check_format(model: LanguageModel, fmt: Format) -> None:
+def check_format(model: LanguageModel, fmt: Format, terminator: str = NEWLINE) -> None:
     """Error unless the model's tokens can spell every character the format can contain."""
     trie = _trie(model)
     first_bytes = set(trie.children[0])
-    for c in sorted(fmt.characters | {NEWLINE}):
+    for c in sorted(fmt.characters | set(terminator)):
         b = c.encode()
         # a character is producible if a token starts with its bytes or its first byte starts a token
         if b[0] not in first_bytes:
@@ -323,18 +325,26 @@ def _probes(fmt: Format, canaries: Sequence[str], seed: int) -> list[str]:
 
 
 def compile_format(
-    scorer: Scorer, fmt: Format, context: str | None = None, *, canaries: Sequence[str] = (), seed: int = 0
+    scorer: Scorer,
+    fmt: Format,
+    context: str | None = None,
+    *,
+    canaries: Sequence[str] = (),
+    seed: int = 0,
+    terminator: str = NEWLINE,
 ) -> CompiledFormat:
-    """Read the context and the shared tokens once; build the tree of the rest of the line."""
+    """Read the context and the shared tokens once; build the tree of the rest of the line.
+    ``terminator`` closes every candidate (a canary's newline; a found secret's next character,
+    or nothing: docs/method.md)."""
     model = scorer.model
-    check_format(model, fmt)
+    check_format(model, fmt, terminator)
     trie = _trie(model)
     secrets = _probes(fmt, canaries, seed)
     texts = [fmt.render(s) for s in secrets]
-    fulls = [ctx + line for ctx, line in model.encode_lines(texts, context)]
+    fulls = [ctx + line for ctx, line in model.encode_lines(texts, context, terminator)]
     # every probe must spell (the context) + text + newline, the context the same for all
     spelled = [_spelled(model, f) for f in fulls]
-    wants = [(t + NEWLINE).encode() for t in texts]
+    wants = [(t + terminator).encode() for t in texts]
     if any(not sp.endswith(w) for sp, w in zip(spelled, wants)):
         raise AuditError("the tokenizer does not spell a line back as itself; this tokenizer is not supported")
     ctx_bytes = {sp[: len(sp) - len(w)] for sp, w in zip(spelled, wants)}
@@ -345,7 +355,7 @@ def compile_format(
     # then the line's fixed text up to the first hole), shortened until it ends on a character
     # boundary that no token of the vocabulary can straddle. A BPE tokenizer never merges across
     # such a boundary, so every candidate's canonical tokenization starts with these tokens.
-    slots = _slots(fmt, ctx_text)
+    slots = _slots(fmt, ctx_text, terminator)
     fixed = (ctx_text + fmt.prefix).encode()
     shared: list[int] = []
     for j, tok in enumerate(fulls[0]):
@@ -400,6 +410,7 @@ def compile_format(
         path_tokens=len(fulls[0]) - len(shared),
         ambiguous=not trie.one_char_each,
         track_index=fmt.space_size < INDEX_LIMIT,
+        terminator=terminator,
     )
     _check_paths(compiled, [f[len(shared) :] for f in fulls], texts)
     return compiled

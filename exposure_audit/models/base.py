@@ -79,7 +79,9 @@ class LanguageModel(Protocol):
 
     def context_ids(self, context: str | None) -> list[int]: ...
 
-    def encode_lines(self, texts: Sequence[str], context: str | None) -> list[tuple[list[int], list[int]]]: ...
+    def encode_lines(
+        self, texts: Sequence[str], context: str | None, end: str = NEWLINE
+    ) -> list[tuple[list[int], list[int]]]: ...  # ``end``: what closes each line (scan: the record's next character)
 
     def start(self, ids: Sequence[int]) -> tuple[State, torch.Tensor]: ...
 

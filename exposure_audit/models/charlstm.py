@@ -89,9 +89,11 @@ class CharLSTM(nn.Module):
         self.vocab.require(text, "the context")
         return self.vocab.encode(text).tolist()
 
-    def encode_lines(self, texts: Sequence[str], context: str | None) -> list[tuple[list[int], list[int]]]:
+    def encode_lines(
+        self, texts: Sequence[str], context: str | None, end: str = NEWLINE
+    ) -> list[tuple[list[int], list[int]]]:
         ctx = self.context_ids(context)
-        return [(ctx, self.vocab.encode(t + NEWLINE).tolist()) for t in texts]
+        return [(ctx, self.vocab.encode(t + end).tolist()) for t in texts]
 
     def _log2probs(self, out: torch.Tensor) -> torch.Tensor:
         return torch.log_softmax(self.head(out), dim=-1) / LN2

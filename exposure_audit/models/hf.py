@@ -170,17 +170,19 @@ class HFModel:
             raise AuditError("the context is empty; pass None for the model's default context")
         return ids
 
-    def encode_lines(self, texts: Sequence[str], context: str | None) -> list[tuple[list[int], list[int]]]:
+    def encode_lines(
+        self, texts: Sequence[str], context: str | None, end: str = NEWLINE
+    ) -> list[tuple[list[int], list[int]]]:
         texts = list(texts)
         context = context if context is not None else self.default_context
         if context is None and self.bos_id is not None:
             # Nothing merges with BOS: each line is encoded on its own.
-            encoded = self._encode([t + NEWLINE for t in texts])["input_ids"]
-            return [self._checked(t, "", [self.bos_id], list(ids)) for t, ids in zip(texts, encoded)]
+            encoded = self._encode([t + end for t in texts])["input_ids"]
+            return [self._checked(t, "", [self.bos_id], list(ids), end) for t, ids in zip(texts, encoded)]
         prefix = NEWLINE if context is None else context
         if not prefix:
             raise AuditError("the context is empty; pass None for the model's default context")
-        encoded = self._encode([prefix + t + NEWLINE for t in texts], offsets=True)
+        encoded = self._encode([prefix + t + end for t in texts], offsets=True)
         out = []
         for text, ids, spans in zip(texts, encoded["input_ids"], encoded["offset_mapping"]):
             # The first token ending past the context holds a character of the line (offsets are characters).
@@ -190,12 +192,14 @@ class HFModel:
                     f"the context {prefix!r} merges entirely into the first token of line {text!r}; "
                     "give a longer context"
                 )
-            out.append(self._checked(text, prefix, list(ids[:cut]), list(ids[cut:])))
+            out.append(self._checked(text, prefix, list(ids[:cut]), list(ids[cut:]), end))
         return out
 
-    def _checked(self, text: str, prefix: str, ctx: list[int], line: list[int]) -> tuple[list[int], list[int]]:
-        """Refuse a split whose ids do not spell context + text + newline, with the line ending in text + newline."""
-        tail = (text + NEWLINE).encode("utf-8")
+    def _checked(
+        self, text: str, prefix: str, ctx: list[int], line: list[int], end: str = NEWLINE
+    ) -> tuple[list[int], list[int]]:
+        """Refuse a split whose ids do not spell context + text + end, with the line ending in text + end."""
+        tail = (text + end).encode("utf-8")
         ctx_bytes = spell(self, ctx) if prefix else b""  # a BOS context spells nothing
         line_bytes = spell(self, line)
         if (
