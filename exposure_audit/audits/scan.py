@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import AuditError
+from ..errors import AuditError, gate_exit
 from ..exposure.math import log2_int
 from ..formats import Format
 from .findings import Collected, Finding, ScanInput, collect
@@ -316,7 +316,7 @@ def max_exposure(report: dict[str, Any]) -> float | None:
 
 
 def exit_code(report: dict[str, Any]) -> int:
-    return 1 if report["summary"]["passed"] is False else 0
+    return gate_exit(report["summary"]["passed"] is False)
 
 
 def write_outputs(report: dict[str, Any], out: Path, force: bool) -> list[str]:
