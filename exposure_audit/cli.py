@@ -122,6 +122,13 @@ model_options = [
         default=None,
         help="Text before each canary line (\\n = newline). Default: the model's BOS token, else a newline.",
     ),
+    click.option(
+        "--base",
+        "base_path",
+        type=str,
+        default=None,
+        help="The base model of a PEFT adapter folder (default: the adapter's own base when it is local).",
+    ),
 ]
 
 
@@ -415,7 +422,7 @@ def _measure_overrides(method, max_steps, samples, estimator, prefer, fail_above
     "model_path",
     required=True,
     type=str,
-    help="A checkpoint folder from train, a Hugging Face model folder, or a .gguf file.",
+    help="A checkpoint folder from train, a Hugging Face model folder, a .gguf file, or a PEFT adapter folder.",
 )
 @click.option("--canaries", "canaries_path", required=True, type=str, help="canaries.json (from insert).")
 @click.option("--json", "json_path", type=str, default=None, help="Write the JSON report here.")
@@ -449,6 +456,7 @@ def measure(
     device,
     dtype,
     context,
+    base_path,
     backend,
     dist_timeout,
     force,
@@ -468,7 +476,7 @@ def measure(
         if p is not None:
             check_writable_file(Path(p), force)
     manifest = Manifest.read(Path(canaries_path))
-    model = load_model(Path(model_path), device=model_device(device), dtype=dtype)
+    model = load_model(Path(model_path), device=model_device(device), dtype=dtype, base=base_path)
     try:
         linked = check_model_data(model, manifest, any_model=any_model)
     except AuditError as e:
@@ -605,7 +613,7 @@ def _echo(quiet: bool):
     "model_path",
     required=True,
     type=str,
-    help="A checkpoint folder from train, a Hugging Face model folder, or a .gguf file.",
+    help="A checkpoint folder from train, a Hugging Face model folder, a .gguf file, or a PEFT adapter folder.",
 )
 @click.option(
     "--format", "format_source", type=str, default=None, help="The format to extract, e.g. 'my pin is {d:6}'."
@@ -653,6 +661,7 @@ def extract(
     device,
     dtype,
     context,
+    base_path,
     backend,
     dist_timeout,
     force,
@@ -672,7 +681,7 @@ def extract(
     if json_path is not None:
         check_writable_file(Path(json_path), force)
     manifest = Manifest.read(Path(canaries_path)) if canaries_path else None
-    model = load_model(Path(model_path), device=model_device(device), dtype=dtype)
+    model = load_model(Path(model_path), device=model_device(device), dtype=dtype, base=base_path)
     extract_and_report(
         model,
         format_source=format_source,
