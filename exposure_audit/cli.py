@@ -736,6 +736,18 @@ def report(path) -> None:
     click.echo(f"\nwrote {written}")
 
 
+@cli.command()
+@click.argument("path", type=str)
+def gate(path) -> None:
+    """Exit 1 if a tracked training run's verdict failed: PATH is the exposure_verdict.json that
+    ExposureCallback(fail_above=...) wrote, or the folder holding it (docs/models.md)."""
+    from .integrations.verdict import gate as check_verdict
+
+    code, line = check_verdict(Path(path))
+    click.echo(line)
+    sys.exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: one ``error: ...`` line and exit 2 for every usage or input error.
 
