@@ -432,6 +432,12 @@ def _measure_overrides(method, max_steps, samples, estimator, prefer, fail_above
 @click.option("--config", "config_path", type=str, default=None, help="YAML config (its measure: section).")
 @click.option("--seed", type=int, default=None, help="Seed for sampled candidates.")
 @click.option("--any-model", is_flag=True, help="Measure even if the model was not trained on this manifest's data.")
+@click.option(
+    "--context-role",
+    type=str,
+    default=None,
+    help="Score after the chat template's header of a fresh message of this role (e.g. assistant).",
+)
 @_with(measure_options)
 @_with(model_options)
 @_with(distributed_options)
@@ -445,6 +451,7 @@ def measure(
     config_path,
     seed,
     any_model,
+    context_role,
     method,
     max_steps,
     samples,
@@ -497,6 +504,8 @@ def measure(
         quiet=quiet,
         emit=click.echo,
         link_checked=linked,
+        context_role=context_role,
+        data_folder=Path(canaries_path).parent,
     )
     sys.exit(code)
 
@@ -645,6 +654,12 @@ def _echo(quiet: bool):
 @click.option(
     "--redact", is_flag=True, help="Show only the first and last character of each secret (terminal and JSON)."
 )
+@click.option(
+    "--context-role",
+    type=str,
+    default=None,
+    help="Search after the chat template's header of a fresh message of this role (e.g. assistant).",
+)
 @_with(model_options)
 @_with(distributed_options)
 @force_option
@@ -658,6 +673,7 @@ def extract(
     beam,
     json_path,
     redact,
+    context_role,
     device,
     dtype,
     context,
@@ -694,6 +710,8 @@ def extract(
         json_path=json_path and Path(json_path),
         quiet=quiet,
         emit=click.echo,
+        context_role=context_role,
+        data_folder=Path(canaries_path).parent if canaries_path else None,
     )
 
 
