@@ -149,3 +149,38 @@ def test_extract_with_a_role_header_equals_the_explicit_header(setup, tmp_path):
     argv = ["extract", "--model", str(model_dir), "--canaries", str(data / "canaries.json"), "--json", str(out), "-q"]
     assert main(argv) == 0
     assert json.loads(out.read_text())["context_used"]["from"] == "the canaries' role"
+
+
+def test_training_renders_chat_records_through_the_template(setup, tmp_path, capsys):
+    from exposure_audit.config import ModelConfig
+    from exposure_audit.models.chat import render
+    from exposure_audit.train import load_data
+
+    model_dir, data = setup
+    loaded = load_data(data, ModelConfig(kind="transformer", base=str(model_dir)), seq_len=16)
+    tok = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    records = [json.loads(line)["messages"] for line in (data / "train.jsonl").read_text().splitlines()]
+    expected = [i for r in records for i in tok(render(tok, r, "x"), add_special_tokens=False)["input_ids"]]
+    assert loaded.train.tolist() == expected
+    assert tok.convert_tokens_to_ids("<|im_start|>") in expected  # the turn markers are trained on
+    assert loaded.info["chat_template_sha256"]
+    # a record the template cannot render stops training before anything is written
+    sys_data = tmp_path / "sysdata"
+    corpus = chat_corpus(tmp_path / "sys.jsonl", system=True)
+    argv = ["insert", "--corpus", str(corpus), "--out", str(sys_data), "--format", "pin {d:2}"]
+    assert main([*argv, "--schedule", "0,1", "-q"]) == 0
+    out = tmp_path / "tuned"
+    err = _error(["train", "--data", str(sys_data), "--out", str(out), "--base", str(model_dir), "-q"], capsys)
+    assert "fails to render" in err and "line 1" in err
+    assert not out.exists()
+
+
+def test_fine_tune_on_chat_then_measure_in_the_trained_context(setup, tmp_path, capsys):
+    model_dir, data = setup
+    (tmp_path / "ft.yaml").write_text("train: {epochs: 1, seq_len: 16, batch_size: 8, learning_rate: 0.003}\n")
+    out = tmp_path / "tuned"
+    argv = ["train", "--data", str(data), "--out", str(out), "--base", str(model_dir), "--config"]
+    assert main([*argv, str(tmp_path / "ft.yaml"), "-q"]) == 0
+    report = _measure(out, data, tmp_path / "r.json")
+    assert report["model"]["context_used"]["mode"] == "as-trained"
+    assert report["model"]["trained_on_manifest_data"] is True

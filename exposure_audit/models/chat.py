@@ -63,4 +63,19 @@ def role_context(tokenizer: Any, role: str) -> str:
     return _before_marker(tokenizer, [{"role": role, "content": MARKER}], f"a {role!r} message")
 
 
-__all__ = ["MARKER", "chat_tokenizer", "message_context", "render", "role_context"]
+__all__ = ["MARKER", "chat_tokenizer", "encode_chat", "message_context", "render", "role_context"]
+
+
+def encode_chat(tokenizer: Any, records: Any) -> tuple[Any, int]:
+    """Token ids and characters of chat records rendered through the tokenizer's chat template,
+    as TRL trains on them: each record's ``messages`` rendered, then encoded (no special tokens
+    added: the template writes its own). ``records`` yields ``(messages, where)``."""
+    import numpy as np
+
+    out: list[np.ndarray] = []
+    chars = 0
+    for messages, where in records:
+        text = render(tokenizer, messages, where)
+        chars += len(text)
+        out.append(np.asarray(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=np.int32))
+    return (np.concatenate(out) if out else np.zeros(0, dtype=np.int32)), chars
