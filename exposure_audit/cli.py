@@ -253,6 +253,17 @@ def insert(
     default=None,
     help="Fine-tune this Hugging Face model (folder or .gguf) instead of training a fresh one.",
 )
+@click.option("--lora", is_flag=True, default=None, help="Train a LoRA adapter (peft) instead of every weight.")
+@click.option("--lora-r", type=int, default=None, help="LoRA rank (default 8).")
+@click.option("--lora-alpha", type=float, default=None, help="LoRA alpha: the update is scaled by alpha / r.")
+@click.option("--lora-dropout", type=float, default=None, help="Dropout on the LoRA input.")
+@click.option(
+    "--lora-target",
+    type=str,
+    default=None,
+    help="Comma-separated modules to adapt (default q_proj,k_proj,v_proj,o_proj).",
+)
+@click.option("--merge", is_flag=True, default=None, help="With --lora: write the merged model, not an adapter folder.")
 @click.option("--embedding", type=int, default=None, help="Embedding size.")
 @click.option("--hidden", type=int, default=None, help="LSTM units per layer.")
 @click.option("--layers", type=int, default=None)
@@ -287,6 +298,12 @@ def train(
     max_chars,
     kind,
     base,
+    lora,
+    lora_r,
+    lora_alpha,
+    lora_dropout,
+    lora_target,
+    merge,
     embedding,
     hidden,
     layers,
@@ -340,6 +357,12 @@ def train(
         "train.track.every": track_every,
         "model.kind": "transformer" if base and kind is None else kind,
         "model.base": base,
+        "model.lora.enabled": lora or None,
+        "model.lora.r": lora_r,
+        "model.lora.alpha": lora_alpha,
+        "model.lora.dropout": lora_dropout,
+        "model.lora.target_modules": lora_target and [t.strip() for t in lora_target.split(",") if t.strip()],
+        "model.lora.merge": merge or None,
         "model.embedding": embedding,
         "model.hidden": hidden,
         "model.layers": layers,

@@ -28,6 +28,7 @@ adapter's ``r``, ``lora_alpha``, ``lora_dropout`` and target modules.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,35 @@ from .hf import PICKLE_SUFFIXES, TOKENIZER_FILES, TRAINING_RECORD, HFModel, load
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+@dataclass
+class LoraSettings:
+    """``model.lora`` in the YAML config (``train --lora``): train a LoRA adapter instead of every weight."""
+
+    enabled: bool = False
+    r: int = 8  # rank of each low-rank update
+    alpha: float = 16.0  # the update is scaled by alpha / r
+    dropout: float = 0.0  # dropout on the adapter's input
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    merge: bool = False  # write a merged model instead of an adapter folder
+
+
+def wrap_lora(module: Any, lora: LoraSettings, where: str) -> Any:
+    """``module`` with fresh LoRA layers (peft; A from torch's RNG, B zero): only they train."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        task_type="CAUSAL_LM",
+    )
+    try:
+        return get_peft_model(module, config)
+    except ValueError as e:  # target modules not in the model
+        raise AuditError(f"model.lora.target_modules: {str(e).splitlines()[0]} ({where})") from None
 
 
 def is_adapter_folder(path: Path | str) -> bool:
@@ -202,4 +232,13 @@ def load_adapter(
     )
 
 
-__all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "AdapterModel", "is_adapter_folder", "load_adapter", "resolve_base"]
+__all__ = [
+    "ADAPTER_CONFIG",
+    "ADAPTER_WEIGHTS",
+    "AdapterModel",
+    "LoraSettings",
+    "wrap_lora",
+    "is_adapter_folder",
+    "load_adapter",
+    "resolve_base",
+]
