@@ -16,11 +16,10 @@ from typing import Any
 
 from .config import AuditConfig
 from .distributed import is_main
-from .errors import AuditError
+from .errors import AuditError, gate_exit
 from .formats import Format
 from .manifest import Manifest
 
-EXIT_OK, EXIT_EXPOSED = 0, 1
 Emit = Callable[[str], None]
 
 
@@ -144,7 +143,7 @@ def measure_and_report(
     report = report_json(
         results, model=info, threshold=threshold, redact_secrets=outputs.redact, extra={"data": data, "table": text}
     )
-    code = EXIT_OK if ok else EXIT_EXPOSED
+    code = gate_exit(not ok)
     if not is_main():  # under torchrun every rank holds the same results; rank 0 writes and prints
         return code, report
     if outputs.markdown:

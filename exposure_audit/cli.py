@@ -1,7 +1,8 @@
 """The command line: parse, call the library, print, map outcomes to exit codes.
 
-Exit codes: 0 ok; 1 an inserted canary's exposure is above the threshold; 2 usage or input
-error (one ``error: ...`` line on stderr, no traceback, no partial output).
+Exit codes (exposure_audit/errors.py): 0 ok; 1 a gate failed (and nothing else); 2 usage or
+input error (one ``error: ...`` line on stderr, no traceback, no partial output); 3 a torchrun
+rank was lost; 70 an internal error (a bug).
 """
 
 from __future__ import annotations
@@ -17,12 +18,17 @@ import click
 from . import __version__
 from .exposure.measure import ESTIMATORS, METHODS, PREFER
 from .models.training import KINDS
-from .audit import EXIT_OK
 from .config import AuditConfig, apply_overrides, load_config
-from .errors import AuditError
-
-EXIT_USAGE = 2
-EXIT_LOST = 3  # torchrun: a rank died or stopped answering
+from .errors import (
+    EXIT_GATE_FAILED,
+    EXIT_INTERNAL,
+    EXIT_LOST,
+    EXIT_OK,
+    EXIT_USAGE,
+    AuditError,
+    is_out_of_memory,
+    out_of_memory,
+)
 
 distributed_options = [
     click.option(
@@ -89,12 +95,16 @@ def _config(path: str | None, overrides: dict[str, Any]) -> AuditConfig:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="exposure-audit")
-def cli() -> None:
+@click.option("--debug", is_flag=True, help="On an internal error (a bug), print its traceback.")
+def cli(debug: bool) -> None:
     """Measure how much a language model memorizes planted secrets (Secret Sharer exposure).
 
     The usual flow: insert canaries into the training data, train (here or with your own
     pipeline), then measure; audit runs all three from one YAML config (the CI job).
+
+    Exit status: 0 ok, 1 a gate failed, 2 bad input, 3 a torchrun rank was lost, 70 a bug.
     """
+    _DEBUG[0] = debug
 
 
 def _context(value: str | None) -> str | None:
@@ -530,7 +540,7 @@ def measure(
         context_role=context_role,
         data_folder=Path(canaries_path).parent,
     )
-    sys.exit(code)
+    return code
 
 
 @cli.command()
@@ -593,7 +603,7 @@ def audit(
             markdown=markdown_path and Path(markdown_path),
         )
     click.echo(f"\nwrote {out}/ (data/, model/, report.json, report.junit.xml, report.html)")
-    sys.exit(code)
+    return code
 
 
 @cli.command("dp-audit")
@@ -626,7 +636,7 @@ def dp_audit(config_path, out, data_dir, fail_if_violated, force, quiet) -> None
             cfg, tmp, data_dir=data_dir and Path(data_dir), quiet=quiet, echo=_echo(quiet), emit=click.echo
         )
     click.echo(f"\nwrote {out}/ ({'' if data_dir else 'data/, '}model/, dp_audit.json, dp_audit.html)")
-    sys.exit(code)
+    return code
 
 
 def _default_out(kind: str) -> str:
@@ -790,11 +800,14 @@ def gate(path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: one ``error: ...`` line and exit 2 for every usage or input error.
+    """Entry point: the exit codes of README's table, by construction (exposure_audit/errors.py).
 
-    Under torchrun an error on any rank stops every rank with the same exit status, and the
-    line is printed once, by rank 0 (exposure_audit/distributed.py); a rank that is lost (killed,
-    or silent past the timeout) makes the others exit 3."""
+    A command returns its status (a gate's verdict: the only source of exit 1). Every usage or
+    input error is one ``error: ...`` line and exit 2, an allocation failure included; anything
+    else is a bug: exit 70 and one line naming the file that holds its traceback (``--debug``
+    prints it). Under torchrun an error on any rank stops every rank with the same exit status,
+    and the line is printed once, by rank 0 (exposure_audit/distributed.py); a rank that is lost
+    (killed, or silent past the timeout) makes the others exit 3."""
     from . import distributed
 
     def error(message: str) -> None:
@@ -804,12 +817,15 @@ def main(argv: list[str] | None = None) -> int:
         if distributed.env_rank() == 0:
             click.echo(f"error: {message}", err=True)
 
+    _DEBUG[0] = False
     try:
-        cli.main(args=argv, prog_name="exposure-audit", standalone_mode=False)
-    except SystemExit as e:
-        return int(e.code or 0) if not isinstance(e.code, str) else EXIT_USAGE
+        code = cli.main(args=argv, prog_name="exposure-audit", standalone_mode=False)
+        return code if isinstance(code, int) else EXIT_OK
+    except SystemExit as e:  # click's --help/--version (0) and our early exits; a stray 1 is not a verdict
+        code = e.code if isinstance(e.code, int) else (EXIT_OK if e.code is None else EXIT_USAGE)
+        return EXIT_INTERNAL if code == EXIT_GATE_FAILED else code
     except click.exceptions.Exit as e:
-        return e.exit_code
+        return EXIT_INTERNAL if e.exit_code == EXIT_GATE_FAILED else e.exit_code
     except click.ClickException as e:  # usage errors, bad option values
         error(e.format_message().splitlines()[0] if e.format_message() else str(e))
         return EXIT_USAGE
@@ -824,18 +840,43 @@ def main(argv: list[str] | None = None) -> int:
         rank = distributed.team().rank
         click.echo(f"error: {'rank ' + str(rank) + ': ' if rank else ''}{e}", err=True)
         return EXIT_LOST
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("error: interrupted", err=True)
         return 130
-    except KeyboardInterrupt:
-        click.echo("error: interrupted", err=True)
-        return 130
-    except BaseException as e:  # a bug: the others are told (so they do not wait), then the traceback
-        distributed.team().fail(f"{type(e).__name__}: {e}")
-        raise
+    except BaseException as e:  # noqa: BLE001 -- the last line of defence: exit codes mean what they say
+        if is_out_of_memory(e):
+            error(str(out_of_memory(e)))
+            return EXIT_USAGE
+        distributed.team().fail(f"internal error on another rank: {type(e).__name__}: {e}")
+        click.echo(_internal_error(e, debug=_DEBUG[0]), err=True)
+        return EXIT_INTERNAL
     finally:
         distributed.stop()
-    return EXIT_OK
+
+
+_DEBUG = [False]  # set by the group's --debug (click parses it before the command runs)
+
+
+def _internal_error(e: BaseException, *, debug: bool) -> str:
+    """The line for a bug: its type and first line, and where its traceback went."""
+    import tempfile
+    import traceback
+
+    text = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+    first = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
+    what = f"{type(e).__name__}: {first}" if first else type(e).__name__
+    if debug:
+        sys.stderr.write(text)
+        where = "its traceback is above"
+    else:
+        try:
+            fd, name = tempfile.mkstemp(prefix="exposure-audit-traceback-", suffix=".txt")
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(f"exposure-audit {__version__}\nargv: {sys.argv!r}\n\n{text}")
+            where = f"the traceback is in {name}; --debug prints it"
+        except OSError:
+            where = "the traceback could not be saved; rerun with --debug to print it"
+    return f"error: internal error ({what[:200]}): this is a bug in exposure-audit, please report it; {where}"
 
 
 if __name__ == "__main__":

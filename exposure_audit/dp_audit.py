@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from .config import AuditConfig
-from .errors import AuditError
+from .errors import AuditError, gate_exit
 from .manifest import Manifest
 
-EXIT_OK, EXIT_VIOLATED = 0, 1
 KIND = "exposure-audit/dp-audit"
 
 
@@ -222,7 +221,7 @@ def run_dp_audit(
     except AuditError as e:  # plots are a convenience; the JSON stands without them
         echo(f"note: no plots ({e})")
     emit(out["table"])
-    return (EXIT_VIOLATED if violated and a.fail_if_violated else EXIT_OK), out
+    return gate_exit(violated and a.fail_if_violated), out
 
 
 def render(folder: Path, result: dict[str, Any]) -> Path:

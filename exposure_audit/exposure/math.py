@@ -8,6 +8,7 @@ Definitions (Secret Sharer, arXiv 1802.08232; docs/method.md):
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,7 +69,7 @@ MIN_SAMPLING_COUNT = 20  # below this many samples at or under the canary, extra
 
 
 def combine_estimates(
-    sampling: Estimate, k: int, skewnorm_point: float | None
+    sampling: Estimate, k: int, skewnorm_point: float | None, degenerate: bool = False
 ) -> tuple[float, tuple[float, float], str]:
     """The estimate ``measure`` reports: (exposure, interval, method).
 
@@ -76,38 +77,114 @@ def combine_estimates(
     assumption about the shape of the distribution, so it keeps its coverage where the
     skew-normal's tail is wrong (measured: benchmarks/engine.py). The point is the sampling
     estimate while at least MIN_SAMPLING_COUNT samples score at or under the canary, else the
-    skew-normal extrapolation, kept inside that interval.
+    skew-normal extrapolation, kept inside that interval; never a degenerate fit's (its tail is
+    an artefact of the fit, not of the samples).
     """
-    if k >= MIN_SAMPLING_COUNT or skewnorm_point is None:
+    if k >= MIN_SAMPLING_COUNT or skewnorm_point is None or degenerate:
         return sampling.exposure, sampling.ci, "estimate:sampling"
     lo, hi = sampling.ci
     return float(min(max(skewnorm_point, lo), hi)), sampling.ci, "estimate:skewnorm"
 
 
-def skewnorm_log2_cdf(x: float | np.ndarray, a: float, loc: float, scale: float) -> np.ndarray:
-    """log2 CDF of a skew-normal, finite everywhere.
+# The skew-normal's largest possible skewness (shape a -> infinity): a sample more skewed than
+# this cannot be fitted, and the maximum-likelihood fit runs off to a huge a (the fit is degenerate).
+SKEWNORM_MAX_SKEWNESS = float(math.sqrt(2.0) * (4.0 - math.pi) / (math.pi - 2.0) ** 1.5)
 
-    ``scipy.stats.skewnorm.logcdf`` underflows to -inf far in the left tail (a well-memorized
-    canary sits there). Where it does, use the tail asymptotics: for shape a > 0,
-    CDF(z) ~ phi(z) phi(a z) / (pi a (1 + a^2) z^2) ; for a <= 0, CDF(z) ~ 2 Phi(z) (a < 0) or Phi(z).
+# scipy's CDF is Phi(z) - 2 T(z, a) (Owen's T): for a > 0 left of the mode the two terms nearly
+# cancel. Its figure is kept where the CDF is at least this share of Phi(z) (relative error
+# below ~1e-9); elsewhere the CDF is integrated.
+_CANCELLATION_SHARE = 1e-7
+
+
+def _log_cdf_integrated(z: float, a: float) -> float:
+    """ln CDF(z) of the standard skew-normal with shape ``a``, by quadrature in log space.
+
+    CDF(z) = 2 * integral_{-inf}^{z} phi(t) Phi(a t) dt. The log of the integrand,
+    g(t) = ln phi(t) + ln Phi(a t), is concave (a sum of two log-concave terms), so it has one
+    maximum t* on (-inf, z]; the integral of exp(g - g(t*)) over [lo, z] is of order one and
+    never underflows, and lo is where g has fallen 80 nats below g(t*). The points handed to the
+    quadrature are t*, 0 and -1/a, 1/a: where Phi(a t) turns from its tail to its plateau.
     """
+    from scipy.integrate import IntegrationWarning, quad
+    from scipy.optimize import minimize_scalar
     from scipy.special import log_ndtr
+
+    def g(t: float) -> float:
+        return -0.5 * t * t - 0.5 * math.log(2 * math.pi) + float(log_ndtr(a * t))
+
+    # the unconstrained mode lies between -|a|-1 and 1 (g' = -t + a * mills(a t) changes sign there)
+    hi = min(z, 1.0)
+    lo_m = min(hi - 1e-12, -abs(a) - 1.0)
+    if hi <= lo_m:
+        t_star = z
+    else:
+        res = minimize_scalar(lambda t: -g(t), bounds=(lo_m, hi), method="bounded", options={"xatol": 1e-14})
+        t_star = float(res.x) if g(float(res.x)) > g(hi) else hi
+    g_star = g(t_star)
+    # the integrand's scale at t*: 1/sqrt(-g'') there (>= 1/sqrt(1 + a^2)), or 1/g' at the edge
+    width = 1.0 / math.sqrt(1.0 + a * a)
+    step = max(width, 1e-300)
+    lo = t_star - step
+    while g(lo) > g_star - 80.0:
+        step *= 2.0
+        lo = t_star - step
+    points = sorted({p for p in (t_star, 0.0, -1.0 / a if a else 0.0, 1.0 / a if a else 0.0) if lo < p < z})
+    total = 0.0
+    edges = [lo, *points, z]
+    with warnings.catch_warnings():
+        # asking for 1e-12 makes quad warn of roundoff where it reaches ~1e-14 instead: harmless
+        warnings.simplefilter("ignore", IntegrationWarning)
+        for left, right in zip(edges[:-1], edges[1:]):
+            part, _ = quad(lambda t: math.exp(g(t) - g_star), left, right, epsabs=0.0, epsrel=1e-12, limit=200)
+            total += part
+    return math.log(2.0) + g_star + math.log(total)
+
+
+def _log_cdf_left_tail(z: float, a: float) -> float:
+    """ln CDF(z) far in the left tail of a positive shape: CDF ~ exp(-(1+a^2) z^2 / 2) / (pi a (1+a^2) z^2),
+    i.e. 2 phi(z) phi(a z) / (a (1 + a^2) z^2). Its relative error is of order 1/(a z)^2 + 1/((1 + a^2) z^2)
+    (the Mills ratio of Phi(a t) and the expansion of E1), so it is used only where both are below 1e-10."""
+    b = 1.0 + a * a
+    return -math.log(math.pi * a * b) - 2.0 * math.log(-z) - b * z * z / 2.0
+
+
+def _tail_valid(z: float, a: float) -> bool:
+    return a > 0 and z < 0 and (a * z) ** 2 > 1e10 and (1.0 + a * a) * z * z > 1e10
+
+
+def skewnorm_log2_cdf(x: float | np.ndarray, a: float, loc: float, scale: float) -> np.ndarray:
+    """log2 CDF of a skew-normal, finite everywhere and accurate at every shape (|a| up to 1e8 and beyond).
+
+    - z = 0: the closed form CDF = 1/2 - arctan(a)/pi (written arctan(1/a)/pi for a > 0, which does not cancel);
+    - where scipy's Owen's-T formula does not cancel (the CDF is not a tiny share of Phi(z)): scipy;
+    - far in the left tail of a positive shape, where the asymptote's relative error is below 1e-10: the
+      asymptote;
+    - elsewhere (the cancelling region left of the mode, and wherever scipy underflows): quadrature of the
+      density in log space (:func:`_log_cdf_integrated`).
+    """
+    from scipy.special import log_ndtr, ndtr
     from scipy.stats import skewnorm
 
     x = np.asarray(x, dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        out = np.asarray(skewnorm.logcdf(x, a, loc, scale), dtype=np.float64)
-    bad = ~np.isfinite(out)
-    if np.any(bad):
-        z = (x[bad] - loc) / scale
-        if a > 0:
-            z = np.minimum(z, -1.0)
-            tail = -np.log(math.pi * a * (1 + a * a)) - 2 * np.log(-z) - (1 + a * a) * z * z / 2
+    z_all = (x - loc) / scale
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore", under="ignore"):
+        c = np.asarray(skewnorm.cdf(z_all, a), dtype=np.float64)
+        phi = np.asarray(ndtr(z_all), dtype=np.float64)
+        ok = np.isfinite(c) & (c > 0) & (c >= _CANCELLATION_SHARE * phi)
+        out = np.where(ok, np.log(np.where(ok, c, 1.0)), np.nan)
+    flat_out, flat_z = out.reshape(-1), z_all.reshape(-1)
+    for j in np.flatnonzero(~np.isfinite(flat_out)):
+        z = float(flat_z[j])
+        if z == 0.0:
+            cdf0 = math.atan(1.0 / a) / math.pi if a > 0 else 0.5 - math.atan(a) / math.pi
+            flat_out[j] = math.log(cdf0)
+        elif a == 0.0:
+            flat_out[j] = float(log_ndtr(z))
+        elif _tail_valid(z, a):
+            flat_out[j] = _log_cdf_left_tail(z, a)
         else:
-            tail = log_ndtr(z) + (math.log(2.0) if a < 0 else 0.0)
-        out = out.copy()
-        out[bad] = tail
-    return out / LN2
+            flat_out[j] = _log_cdf_integrated(z, a)
+    return flat_out.reshape(out.shape) / LN2
 
 
 @dataclass
@@ -116,6 +193,10 @@ class SkewNormFit:
     loc: float
     scale: float
     ks_statistic: float  # Kolmogorov-Smirnov distance of the samples from the fit (goodness of fit)
+    # The samples are more skewed than any skew-normal can be (SKEWNORM_MAX_SKEWNESS): the fit
+    # ran off to a huge shape with its location at the sample minimum, and its tail means nothing.
+    degenerate: bool = False
+    sample_skewness: float = math.nan
 
     def exposure(self, canary: float | np.ndarray, space_size: int) -> np.ndarray:
         e = -skewnorm_log2_cdf(canary, self.a, self.loc, self.scale)
@@ -128,9 +209,12 @@ def fit_skewnorm(samples: np.ndarray, with_ks: bool = True) -> SkewNormFit:
     samples = np.asarray(samples, dtype=np.float64)
     if len(samples) < 10 or np.ptp(samples) == 0:
         raise ValueError("need at least 10 distinct sample scores to fit a skew-normal")
+    from scipy.stats import skew
+
     a, loc, scale = skewnorm.fit(samples)
     ks = float(kstest(samples, skewnorm(a, loc, scale).cdf).statistic) if with_ks else math.nan
-    return SkewNormFit(float(a), float(loc), float(scale), ks)
+    g1 = float(skew(samples))
+    return SkewNormFit(float(a), float(loc), float(scale), ks, abs(g1) > SKEWNORM_MAX_SKEWNESS, g1)
 
 
 def skewnorm_exposure(

@@ -34,7 +34,14 @@ from ..models.base import Scorer
 from ..progress import Progress
 from . import engine
 from .importance import ImportanceSamples, importance_samples
-from .math import combine_estimates, exposure_from_rank, log2_int, sampling_estimate, skewnorm_exposure
+from .math import (
+    SKEWNORM_MAX_SKEWNESS,
+    combine_estimates,
+    exposure_from_rank,
+    log2_int,
+    sampling_estimate,
+    skewnorm_exposure,
+)
 from .tree import CompiledFormat
 
 METHODS = ("auto", "enumerate", "pruned", "estimate", "brute")
@@ -593,7 +600,14 @@ def _sample_scores(scorer: Scorer, cf: CompiledFormat, px: Sequence[float], opts
             seed=opts.seed,
         )
         skewnorm: dict[str, Any] | str = {
-            "fit": {"a": fit.a, "loc": fit.loc, "scale": fit.scale, "ks_statistic": fit.ks_statistic},
+            "fit": {
+                "a": fit.a,
+                "loc": fit.loc,
+                "scale": fit.scale,
+                "ks_statistic": fit.ks_statistic,
+                "sample_skewness": fit.sample_skewness,
+                "degenerate": fit.degenerate,
+            },
             "point": point.tolist(),
             "ci": ci.tolist(),
         }
@@ -636,10 +650,16 @@ def _estimate(
                 "ci_bootstrap": [min(lo, point), max(hi, point)],
                 "fit": sk["fit"],
             }
+            if sk["fit"].get("degenerate"):
+                details["estimate_skewnorm"]["degenerate"] = (
+                    f"the samples' skewness {sk['fit']['sample_skewness']:.3f} exceeds the largest a skew-normal "
+                    f"can have ({SKEWNORM_MAX_SKEWNESS:.4f}): the fit is degenerate and its figure is not used"
+                )
         if opts.estimator == "uniform":
             chosen = (samp.exposure, samp.ci, "estimate:sampling")
         elif opts.estimator == "skewnorm":
-            chosen = combine_estimates(samp, k, point)
+            degenerate = not isinstance(sk, str) and bool(sk["fit"].get("degenerate"))
+            chosen = combine_estimates(samp, k, point, degenerate)
     if chosen is None:
         raise AuditError(f"estimator {opts.estimator!r}: its draws were not made")  # a bug, not an input
     return chosen[0], chosen[1], chosen[2], details

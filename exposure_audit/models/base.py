@@ -83,6 +83,17 @@ class LanguageModel(Protocol):
     def describe(self) -> dict[str, Any]: ...
 
 
+def check_finite(module: torch.nn.Module, where: str) -> None:
+    """Refuse weights that are NaN or infinite (a damaged file can decode to them): every score
+    would be NaN, and NaN compares false with everything, so ranks would silently be wrong."""
+    from ..errors import AuditError
+
+    with torch.no_grad():
+        for name, tensor in module.state_dict().items():
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise AuditError(f"model {where}: weight {name} is not finite (NaN or infinite): the file is damaged")
+
+
 def spell(model: LanguageModel, ids: Sequence[int]) -> bytes | None:
     """The bytes a token sequence spells, or None if it holds a token that is not text."""
     table = model.token_bytes()

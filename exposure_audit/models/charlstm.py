@@ -27,7 +27,7 @@ from torch import nn
 
 from ..errors import AuditError
 from ..files import atomic_write_bytes, atomic_write_json, canonical_sha256, sha256_file
-from .base import NEWLINE
+from .base import NEWLINE, check_finite
 from .vocab import Vocabulary
 
 CHECKPOINT_FORMAT = "exposure-audit/char-lstm"
@@ -208,6 +208,7 @@ def load_checkpoint(folder: Path) -> tuple[CharLSTM, dict[str, Any]]:
     if set(tensors) != set(expected) or any(tensors[k].shape != expected[k].shape for k in expected):
         raise AuditError(f"model {folder}: weights do not fit the architecture in {CONFIG}")
     model.load_state_dict(tensors)
+    check_finite(model, str(folder))
     model.eval()
     model.checkpoint = config
     return model, config

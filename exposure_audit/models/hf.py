@@ -47,10 +47,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from safetensors import SafetensorError
 
 from ..errors import AuditError
 from ..files import read_json, sha256_file
-from .base import NEWLINE, spell
+from .base import NEWLINE, check_finite, spell
 
 if TYPE_CHECKING:  # transformers is imported only when a model is loaded: it takes seconds
     from transformers import BatchEncoding, PreTrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
@@ -67,7 +68,16 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 DEVICES = ("auto", "cpu", "cuda")
 BYTE_FALLBACK = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 # Errors transformers raises for configs, tokenizers and weights it cannot read.
-LOAD_ERRORS = (OSError, ValueError, KeyError, TypeError, RuntimeError)
+# What the loaders raise for a damaged or foreign file: transformers' own (OSError, ValueError,
+# KeyError, TypeError, RuntimeError for shape mismatches), safetensors' SafetensorError (a plain
+# Exception) for a truncated or foreign weights file, EOFError and UnicodeDecodeError (a ValueError)
+# for cut or binary text files. tokenizers raises a bare ``Exception`` for a damaged tokenizer.json,
+# which _tokenizer_error tells apart from a bug.
+LOAD_ERRORS = (OSError, ValueError, KeyError, TypeError, RuntimeError, EOFError, SafetensorError)
+
+
+def _tokenizer_error(e: Exception) -> bool:
+    return isinstance(e, LOAD_ERRORS) or type(e) is Exception  # tokenizers' Rust errors arrive as Exception
 
 
 def _one_line(e: BaseException) -> str:
@@ -480,7 +490,9 @@ def load_hf(path: Path | str, *, device: str = "auto", dtype: str | None = None)
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **read_kwargs)
-    except LOAD_ERRORS as e:
+    except Exception as e:
+        if not _tokenizer_error(e):
+            raise
         raise AuditError(f"model {path}: cannot load the tokenizer ({_one_line(e)})") from None
     if not getattr(tokenizer, "is_fast", False):
         name = type(tokenizer).__name__
@@ -497,6 +509,7 @@ def load_hf(path: Path | str, *, device: str = "auto", dtype: str | None = None)
         if shown:
             hf_logging.enable_progress_bar()
     _check_causal_attention(model, path)
+    check_finite(model, str(path))
     model.to(torch_device).eval()
     hf = HFModel(model, tokenizer, path=path, weight_files=weight_files, training=training)
     if len(tokenizer) > hf.vocab_size:
