@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..errors import AuditError
+from ..errors import AuditError, gate_exit
 from ..files import atomic_write_json, read_json
 
 VERDICT = "exposure_verdict.json"
@@ -48,10 +48,10 @@ def gate(path: Path | str) -> tuple[int, str]:
         raise AuditError(f"verdict {path}: no boolean 'passed'")
     where = f"at step {v.get('step')}"
     if v["highest_exposure"] is None:
-        return 0, f"PASS: no inserted canary measured {where}"
+        return gate_exit(False), f"PASS: no inserted canary measured {where}"
     word = "PASS" if v["passed"] else "FAIL"
     line = (
         f"{word}: highest exposure of an inserted canary {v['highest_exposure']:.2f} bits {where} "
         f"(canary {v['canary']}); threshold {v['threshold']:g} bits"
     )
-    return (0 if v["passed"] else 1), line
+    return gate_exit(not v["passed"]), line

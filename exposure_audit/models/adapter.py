@@ -34,7 +34,7 @@ from typing import Any
 
 from ..errors import AuditError
 from ..files import read_json, sha256_file
-from .hf import PICKLE_SUFFIXES, TOKENIZER_FILES, TRAINING_RECORD, HFModel, load_hf
+from .hf import LOAD_ERRORS, PICKLE_SUFFIXES, TOKENIZER_FILES, TRAINING_RECORD, HFModel, load_hf
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -209,7 +209,10 @@ def load_adapter(
     if any((folder / name).is_file() for name in TOKENIZER_FILES):
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+        except LOAD_ERRORS as e:
+            raise AuditError(f"adapter {folder}: cannot load the tokenizer ({str(e).splitlines()[0]})") from None
     training = read_json(folder / TRAINING_RECORD, "training record") if (folder / TRAINING_RECORD).is_file() else None
     info = {
         "path": str(folder),
