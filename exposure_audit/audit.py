@@ -299,6 +299,7 @@ def run_audit(
         emit=emit,
         extra={"training": {"seconds": round(result.seconds, 3), "final": last}},
         collect=samples,
+        data_folder=data_dir,  # chat canaries in their trained context where the model has a chat template
     )
     if cfg.extract.enabled:
         echo(f"[4/4] extract: best-first top {cfg.extract.top} per format")
