@@ -789,14 +789,14 @@ def report(path) -> None:
 
 @cli.command()
 @click.argument("path", type=str)
-def gate(path) -> None:
+def gate(path) -> int:
     """Exit 1 if a tracked training run's verdict failed: PATH is the exposure_verdict.json that
     ExposureCallback(fail_above=...) wrote, or the folder holding it (docs/models.md)."""
     from .integrations.verdict import gate as check_verdict
 
     code, line = check_verdict(Path(path))
     click.echo(line)
-    sys.exit(code)
+    return code  # gate_exit's verdict: main() passes it on as the exit status
 
 
 def main(argv: list[str] | None = None) -> int:
