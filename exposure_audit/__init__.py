@@ -11,6 +11,7 @@ from .errors import AuditError
 from .exposure.engine import score
 from .exposure.measure import CanaryResult, measure
 from .formats import Format
+from .integrations import track
 from .manifest import Canary, Manifest
 from .models import CharLSTM, load_checkpoint, save_checkpoint
 from .pipeline import insert_folder
@@ -28,5 +29,6 @@ __all__ = [
     "measure",
     "save_checkpoint",
     "score",
+    "track",
     "train_folder",
 ]

@@ -67,9 +67,15 @@ def measure_and_report(
     link_checked: bool = True,
     extra: dict[str, Any] | None = None,
     collect: dict[str, Any] | None = None,
+    context_role: str | None = None,
+    data_folder: Path | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """Measure every canary of ``manifest``; write the reports asked for; emit the table and,
-    with a threshold, the verdict. Returns the exit code and the report."""
+    with a threshold, the verdict. Returns the exit code and the report.
+
+    Each canary is scored after the context :func:`~.contexts.resolve_contexts` gives it
+    (``data_folder`` holds the manifest's training data, for chat canaries' as-trained context)."""
+    from .contexts import resolve_contexts
     from .exposure.measure import MeasureOptions, measure_with
     from .files import atomic_write_json, atomic_write_text
     from .report import junit_xml, passed, report_json, table
@@ -77,6 +83,7 @@ def measure_and_report(
 
     m = cfg.measure
     t0 = time.perf_counter()
+    contexts = resolve_contexts(model, manifest, data_folder, context=context, context_role=context_role)
     opts = MeasureOptions(
         method=m.method,
         max_steps=m.max_steps,
@@ -85,13 +92,13 @@ def measure_and_report(
         batch=m.batch,
         confidence=m.confidence,
         bootstrap=m.bootstrap,
-        context=context,
+        context=contexts.default,
         quiet=quiet,
         estimator=m.estimator,
         prefer=m.prefer,
     )
     plans: dict[str, Any] = {}
-    results = measure_with(model, manifest.canaries, opts, collect=collect, plans=plans)
+    results = measure_with(model, manifest.canaries, opts, collect=collect, plans=plans, contexts=contexts.per_canary)
     threshold = m.fail_above
     ok = passed(results, threshold)
     described = model.describe()
@@ -103,6 +110,7 @@ def measure_and_report(
         "seed": cfg.seed,
         "measure": asdict(m),
         "context": context,
+        "context_used": contexts.to_json(),  # which context each canary was scored after
         "seconds": round(time.perf_counter() - t0, 3),
         "details": described,
         "trained_on_manifest_data": link_checked,
@@ -115,6 +123,13 @@ def measure_and_report(
             f"\n\nmodel trained with DP-SGD: epsilon {privacy['epsilon']:.3g} at delta {privacy['delta']:g} "
             f"(per {privacy['unit']})"
         )
+    if contexts.mode == "as-trained":
+        text += (
+            f"\n\ncontext: {len(contexts.per_canary)} canaries scored in their trained conversation "
+            "(chat template)" + (f"; controls after a fresh {contexts.role!r} message" if contexts.role else "")
+        )
+    elif contexts.mode == "role":
+        text += f"\n\ncontext: the chat template's header of a fresh {contexts.role!r} message"
     if not link_checked:
         text += "\n\nnote: the model carries no record of its training data; its link to this manifest was not checked"
     data = {
@@ -187,9 +202,18 @@ def extract_and_report(
     json_path: Path | None,
     quiet: bool,
     emit: Emit,
+    context_role: str | None = None,
+    data_folder: Path | None = None,
 ) -> dict[str, Any]:
-    """``extract``: one format, or every format of a manifest with where each canary landed."""
+    """``extract``: one format, or every format of a manifest with where each canary landed.
+
+    The context: ``context``, else the chat template's header of a fresh ``context_role``
+    message; for a manifest of chat canaries and a model with a chat template, the header of a
+    fresh message of the role the canaries were planted in (a search is per format, so it cannot
+    follow each canary's own conversation as ``measure`` does)."""
+    from .contexts import resolve_contexts
     from .extract import extraction_summary
+    from .models.chat import chat_tokenizer, role_context
     from .files import atomic_write_json
     from .report import extraction_summary_lines, extraction_table
 
@@ -199,7 +223,16 @@ def extract_and_report(
         formats = [Format.parse(f) for f in dict.fromkeys(c.format for c in manifest.canaries)]
     else:
         formats = [Format.parse(format_source)]
-    results = run_extractions(model, formats, top=top, max_steps=max_steps, context=context, beam=beam, quiet=quiet)
+    contexts = resolve_contexts(model, manifest, data_folder, context=context, context_role=context_role)
+    used = contexts.to_json()
+    if contexts.mode == "as-trained":
+        roles = [w["role"] for w in contexts.where.values()]
+        role = max(set(roles), key=roles.count) if roles else (contexts.role or "user")
+        contexts.default = role_context(chat_tokenizer(model), role)
+        used = {"mode": "role", "text": contexts.default, "role": role, "from": "the canaries' role"}
+    results = run_extractions(
+        model, formats, top=top, max_steps=max_steps, context=contexts.default, beam=beam, quiet=quiet
+    )
     if not is_main():  # under torchrun rank 0 prints and writes
         return {}
     for ex in results.values():
@@ -209,6 +242,8 @@ def extract_and_report(
     else:
         payload = extraction_summary(results, manifest.canaries, top=top, redact=redact)
         emit("\n".join(extraction_summary_lines(payload, redact)))
+    if contexts.mode != "default":
+        payload["context_used"] = used
     if json_path is not None:
         atomic_write_json(Path(json_path), payload)
     return payload
@@ -264,6 +299,7 @@ def run_audit(
         emit=emit,
         extra={"training": {"seconds": round(result.seconds, 3), "final": last}},
         collect=samples,
+        data_folder=data_dir,  # chat canaries in their trained context where the model has a chat template
     )
     if cfg.extract.enabled:
         echo(f"[4/4] extract: best-first top {cfg.extract.top} per format")

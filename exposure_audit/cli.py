@@ -132,6 +132,13 @@ model_options = [
         default=None,
         help="Text before each canary line (\\n = newline). Default: the model's BOS token, else a newline.",
     ),
+    click.option(
+        "--base",
+        "base_path",
+        type=str,
+        default=None,
+        help="The base model of a PEFT adapter folder (default: the adapter's own base when it is local).",
+    ),
 ]
 
 
@@ -256,6 +263,17 @@ def insert(
     default=None,
     help="Fine-tune this Hugging Face model (folder or .gguf) instead of training a fresh one.",
 )
+@click.option("--lora", is_flag=True, default=None, help="Train a LoRA adapter (peft) instead of every weight.")
+@click.option("--lora-r", type=int, default=None, help="LoRA rank (default 8).")
+@click.option("--lora-alpha", type=float, default=None, help="LoRA alpha: the update is scaled by alpha / r.")
+@click.option("--lora-dropout", type=float, default=None, help="Dropout on the LoRA input.")
+@click.option(
+    "--lora-target",
+    type=str,
+    default=None,
+    help="Comma-separated modules to adapt (default q_proj,k_proj,v_proj,o_proj).",
+)
+@click.option("--merge", is_flag=True, default=None, help="With --lora: write the merged model, not an adapter folder.")
 @click.option("--embedding", type=int, default=None, help="Embedding size.")
 @click.option("--hidden", type=int, default=None, help="LSTM units per layer.")
 @click.option("--layers", type=int, default=None)
@@ -290,6 +308,12 @@ def train(
     max_chars,
     kind,
     base,
+    lora,
+    lora_r,
+    lora_alpha,
+    lora_dropout,
+    lora_target,
+    merge,
     embedding,
     hidden,
     layers,
@@ -343,6 +367,12 @@ def train(
         "train.track.every": track_every,
         "model.kind": "transformer" if base and kind is None else kind,
         "model.base": base,
+        "model.lora.enabled": lora or None,
+        "model.lora.r": lora_r,
+        "model.lora.alpha": lora_alpha,
+        "model.lora.dropout": lora_dropout,
+        "model.lora.target_modules": lora_target and [t.strip() for t in lora_target.split(",") if t.strip()],
+        "model.lora.merge": merge or None,
         "model.embedding": embedding,
         "model.hidden": hidden,
         "model.layers": layers,
@@ -425,7 +455,7 @@ def _measure_overrides(method, max_steps, samples, estimator, prefer, fail_above
     "model_path",
     required=True,
     type=str,
-    help="A checkpoint folder from train, a Hugging Face model folder, or a .gguf file.",
+    help="A checkpoint folder from train, a Hugging Face model folder, a .gguf file, or a PEFT adapter folder.",
 )
 @click.option("--canaries", "canaries_path", required=True, type=str, help="canaries.json (from insert).")
 @click.option("--json", "json_path", type=str, default=None, help="Write the JSON report here.")
@@ -435,6 +465,12 @@ def _measure_overrides(method, max_steps, samples, estimator, prefer, fail_above
 @click.option("--config", "config_path", type=str, default=None, help="YAML config (its measure: section).")
 @click.option("--seed", type=int, default=None, help="Seed for sampled candidates.")
 @click.option("--any-model", is_flag=True, help="Measure even if the model was not trained on this manifest's data.")
+@click.option(
+    "--context-role",
+    type=str,
+    default=None,
+    help="Score after the chat template's header of a fresh message of this role (e.g. assistant).",
+)
 @_with(measure_options)
 @_with(model_options)
 @_with(distributed_options)
@@ -448,6 +484,7 @@ def measure(
     config_path,
     seed,
     any_model,
+    context_role,
     method,
     max_steps,
     samples,
@@ -459,6 +496,7 @@ def measure(
     device,
     dtype,
     context,
+    base_path,
     backend,
     dist_timeout,
     force,
@@ -478,7 +516,7 @@ def measure(
         if p is not None:
             check_writable_file(Path(p), force)
     manifest = Manifest.read(Path(canaries_path))
-    model = load_model(Path(model_path), device=model_device(device), dtype=dtype)
+    model = load_model(Path(model_path), device=model_device(device), dtype=dtype, base=base_path)
     try:
         linked = check_model_data(model, manifest, any_model=any_model)
     except AuditError as e:
@@ -499,6 +537,8 @@ def measure(
         quiet=quiet,
         emit=click.echo,
         link_checked=linked,
+        context_role=context_role,
+        data_folder=Path(canaries_path).parent,
     )
     return code
 
@@ -615,7 +655,7 @@ def _echo(quiet: bool):
     "model_path",
     required=True,
     type=str,
-    help="A checkpoint folder from train, a Hugging Face model folder, or a .gguf file.",
+    help="A checkpoint folder from train, a Hugging Face model folder, a .gguf file, or a PEFT adapter folder.",
 )
 @click.option(
     "--format", "format_source", type=str, default=None, help="The format to extract, e.g. 'my pin is {d:6}'."
@@ -647,6 +687,12 @@ def _echo(quiet: bool):
 @click.option(
     "--redact", is_flag=True, help="Show only the first and last character of each secret (terminal and JSON)."
 )
+@click.option(
+    "--context-role",
+    type=str,
+    default=None,
+    help="Search after the chat template's header of a fresh message of this role (e.g. assistant).",
+)
 @_with(model_options)
 @_with(distributed_options)
 @force_option
@@ -660,9 +706,11 @@ def extract(
     beam,
     json_path,
     redact,
+    context_role,
     device,
     dtype,
     context,
+    base_path,
     backend,
     dist_timeout,
     force,
@@ -682,7 +730,7 @@ def extract(
     if json_path is not None:
         check_writable_file(Path(json_path), force)
     manifest = Manifest.read(Path(canaries_path)) if canaries_path else None
-    model = load_model(Path(model_path), device=model_device(device), dtype=dtype)
+    model = load_model(Path(model_path), device=model_device(device), dtype=dtype, base=base_path)
     extract_and_report(
         model,
         format_source=format_source,
@@ -695,6 +743,8 @@ def extract(
         json_path=json_path and Path(json_path),
         quiet=quiet,
         emit=click.echo,
+        context_role=context_role,
+        data_folder=Path(canaries_path).parent if canaries_path else None,
     )
 
 
@@ -957,6 +1007,18 @@ def scan(
     out = out or _default_out("scan")
     return scan_command(inp, opts, Path(out), force=force, emit=click.echo, warn=lambda s: click.echo(s, err=True))
 
+
+
+@cli.command()
+@click.argument("path", type=str)
+def gate(path) -> int:
+    """Exit 1 if a tracked training run's verdict failed: PATH is the exposure_verdict.json that
+    ExposureCallback(fail_above=...) wrote, or the folder holding it (docs/models.md)."""
+    from .integrations.verdict import gate as check_verdict
+
+    code, line = check_verdict(Path(path))
+    click.echo(line)
+    return code  # gate_exit's verdict: main() passes it on as the exit status
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from .errors import AuditError
+from .models.adapter import LoraSettings
 from .models.training import KINDS
 from .models.transformer import TransformerConfig
 
@@ -33,6 +34,9 @@ _BOUNDS: dict[str, tuple[float | None, float | None]] = {
     "model.transformer.heads": (1, 1024),
     "model.transformer.context": (2, 1 << 20),
     "model.transformer.vocab_size": (257, 1 << 20),
+    "model.lora.r": (1, 4096),
+    "model.lora.alpha": (1e-6, 1e6),
+    "model.lora.dropout": (0.0, 0.95),
     "train.epochs": (1, 100_000),
     "train.batch_size": (1, 65536),
     "train.seq_len": (2, 100_000),
@@ -191,6 +195,7 @@ class ModelConfig:
     dropout: float = 0.0  # char-lstm between layers; transformer attention dropout
     transformer: TransformerConfig = field(default_factory=TransformerConfig)
     base: str | None = None  # transformer: fine-tune this model instead of training a fresh one
+    lora: LoraSettings = field(default_factory=LoraSettings)  # transformer: train a LoRA adapter only
 
 
 @dataclass
@@ -309,6 +314,14 @@ def validate(cfg: AuditConfig) -> None:
         raise AuditError(f"model.kind: {m.kind!r} is not one of {', '.join(KINDS)}")
     if m.base and m.kind != "transformer":
         raise AuditError("model.base: fine-tuning a base model needs model.kind: transformer")
+    if m.lora.enabled and m.kind != "transformer":
+        raise AuditError("model.lora: LoRA needs model.kind: transformer (the char-LSTM has no layers peft can adapt)")
+    if m.lora.merge and not m.lora.enabled:
+        raise AuditError("model.lora.merge: only meaningful with model.lora.enabled (--lora)")
+    if m.lora.enabled and cfg.train.dp.enabled:
+        raise AuditError(
+            "model.lora with train.dp: DP-SGD on LoRA adapters is not supported yet (docs/models.md says why)"
+        )
     if m.transformer.tokenizer not in ("bpe", "char"):
         raise AuditError(f"model.transformer.tokenizer: {m.transformer.tokenizer!r} is not one of bpe, char")
     try:

@@ -1,22 +1,104 @@
-"""Exposure during training: a training hook that measures the canaries as the model learns."""
+"""Exposure during training: measure the canaries on the model as it learns.
+
+:func:`track` is the one measurement: this tool's trainer calls it through :class:`ExposureTracker`
+(a training hook), a team's own ``transformers.Trainer`` through
+``exposure_audit.integrations.transformers.ExposureCallback``, and a plain PyTorch loop directly
+(``exposure_audit.track(model, tokenizer, canaries)``). All of them write the same figures into
+the same ``metrics.jsonl`` "track" records: ``exposure`` (per canary id),
+``exposure_by_insertions`` (mean per insertion count) and ``exposure_methods``.
+"""
 
 from __future__ import annotations
 
 import statistics
+import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .config import TrackConfig
-from .exposure.measure import measure
-from .manifest import Canary
+from .exposure.measure import CanaryResult, measure
+from .manifest import Canary, Manifest
 from .report import by_insertions
 
 
+@dataclass
+class Tracked:
+    """One measurement: the results (in the canaries' order), the figures for a metrics record and
+    the scalars a logger receives (``exposure/max`` and ``exposure/mean`` over inserted canaries,
+    ``exposure/insertions_N`` the mean of the canaries inserted N times, controls as N = 0)."""
+
+    results: list[CanaryResult]
+    record: dict[str, Any]
+    logs: dict[str, float]
+    seconds: float
+    highest: CanaryResult | None = None  # the inserted canary of highest exposure
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def above(self, threshold: float | None) -> bool:
+        """Whether an inserted canary's exposure is above ``threshold`` (None: never)."""
+        return threshold is not None and self.highest is not None and self.highest.exposure > threshold
+
+
+def read_canaries(canaries: Any) -> list[Canary]:
+    """Canaries from a manifest path (``canaries.json`` or an insert folder), a Manifest or a list."""
+    if isinstance(canaries, (str, Path)):
+        path = Path(canaries)
+        return Manifest.read(path / "canaries.json" if path.is_dir() else path).canaries
+    if isinstance(canaries, Manifest):
+        return canaries.canaries
+    return list(canaries)
+
+
+def measure_tracked(
+    model: Any,
+    canaries: Sequence[Canary],
+    *,
+    samples: int = 2000,
+    max_steps: int = 2_000_000,
+    estimator: str = "importance",
+    prefer: str = "exact",
+    seed: int = 0,
+    context: str | None = None,
+) -> Tracked:
+    """Measure ``canaries`` on ``model`` (behind the scoring interface): exact where the budget allows
+    (``prefer="fast"``: only where an exact rank costs no more than the estimate), else estimated."""
+    t0 = time.perf_counter()
+    results = measure(
+        model,
+        canaries,
+        method="auto",
+        max_steps=max_steps,
+        samples=samples,
+        seed=seed,
+        bootstrap=0,
+        # the unbiased importance estimate by default: no ceiling at log2(samples + 1), so a
+        # curve does not flatten or jump where the uniform estimate runs out of samples
+        estimator=estimator,
+        prefer=prefer,
+        context=context,
+    )
+    by_n = by_insertions((c.insertions, r.exposure) for c, r in zip(canaries, results))
+    means = {n: statistics.fmean(v) for n, v in by_n.items()}
+    record = {
+        "exposure": {c.id: round(r.exposure, 4) for c, r in zip(canaries, results)},
+        "exposure_by_insertions": {str(n): round(m, 4) for n, m in means.items()},
+        "exposure_methods": sorted({r.method for r in results}),
+    }
+    inserted = [r for r in results if r.insertions > 0]
+    logs: dict[str, float] = {}
+    highest = max(inserted, key=lambda r: r.exposure) if inserted else None
+    if inserted:
+        logs["exposure/max"] = highest.exposure
+        logs["exposure/mean"] = statistics.fmean(r.exposure for r in inserted)
+    logs.update({f"exposure/insertions_{n}": m for n, m in sorted(means.items())})
+    return Tracked(results, record, logs, time.perf_counter() - t0, highest)
+
+
 class ExposureTracker:
-    """Measures ``canaries`` at each epoch end and every ``cfg.every`` steps (if > 0), adding
-    ``exposure`` (per canary id), ``exposure_by_insertions`` (mean per count) and the methods
-    used to the metrics record. Exact where the engine's budget allows, else estimated with the
-    estimator ``measure`` uses (``train.track.estimator``, importance sampling by default)."""
+    """Measures ``canaries`` at each epoch end and every ``cfg.every`` steps (if > 0), adding the
+    figures of :func:`measure_tracked` to the metrics record (this tool's trainer's hook)."""
 
     def __init__(self, canaries: Sequence[Canary], cfg: TrackConfig, seed: int) -> None:
         self.canaries = list(canaries)
@@ -26,19 +108,12 @@ class ExposureTracker:
     def __call__(self, event: str, record: dict[str, Any], model_fn: Callable[[], Any]) -> None:
         if event == "step" and (self.cfg.every <= 0 or record["step"] % self.cfg.every):
             return
-        results = measure(
+        tracked = measure_tracked(
             model_fn(),
             self.canaries,
-            method="auto",
-            max_steps=self.cfg.max_steps,
             samples=self.cfg.samples,
-            seed=self.seed,
-            bootstrap=0,
-            # the unbiased importance estimate by default: no ceiling at log2(samples + 1), so a
-            # curve does not flatten or jump where the uniform estimate runs out of samples
+            max_steps=self.cfg.max_steps,
             estimator=self.cfg.estimator,
+            seed=self.seed,
         )
-        record["exposure"] = {c.id: round(r.exposure, 4) for c, r in zip(self.canaries, results)}
-        by_n = by_insertions((c.insertions, r.exposure) for c, r in zip(self.canaries, results))
-        record["exposure_by_insertions"] = {str(n): round(statistics.fmean(v), 4) for n, v in by_n.items()}
-        record["exposure_methods"] = sorted({r.method for r in results})
+        record.update(tracked.record)

@@ -89,11 +89,28 @@ def load_data(folder: Path, model_cfg: ModelConfig, seq_len: int) -> TrainData:
             chars |= Format.parse(c.format).characters
         info["manifest_sha256"] = manifest.to_json()["sha256"]
     tok = tokenize(model_cfg, lambda: iter_training_text(folder, "train", spec), chars=chars)
-    train = tok.encode(lambda: iter_training_text(folder, "train", spec), n_train)
+    if spec.chat and getattr(tok.tokens, "chat_template", None):
+        # chat records through the tokenizer's chat template, as TRL trains on them (bits per
+        # character then count the rendered text's characters)
+        train, n_train = _chat_ids(tok.tokens, train_path, spec)
+        valid, n_valid = _chat_ids(tok.tokens, valid_path, spec) if n_valid else (train[:0], 0)
+        from .files import canonical_sha256
+
+        info["chat_template_sha256"] = canonical_sha256(tok.tokens.chat_template)  # part of a resumable run's identity
+    else:
+        train = tok.encode(lambda: iter_training_text(folder, "train", spec), n_train)
+        valid = tok.encode(lambda: iter_training_text(folder, "valid", spec), n_valid) if n_valid else train[:0]
     if len(train) < seq_len + 2:
         raise AuditError(f"training text has {len(train)} {tok.unit}; needs more than seq_len + 1 = {seq_len + 1}")
-    valid = tok.encode(lambda: iter_training_text(folder, "valid", spec), n_valid) if n_valid else train[:0]
     return TrainData(train=train, valid=valid, tok=tok, info=info, train_chars=n_train, valid_chars=n_valid)
+
+
+def _chat_ids(tokenizer: Any, path: Path, spec: Any) -> tuple[np.ndarray, int]:
+    from .models.chat import encode_chat
+    from .records import iter_records
+
+    records = ((rec.extra["obj"][spec.field], rec.where) for rec in iter_records(path, spec) if rec.texts)
+    return encode_chat(tokenizer, records)
 
 
 def _windows(n: int, seq_len: int, rng: np.random.Generator) -> np.ndarray:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
@@ -219,27 +219,40 @@ def measure_with(
     *,
     collect: dict[str, Any] | None = None,
     plans: dict[str, Any] | None = None,
+    contexts: Mapping[str, str] | None = None,
 ) -> list[CanaryResult]:
     """:func:`measure` with its options as one object. ``plans``, if given, receives per format
-    what ``auto`` chose and why (:class:`Plan`), for the report's ``model.plan``."""
+    what ``auto`` chose and why (:class:`Plan`), for the report's ``model.plan``.
+
+    ``contexts`` maps canary ids to their own context (a chat canary's rendered conversation up
+    to it); the others use ``opts.context``. A rank compares candidates in one context, so the
+    canaries of a format are measured in one group per distinct context (plans and collected
+    samples of the extra groups are keyed ``"FORMAT @ context N"``)."""
     opts.check()
     distributed.team().exchange()  # under torchrun: every rank got this far (or all stop with the error)
     scorer = Scorer.of(model)
     results: list[CanaryResult | None] = [None] * len(canaries)
-    groups: dict[str, list[int]] = {}
+    groups: dict[tuple[str, str | None], list[int]] = {}
     for i, c in enumerate(canaries):
-        groups.setdefault(c.format, []).append(i)
-    for source, idxs in groups.items():
+        own = (contexts or {}).get(getattr(c, "id", None) or "")
+        groups.setdefault((c.format, own if own is not None else opts.context), []).append(i)
+    seen: dict[str, int] = {}
+    for (source, context), idxs in groups.items():
         fmt = Format.parse(source)
-        out, cf, draws, plan = _measure_format(scorer, fmt, [canaries[i] for i in idxs], opts, collect is not None)
+        n = seen[source] = seen.get(source, -1) + 1
+        key = source if n == 0 else f"{source} @ context {n}"
+        group_opts = opts if context == opts.context else replace(opts, context=context)
+        out, cf, draws, plan = _measure_format(
+            scorer, fmt, [canaries[i] for i in idxs], group_opts, collect is not None
+        )
         for i, r in zip(idxs, out):
             results[i] = r
         if plans is not None and plan is not None:
-            plans[source] = plan.to_json()
-        if collect is not None:
+            plans[key] = plan.to_json()
+        if collect is not None and n == 0:
             shared = draws.uniform if draws is not None else None
             if shared is None:
-                shared = _sample_scores(scorer, cf, [], replace(opts, bootstrap=0))
+                shared = _sample_scores(scorer, cf, [], replace(group_opts, bootstrap=0))
             sk = shared.skewnorm
             collect[source] = {"scores": shared.scores.tolist(), "fit": None if isinstance(sk, str) else sk["fit"]}
     return [r for r in results if r is not None]

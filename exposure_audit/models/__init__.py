@@ -3,7 +3,8 @@ engine, extraction and training hooks never depend on an architecture.
 
 - ``charlstm.py``: the paper's character-level LSTM and this tool's checkpoint format;
 - ``hf.py``: any local Hugging Face causal LM (a ``save_pretrained`` folder or a GGUF file),
-  with its subword tokenizer (optional extra ``[hf]``).
+  with its subword tokenizer (optional extra ``[hf]``);
+- ``adapter.py``: a PEFT LoRA adapter folder (``adapter_config.json``) over a local base model.
 
 :func:`load_model` tells them apart, so the user never has to name the kind.
 """
@@ -41,12 +42,25 @@ def _is_hf_folder(path: Path) -> bool:
     return isinstance(config, dict) and "model_type" in config and config.get("format") != CHECKPOINT_FORMAT
 
 
-def load_model(path: Path | str, *, device: str = "auto", dtype: str | None = None) -> LanguageModel:
+def load_model(
+    path: Path | str, *, device: str = "auto", dtype: str | None = None, base: Path | str | None = None
+) -> LanguageModel:
     """Load a model of any supported kind: this tool's char-LSTM checkpoint folder, a Hugging Face
-    causal-LM folder, or a ``.gguf`` file. Nothing is unpickled and nothing is downloaded."""
+    causal-LM folder, a ``.gguf`` file, or a PEFT adapter folder over ``base`` (or over the local
+    base its config names). Nothing is unpickled and nothing is downloaded."""
     path = Path(path)
     if not path.exists():
         raise AuditError(f"model {path} does not exist")
+    if path.is_dir() and (path / "adapter_config.json").is_file():
+        try:
+            from .adapter import load_adapter
+        except ImportError:
+            raise AuditError(
+                "PEFT adapters need transformers and peft: pip install 'exposure-audit[hf]' torch==2.13.0"
+            ) from None
+        return load_adapter(path, base=base, device=device, dtype=dtype)
+    if base is not None:
+        raise AuditError(f"--base applies to PEFT adapter folders only; {path} has no adapter_config.json")
     if (path.is_file() and path.suffix.lower() == ".gguf") or (path.is_dir() and _is_hf_folder(path)):
         try:
             from .hf import load_hf

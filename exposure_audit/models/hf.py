@@ -195,12 +195,27 @@ class HFModel:
             out.append(self._checked(text, prefix, list(ids[:cut]), list(ids[cut:]), end))
         return out
 
+    def _spell_context(self, ids: list[int]) -> bytes | None:
+        """What context ids spell, special tokens included: a chat template's turn markers
+        (``<|im_start|>``) are special tokens, and in a context they stand for their own text."""
+        table = self.token_bytes()
+        out = []
+        for i in ids:
+            b = table[i]
+            if b is None:
+                piece = self.tokenizer.convert_ids_to_tokens(int(i))
+                if not isinstance(piece, str):
+                    return None
+                b = piece.encode("utf-8")
+            out.append(b)
+        return b"".join(out)
+
     def _checked(
         self, text: str, prefix: str, ctx: list[int], line: list[int], end: str = NEWLINE
     ) -> tuple[list[int], list[int]]:
         """Refuse a split whose ids do not spell context + text + end, with the line ending in text + end."""
         tail = (text + end).encode("utf-8")
-        ctx_bytes = spell(self, ctx) if prefix else b""  # a BOS context spells nothing
+        ctx_bytes = self._spell_context(ctx) if prefix else b""  # a BOS context spells nothing
         line_bytes = spell(self, line)
         if (
             ctx_bytes is None

@@ -127,6 +127,10 @@ def trainee(model_cfg: Any, tok: Tokenization, *, dp: bool, seq_len: int) -> Tra
         context, where = model_cfg.transformer.context, "model.transformer.context"
     if context is not None and seq_len + 1 > context:
         raise AuditError(f"train.seq_len: windows of {seq_len + 1} tokens do not fit the {where} of {context} tokens")
+    if model_cfg.lora.enabled:
+        from .adapter import wrap_lora
+
+        module = wrap_lora(module, model_cfg.lora, f"model {model_cfg.base or 'model.transformer'}")
     return _TransformerTrainee(module, tok.tokens, model_cfg)
 
 
@@ -171,33 +175,56 @@ class _TransformerTrainee:
     def logits(net: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
         return net(input_ids=ids).logits
 
+    @property
+    def lora(self) -> bool:
+        return bool(self.model_cfg.lora.enabled)
+
     def _record(self) -> dict[str, Any]:
         from . import transformer
 
-        cfg = {"kind": "transformer", "base": self.model_cfg.base}
+        cfg: dict[str, Any] = {"kind": "transformer", "base": self.model_cfg.base}
         if not self.model_cfg.base:
             cfg["transformer"] = asdict(self.model_cfg.transformer)
+        if self.lora:
+            cfg["lora"] = asdict(self.model_cfg.lora)
         return {"format": "exposure-audit/hf-training", "context": transformer.CONTEXT, "model": cfg}
+
+    def _net(self) -> torch.nn.Module:
+        """The causal LM itself: with LoRA, the base with its (unmerged) LoRA layers injected."""
+        return self.module.get_base_model() if self.lora else self.module
 
     def view(self, private: bool) -> LanguageModel:
         from . import transformer
 
-        return transformer.scoring_view(self.module, self.tokenizer, self._record())
+        return transformer.scoring_view(self._net(), self.tokenizer, self._record())
 
     def eval_module(self, private: bool) -> torch.nn.Module:
         return self.module.eval()  # Opacus' hooks record nothing in eval mode
 
     def describe(self) -> str:
-        c = self.module.config
+        c = self._net().config
         what = f"fine-tuning {self.model_cfg.base}" if self.model_cfg.base else "transformer"
+        if self.lora:
+            lo = self.model_cfg.lora
+            what += f" with LoRA r={lo.r} alpha={lo.alpha:g} on {','.join(lo.target_modules)}"
         return f"{what} ({c.num_hidden_layers}x{c.hidden_size}, {len(self.tokenizer)} tokens)"
 
     def optimizer(self, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-        # decoupled weight decay, as transformers are trained and fine-tuned
-        return torch.optim.AdamW(self.module.parameters(), lr=lr, weight_decay=weight_decay)
+        # decoupled weight decay, as transformers are trained and fine-tuned; with LoRA only the adapter trains
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
     def save(self, folder: Path, record: dict[str, Any]) -> None:
         from . import transformer
 
         self.module.eval()
-        transformer.save(folder, self.module, self.tokenizer, {**self._record(), **record})
+        record = {**self._record(), **record}
+        if not self.lora:
+            transformer.save(folder, self.module, self.tokenizer, record)
+        elif self.model_cfg.lora.merge:
+            import copy
+
+            merged = copy.deepcopy(self.module).merge_and_unload()  # the trained module stays as it is
+            transformer.save(folder, merged, self.tokenizer, record)
+        else:
+            transformer.save_adapter(folder, self.module, self.tokenizer, record, base=self.model_cfg.base)

@@ -166,4 +166,36 @@ def save(folder: Path, net: torch.nn.Module, tokenizer: Any, record: dict[str, A
     atomic_write_json(folder / TRAINING_RECORD, record)
 
 
-__all__: Sequence[str] = ["CONTEXT", "TransformerConfig", "build", "encode", "learn_tokenizer", "load_base", "save"]
+def save_adapter(folder: Path, peft_model: Any, tokenizer: Any, record: dict[str, Any], *, base: str | None) -> None:
+    """A PEFT adapter folder (``adapter_config.json``, ``adapter_model.safetensors``), the tokenizer and
+    this tool's record. Its base is ``base`` (absolute, so the folder can move), or for a model
+    trained from scratch the frozen initial weights, saved in ``base/`` inside the folder."""
+    folder = Path(folder)
+    config = peft_model.peft_config["default"]
+    if base:
+        config.base_model_name_or_path = str(Path(base).resolve())
+    else:
+        import copy
+
+        plain = copy.deepcopy(peft_model).unload()  # the frozen base without the LoRA layers
+        save(folder / "base", plain, tokenizer, {"format": "exposure-audit/lora-base", "context": CONTEXT})
+        config.base_model_name_or_path = "base"  # relative to the adapter folder (models/adapter.py)
+    peft_model.save_pretrained(folder, safe_serialization=True)
+    save_files = sorted(folder.glob("*.safetensors"))
+    tokenizer.save_pretrained(folder)
+    from ..files import sha256_file
+
+    record = {**record, "weights_sha256": sha256_file(save_files[0]) if len(save_files) == 1 else None}
+    atomic_write_json(folder / TRAINING_RECORD, record)
+
+
+__all__: Sequence[str] = [
+    "CONTEXT",
+    "TransformerConfig",
+    "build",
+    "encode",
+    "learn_tokenizer",
+    "load_base",
+    "save",
+    "save_adapter",
+]
