@@ -120,6 +120,21 @@ def table(result: dict[str, Any]) -> str:
         f"{'  threshold (Clopper-P.)':28}{b['threshold']['eps']:>12.3f}  union bound over "
         f"{b['threshold']['grid_size']} thresholds",
     ]
+    for key, label, note in (
+        ("fdp_eps_delta", "  f-DP, (eps,delta) curve", "no assumption"),
+        ("fdp_gaussian", "  f-DP, Gaussian curve", "assumes a Gaussian trade-off curve"),
+    ):
+        f = b.get(key)
+        if f:
+            mu = f"mu >= {f['mu']:.3f}, " if f.get("mu") is not None else ""
+            lines.append(
+                f"{label:28}{f['eps']:>12.3f}  {mu}{f['correct']}/{f['guesses']} correct (k+={f['k_plus']}, "
+                f"k-={f['k_minus']}); {note}; at most {f['max_possible']:.2f} with m={result['m']}"
+            )
+    if b.get("assumes_gaussian"):
+        lines.append(
+            f"{'  best without assumption':28}{b['eps_lower_assumption_free']:>12.3f}  {b['method_assumption_free']}"
+        )
     for r in b["tpr_at_fpr"]:
         lo, hi = r["tpr_interval"]
         lines.append(
