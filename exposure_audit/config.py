@@ -57,6 +57,8 @@ _BOUNDS: dict[str, tuple[float | None, float | None]] = {
     "train.track.max_steps": (1, None),
     "extract.top": (1, 1_000_000),
     "audit.canaries": (1, 10_000_000),
+    "audit.fresh_tokens": (1, 1_000_000),
+    "audit.canary_length": (1, 64),
     "extract.max_steps": (1, None),
 }
 
@@ -103,6 +105,11 @@ class DPAuditConfig:
     confidence: float = 0.95
     delta: float | None = None  # None: train.dp.delta
     fail_if_violated: bool = False  # exit 1 when the lower bound exceeds the claim
+    # canary design (exposure_audit/canary_design.py): random | new-token | new-char
+    canary: str = "random"
+    fresh_tokens: int | None = None  # new-token/new-char: fresh symbols (None: canaries x canary_length)
+    canary_length: int = 1  # new-token/new-char: fresh symbols per canary
+    one_window: bool | None = None  # each planted canary in its own training window (None: yes for designs)
 
 
 @dataclass
@@ -289,6 +296,10 @@ def validate(cfg: AuditConfig) -> None:
         Format.parse(cfg.audit.format)
     except AuditError as e:
         raise AuditError(f"audit.format: {e}") from None
+    from .canary_design import DESIGNS
+
+    if cfg.audit.canary not in DESIGNS:
+        raise AuditError(f"audit.canary: {cfg.audit.canary!r} is not one of {', '.join(DESIGNS)}")
     if dp.broken_no_noise and not dp.enabled:
         raise AuditError("train.dp.broken_no_noise: only meaningful with train.dp.enabled (an auditor check)")
     if cfg.measure.method not in METHODS:

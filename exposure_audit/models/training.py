@@ -59,9 +59,13 @@ class Trainee(Protocol):
     def save(self, folder: Path, record: dict[str, Any]) -> None: ...
 
 
-def tokenize(model_cfg: Any, pieces: Callable[[], Iterator[str]], *, chars: set[str]) -> Tokenization:
+def tokenize(
+    model_cfg: Any, pieces: Callable[[], Iterator[str]], *, chars: set[str], fresh: str = "", seed: int = 0
+) -> Tokenization:
     """The tokenization of ``model_cfg``'s kind. ``pieces()`` streams the training text again
-    at each call; ``chars`` is every character of it and of the canary formats."""
+    at each call; ``chars`` is every character of it and of the canary formats. ``fresh``:
+    dp-audit's fresh symbols, new tokens of a transformer (a char-LSTM has them in ``chars``
+    already: each character is its own token); a base model's new rows are drawn from ``seed``."""
     if model_cfg.kind == "char-lstm":
         vocab = Vocabulary.from_chars(chars)
 
@@ -86,9 +90,11 @@ def tokenize(model_cfg: Any, pieces: Callable[[], Iterator[str]], *, chars: set[
     base = None
     if model_cfg.base:
         module, tokenizer, context = transformer.load_base(Path(model_cfg.base))
+        if fresh:
+            transformer.add_fresh_tokens(module, tokenizer, fresh, seed=seed, where=f"base model {model_cfg.base}")
         base = (module, context)
     else:
-        tokenizer = transformer.learn_tokenizer(_lines(pieces), model_cfg.transformer)
+        tokenizer = transformer.learn_tokenizer(_lines(pieces), model_cfg.transformer, fresh)
 
     def encode_tokens(text: Callable[[], Iterator[str]], count: int) -> np.ndarray:
         return transformer.encode(tokenizer, _lines(text))
