@@ -188,9 +188,15 @@ def table(result: dict[str, Any]) -> str:
     lines.append(f"{'planted / not planted':28}{result['planted']:>6} / {result['m'] - result['planted']}")
     d = result.get("design") or {}
     if d:
-        fresh = f", {d['fresh_tokens']} fresh tokens ({d['fresh_first']}..{d['fresh_last']})" if d.get("fresh_tokens") else ""
-        where = "each planted canary in a window of its own: the claim is per window" if d.get("one_window") else (
-            f"canary lines in the text stream: the claim is a group of {c['group_size']} windows"
+        fresh = (
+            f", {d['fresh_tokens']} fresh tokens ({d['fresh_first']}..{d['fresh_last']})"
+            if d.get("fresh_tokens")
+            else ""
+        )
+        where = (
+            "each planted canary in a window of its own: the claim is per window"
+            if d.get("one_window")
+            else (f"canary lines in the text stream: the claim is a group of {c['group_size']} windows")
         )
         lines.append(f"{'canary design':28}{d.get('canary', 'random'):>12}  {where}{fresh}")
     if c["epsilon"] is None:
@@ -242,7 +248,11 @@ def run_dp_audit(
     if data_dir is None:
         data_dir = tmp / "data"
         data_dir.mkdir()
-        shown = a.format if not design.fresh else f"{design.name}: {len(design.fresh)} fresh tokens, {a.canary_length} a canary"
+        shown = (
+            a.format
+            if not design.fresh
+            else f"{design.name}: {len(design.fresh)} fresh tokens, {a.canary_length} a canary"
+        )
         echo(f"[1/3] plant: {a.canaries} canaries ({shown}), each with probability 1/2")
         manifest = plant_folder(
             data_dir, cfg.corpus, design.format, a.canaries, cfg.insert.valid_fraction, cfg.seed, design.to_json()

@@ -123,9 +123,7 @@ def _seed_of(folder: Path) -> int:
         return 0
 
 
-def _cut_canary_lines(
-    text: Any, lines: set[str], tail: int
-) -> tuple[Any, int, list[str]]:
+def _cut_canary_lines(text: Any, lines: set[str], tail: int) -> tuple[Any, int, list[str]]:
     """dp-audit's one-window layout, text side: the training text without the lines in
     ``lines`` (a re-readable stream, and its length), and for each cut line the text it gets
     its own window with: up to ``tail`` characters of what preceded it, then the line."""
