@@ -33,6 +33,10 @@ from dataclasses import dataclass
 from .errors import AuditError
 
 DESIGNS = ("random", "new-token", "new-char")
+# What fills a planted canary's own window: the text that preceded it, or the canary line
+# repeated (one example either way, so the same per-window claim; repeated, the window's whole
+# clipped gradient is about the canary, which is what DP-SGD's noise has to hide)
+WINDOW_FILLS = ("context", "repeat")
 # Where fresh symbols come from: the private-use areas (never assigned a meaning by Unicode).
 PRIVATE_USE = ((0xE000, 0xF8FF), (0xF0000, 0xFFFFD), (0x100000, 0x10FFFD))
 MAX_FRESH = sum(hi - lo + 1 for lo, hi in PRIVATE_USE)
@@ -47,9 +51,12 @@ class Design:
     format: str  # the canaries' format (for new-token/new-char: a hole over the fresh symbols)
     fresh: str  # the fresh symbols, in order ("" for random)
     one_window: bool  # each planted canary in one training window (the per-window claim)
+    window_fill: str = "context"  # what else its window holds (WINDOW_FILLS)
 
     def to_json(self) -> dict[str, object]:
         out: dict[str, object] = {"canary": self.name, "format": self.format, "one_window": self.one_window}
+        if self.one_window:
+            out["window_fill"] = self.window_fill
         if self.fresh:
             out.update(
                 fresh_tokens=len(self.fresh),
@@ -90,12 +97,13 @@ def resolve(
     one_window: bool | None,
     model_kind: str,
     corpus_chars: Iterable[str] = (),
+    window_fill: str = "context",
 ) -> Design:
     """The design of ``audit.canary`` for a model of ``model_kind``; bad combinations are one-line errors."""
     if name not in DESIGNS:
         raise AuditError(f"audit.canary: {name!r} is not one of {', '.join(DESIGNS)}")
     if name == "random":
-        return Design("random", fmt, "", bool(one_window))
+        return Design("random", fmt, "", bool(one_window), window_fill)
     if name == "new-token" and model_kind not in TOKEN_MODELS:
         raise AuditError(
             f"audit.canary: new-token needs a model with a tokenizer (model.kind: {', '.join(TOKEN_MODELS)}); "
@@ -115,7 +123,7 @@ def resolve(
         )
     fresh = fresh_block(k, corpus_chars)
     body = _escape(fresh[0]) if k == 1 else f"{_escape(fresh[0])}-{_escape(fresh[-1])}"
-    return Design(name, f"{{[{body}]:{canary_length}}}", fresh, True if one_window is None else one_window)
+    return Design(name, f"{{[{body}]:{canary_length}}}", fresh, True if one_window is None else one_window, window_fill)
 
 
 def fresh_of(design: dict[str, object] | None) -> str:

@@ -110,6 +110,9 @@ class DPAuditConfig:
     fresh_tokens: int | None = None  # new-token/new-char: fresh symbols (None: canaries x canary_length)
     canary_length: int = 1  # new-token/new-char: fresh symbols per canary
     one_window: bool | None = None  # each planted canary in its own training window (None: yes for designs)
+    # what fills a canary's own window: "context" (the text before it) or "repeat" (the canary
+    # line over and over: still one example, so the same per-window claim; a stronger signal)
+    window_fill: str = "context"
 
 
 @dataclass
@@ -300,6 +303,10 @@ def validate(cfg: AuditConfig) -> None:
 
     if cfg.audit.canary not in DESIGNS:
         raise AuditError(f"audit.canary: {cfg.audit.canary!r} is not one of {', '.join(DESIGNS)}")
+    from .canary_design import WINDOW_FILLS
+
+    if cfg.audit.window_fill not in WINDOW_FILLS:
+        raise AuditError(f"audit.window_fill: {cfg.audit.window_fill!r} is not one of {', '.join(WINDOW_FILLS)}")
     if dp.broken_no_noise and not dp.enabled:
         raise AuditError("train.dp.broken_no_noise: only meaningful with train.dp.enabled (an auditor check)")
     if cfg.measure.method not in METHODS:

@@ -48,6 +48,7 @@ def canary_design(cfg: AuditConfig) -> Any:
         one_window=a.one_window,
         model_kind=cfg.model.kind,
         corpus_chars=corpus_characters(cfg.corpus) if a.canary != "random" else (),
+        window_fill=a.window_fill,
     )
 
 
@@ -193,8 +194,9 @@ def table(result: dict[str, Any]) -> str:
             if d.get("fresh_tokens")
             else ""
         )
+        fill = " (filled with the canary repeated)" if d.get("window_fill") == "repeat" else ""
         where = (
-            "each planted canary in a window of its own: the claim is per window"
+            f"each planted canary in a window of its own{fill}: the claim is per window"
             if d.get("one_window")
             else (f"canary lines in the text stream: the claim is a group of {c['group_size']} windows")
         )

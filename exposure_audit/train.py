@@ -84,7 +84,7 @@ def load_data(folder: Path, model_cfg: ModelConfig, seq_len: int) -> TrainData:
     chars.add("\n")
     info: dict[str, Any] = {"train_sha256": data_sha256(train_path)}
     manifest_path = folder / "canaries.json"
-    fresh, own_window = "", set()
+    fresh, own_window, repeat = "", set(), False
     if manifest_path.exists():
         manifest = Manifest.read(manifest_path)
         if manifest.train.get("sha256") != info["train_sha256"]:
@@ -98,9 +98,12 @@ def load_data(folder: Path, model_cfg: ModelConfig, seq_len: int) -> TrainData:
         fresh = fresh_of(design)
         if isinstance(design, dict) and design.get("one_window"):
             own_window = {c.text for c in manifest.canaries if c.planted}
+            repeat = design.get("window_fill") == "repeat"
     text = lambda: iter_training_text(folder, "train", spec)  # noqa: E731
     if own_window:
         text, n_train, windows_text = _cut_canary_lines(text, own_window, 8 * (seq_len + 1))
+        if repeat:  # the canary's window: its line over and over (after a newline, as it is scored)
+            windows_text = ["\n" + w[w.rindex("\n", 0, len(w) - 1) + 1 :] * (seq_len + 1) for w in windows_text]
     tok = tokenize(model_cfg, text, chars=chars, fresh=fresh, seed=_seed_of(folder))
     train = tok.encode(text, n_train)
     if len(train) < seq_len + 2:

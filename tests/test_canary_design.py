@@ -166,3 +166,23 @@ def test_manifest_records_the_design(tmp_path):
     recorded = Manifest.read(tmp_path / "data" / "canaries.json").settings["dp_audit"]
     assert recorded["canary"] == "new-char" and recorded["one_window"] is True and recorded["fresh_tokens"] == 40
     assert json.loads(json.dumps(recorded)) == d.to_json() | {"format": d.format, "canaries": 40, "probability": 0.5}
+
+
+def test_repeat_fill_gives_a_window_of_the_canary_alone(tmp_path):
+    make_corpus(tmp_path / "corpus.txt", lines=120)
+    cfg = config_from_dict({"audit": {"canaries": 40, "canary": "new-char", "window_fill": "repeat"}})
+    d = design_of("new-char", "char-lstm", window_fill="repeat")
+    assert d.to_json()["window_fill"] == "repeat"
+    (tmp_path / "data").mkdir()
+    manifest = plant_folder(tmp_path / "data", tmp_path / "corpus.txt", d.format, 40, 0.0, 0, d.to_json())
+    data = load_data(tmp_path / "data", cfg.model, SEQ)
+    vocab = data.tok.tokens
+    n = len(data.train) - data.fixed_windows * (SEQ + 1)
+    windows = data.train[n:].reshape(data.fixed_windows, SEQ + 1)
+    texts = sorted(vocab.decode(w) for w in windows)
+    planted = sorted(c.text for c in manifest.canaries if c.planted)
+    # one example each, nothing in it but its own canary line, again and again
+    assert [t.replace("\n", "")[0] for t in texts] == planted
+    assert all(set(t) == {"\n", t.replace("\n", "")[0]} and t.endswith("\n") for t in texts)
+    with pytest.raises(AuditError, match="audit.window_fill: 'pad' is not one of context, repeat"):
+        config_from_dict({"audit": {"window_fill": "pad"}})
