@@ -37,6 +37,9 @@ DESIGNS = ("random", "new-token", "new-char")
 # repeated (one example either way, so the same per-window claim; repeated, the window's whole
 # clipped gradient is about the canary, which is what DP-SGD's noise has to hide)
 WINDOW_FILLS = ("context", "repeat")
+# How fresh tokens' rows start: drawn each on its own ("random"), or all from one draw ("alike",
+# so no canary starts more or less likely than another and only training tells them apart)
+FRESH_INITS = ("random", "alike")
 # Where fresh symbols come from: the private-use areas (never assigned a meaning by Unicode).
 PRIVATE_USE = ((0xE000, 0xF8FF), (0xF0000, 0xFFFFD), (0x100000, 0x10FFFD))
 MAX_FRESH = sum(hi - lo + 1 for lo, hi in PRIVATE_USE)
@@ -52,12 +55,14 @@ class Design:
     fresh: str  # the fresh symbols, in order ("" for random)
     one_window: bool  # each planted canary in one training window (the per-window claim)
     window_fill: str = "context"  # what else its window holds (WINDOW_FILLS)
+    fresh_init: str = "random"  # how the fresh tokens' rows start (FRESH_INITS)
 
     def to_json(self) -> dict[str, object]:
         out: dict[str, object] = {"canary": self.name, "format": self.format, "one_window": self.one_window}
         if self.one_window:
             out["window_fill"] = self.window_fill
         if self.fresh:
+            out["fresh_init"] = self.fresh_init
             out.update(
                 fresh_tokens=len(self.fresh),
                 fresh_first=f"U+{ord(self.fresh[0]):04X}",
@@ -98,6 +103,7 @@ def resolve(
     model_kind: str,
     corpus_chars: Iterable[str] = (),
     window_fill: str = "context",
+    fresh_init: str = "random",
 ) -> Design:
     """The design of ``audit.canary`` for a model of ``model_kind``; bad combinations are one-line errors."""
     if name not in DESIGNS:
@@ -123,7 +129,8 @@ def resolve(
         )
     fresh = fresh_block(k, corpus_chars)
     body = _escape(fresh[0]) if k == 1 else f"{_escape(fresh[0])}-{_escape(fresh[-1])}"
-    return Design(name, f"{{[{body}]:{canary_length}}}", fresh, True if one_window is None else one_window, window_fill)
+    one = True if one_window is None else one_window
+    return Design(name, f"{{[{body}]:{canary_length}}}", fresh, one, window_fill, fresh_init)
 
 
 def fresh_of(design: dict[str, object] | None) -> str:

@@ -113,6 +113,7 @@ class DPAuditConfig:
     # what fills a canary's own window: "context" (the text before it) or "repeat" (the canary
     # line over and over: still one example, so the same per-window claim; a stronger signal)
     window_fill: str = "context"
+    fresh_init: str = "random"  # new-token/new-char: "random" rows, or "alike" (all from one draw)
 
 
 @dataclass
@@ -303,7 +304,10 @@ def validate(cfg: AuditConfig) -> None:
 
     if cfg.audit.canary not in DESIGNS:
         raise AuditError(f"audit.canary: {cfg.audit.canary!r} is not one of {', '.join(DESIGNS)}")
-    from .canary_design import WINDOW_FILLS
+    from .canary_design import FRESH_INITS, WINDOW_FILLS
+
+    if cfg.audit.fresh_init not in FRESH_INITS:
+        raise AuditError(f"audit.fresh_init: {cfg.audit.fresh_init!r} is not one of {', '.join(FRESH_INITS)}")
 
     if cfg.audit.window_fill not in WINDOW_FILLS:
         raise AuditError(f"audit.window_fill: {cfg.audit.window_fill!r} is not one of {', '.join(WINDOW_FILLS)}")

@@ -49,6 +49,7 @@ def canary_design(cfg: AuditConfig) -> Any:
         model_kind=cfg.model.kind,
         corpus_chars=corpus_characters(cfg.corpus) if a.canary != "random" else (),
         window_fill=a.window_fill,
+        fresh_init=a.fresh_init,
     )
 
 

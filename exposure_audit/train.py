@@ -84,7 +84,7 @@ def load_data(folder: Path, model_cfg: ModelConfig, seq_len: int) -> TrainData:
     chars.add("\n")
     info: dict[str, Any] = {"train_sha256": data_sha256(train_path)}
     manifest_path = folder / "canaries.json"
-    fresh, own_window, repeat = "", set(), False
+    fresh, own_window, repeat, design = "", set(), False, None
     if manifest_path.exists():
         manifest = Manifest.read(manifest_path)
         if manifest.train.get("sha256") != info["train_sha256"]:
@@ -105,6 +105,12 @@ def load_data(folder: Path, model_cfg: ModelConfig, seq_len: int) -> TrainData:
         if repeat:  # the canary's window: its line over and over (after a newline, as it is scored)
             windows_text = ["\n" + w[w.rindex("\n", 0, len(w) - 1) + 1 :] * (seq_len + 1) for w in windows_text]
     tok = tokenize(model_cfg, text, chars=chars, fresh=fresh, seed=_seed_of(folder))
+    if fresh:
+        if tok.kind == "char-lstm":
+            tok.fresh_ids = tuple(tok.tokens.id(c) for c in fresh)
+        else:
+            tok.fresh_ids = tuple(tok.tokens.convert_tokens_to_ids(list(fresh)))
+        tok.fresh_alike = bool(isinstance(design, dict) and design.get("fresh_init") == "alike")
     train = tok.encode(text, n_train)
     if len(train) < seq_len + 2:
         raise AuditError(f"training text has {len(train)} {tok.unit}; needs more than seq_len + 1 = {seq_len + 1}")

@@ -186,3 +186,28 @@ def test_repeat_fill_gives_a_window_of_the_canary_alone(tmp_path):
     assert all(set(t) == {"\n", t.replace("\n", "")[0]} and t.endswith("\n") for t in texts)
     with pytest.raises(AuditError, match="audit.window_fill: 'pad' is not one of context, repeat"):
         config_from_dict({"audit": {"window_fill": "pad"}})
+
+
+@pytest.mark.parametrize("kind", ["char-lstm", "transformer"])
+def test_fresh_tokens_can_start_alike(tmp_path, kind):
+    import torch
+
+    from exposure_audit.models.training import trainee
+
+    make_corpus(tmp_path / "corpus.txt", lines=120)
+    name = "new-token" if kind == "transformer" else "new-char"
+    model = {"kind": kind, "transformer": {"layers": 1, "width": 16, "heads": 2, "context": 64, "vocab_size": 280}}
+    cfg = config_from_dict({"model": model})
+    rows = {}
+    for init in ("random", "alike"):
+        d = design_of(name, kind, fresh_init=init)
+        (tmp_path / init).mkdir()
+        plant_folder(tmp_path / init, tmp_path / "corpus.txt", d.format, 40, 0.0, 0, d.to_json())
+        data = load_data(tmp_path / init, cfg.model, SEQ)
+        assert len(data.tok.fresh_ids) == 40 and data.tok.fresh_alike == (init == "alike")
+        torch.manual_seed(0)
+        net = trainee(cfg.model, data.tok, dp=False, seq_len=SEQ).module
+        emb = net.embed.weight if kind == "char-lstm" else net.get_input_embeddings().weight
+        rows[init] = emb[list(data.tok.fresh_ids)].detach()
+    assert torch.equal(rows["alike"], rows["alike"][:1].expand_as(rows["alike"]))  # one row, 40 times
+    assert not torch.equal(rows["random"][0], rows["random"][1])
