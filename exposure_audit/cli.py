@@ -1008,7 +1008,6 @@ def scan(
     return scan_command(inp, opts, Path(out), force=force, emit=click.echo, warn=lambda s: click.echo(s, err=True))
 
 
-
 @cli.command()
 @click.argument("path", type=str)
 def gate(path) -> int:

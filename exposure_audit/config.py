@@ -61,6 +61,8 @@ _BOUNDS: dict[str, tuple[float | None, float | None]] = {
     "train.track.max_steps": (1, None),
     "extract.top": (1, 1_000_000),
     "audit.canaries": (1, 10_000_000),
+    "audit.fresh_tokens": (1, 1_000_000),
+    "audit.canary_length": (1, 64),
     "extract.max_steps": (1, None),
     "memorization.records": (1, None),
     "memorization.prefix_tokens": (1, 100_000),
@@ -114,6 +116,15 @@ class DPAuditConfig:
     confidence: float = 0.95
     delta: float | None = None  # None: train.dp.delta
     fail_if_violated: bool = False  # exit 1 when the lower bound exceeds the claim
+    # canary design (exposure_audit/canary_design.py): random | new-token | new-char
+    canary: str = "random"
+    fresh_tokens: int | None = None  # new-token/new-char: fresh symbols (None: canaries x canary_length)
+    canary_length: int = 1  # new-token/new-char: fresh symbols per canary
+    one_window: bool | None = None  # each planted canary in its own training window (None: yes for designs)
+    # what fills a canary's own window: "context" (the text before it) or "repeat" (the canary
+    # line over and over: still one example, so the same per-window claim; a stronger signal)
+    window_fill: str = "context"
+    fresh_init: str = "random"  # new-token/new-char: "random" rows, or "alike" (all from one draw)
 
 
 @dataclass
@@ -328,6 +339,17 @@ def validate(cfg: AuditConfig) -> None:
         Format.parse(cfg.audit.format)
     except AuditError as e:
         raise AuditError(f"audit.format: {e}") from None
+    from .canary_design import DESIGNS
+
+    if cfg.audit.canary not in DESIGNS:
+        raise AuditError(f"audit.canary: {cfg.audit.canary!r} is not one of {', '.join(DESIGNS)}")
+    from .canary_design import FRESH_INITS, WINDOW_FILLS
+
+    if cfg.audit.fresh_init not in FRESH_INITS:
+        raise AuditError(f"audit.fresh_init: {cfg.audit.fresh_init!r} is not one of {', '.join(FRESH_INITS)}")
+
+    if cfg.audit.window_fill not in WINDOW_FILLS:
+        raise AuditError(f"audit.window_fill: {cfg.audit.window_fill!r} is not one of {', '.join(WINDOW_FILLS)}")
     if dp.broken_no_noise and not dp.enabled:
         raise AuditError("train.dp.broken_no_noise: only meaningful with train.dp.enabled (an auditor check)")
     if cfg.measure.method not in METHODS:

@@ -24,18 +24,57 @@ def audit_delta(cfg: AuditConfig) -> float:
     return cfg.audit.delta if cfg.audit.delta is not None else cfg.train.dp.delta
 
 
-def check_dp_audit(cfg: AuditConfig) -> None:
-    """Everything that can be refused before anything is written or trained."""
+def corpus_characters(corpus: str | Path | None) -> set[str]:
+    from .corpus import DEFAULT_CORPUS, iter_lines
+
+    chars: set[str] = set()
+    for line in iter_lines(DEFAULT_CORPUS if corpus is None else Path(corpus)):
+        chars.update(line)
+    return chars
+
+
+def canary_design(cfg: AuditConfig) -> Any:
+    """``audit.canary`` resolved for this config's model and corpus (canary_design.Design)."""
+    from .canary_design import resolve
+
+    a = cfg.audit
+    return resolve(
+        a.canary,
+        fmt=a.format,
+        canaries=a.canaries,
+        fresh_tokens=a.fresh_tokens,
+        canary_length=a.canary_length,
+        one_window=a.one_window,
+        model_kind=cfg.model.kind,
+        corpus_chars=corpus_characters(cfg.corpus) if a.canary != "random" else (),
+        window_fill=a.window_fill,
+        fresh_init=a.fresh_init,
+    )
+
+
+def check_dp_audit(cfg: AuditConfig) -> Any:
+    """Everything that can be refused before anything is written or trained; returns the design."""
     from .formats import Format
     from .privacy_audit import check_audit_settings
 
     a = cfg.audit
     check_audit_settings(a.canaries, audit_delta(cfg), a.confidence)
-    space = Format.parse(a.format).space_size
+    design = canary_design(cfg)
+    space = Format.parse(design.format).space_size
     if space < a.canaries:
         raise AuditError(
-            f"audit.format {a.format!r} has only {space} secrets, fewer than audit.canaries = {a.canaries}"
+            f"audit.format {design.format!r} has only {space} secrets, fewer than audit.canaries = {a.canaries}"
         )
+    if design.fresh and cfg.model.base:
+        from .models.transformer import fresh_capacity
+
+        rows, n, room = fresh_capacity(Path(cfg.model.base))
+        if len(design.fresh) > room:
+            raise AuditError(
+                f"audit.fresh_tokens: {len(design.fresh)} fresh tokens do not fit base model {cfg.model.base}: its "
+                f"embedding has {rows} rows for {n} tokens, room for {room} without changing its shapes"
+            )
+    return design
 
 
 def planted_flags(manifest: Manifest, where: str) -> list[bool]:
@@ -70,14 +109,17 @@ def accountant_epsilon(privacy: dict[str, Any]) -> Callable[[float], float]:
     return eps
 
 
-def claim_for(privacy: dict[str, Any] | None, line_chars: int, seq_len: int, delta: float) -> dict[str, Any]:
+def claim_for(
+    privacy: dict[str, Any] | None, line_chars: int, seq_len: int, delta: float, one_window: bool = False
+) -> dict[str, Any]:
     """The claim a canary line enjoys: the accountant's per-window epsilon for the group of
-    windows the line can touch, at the audit's delta (see privacy_audit.group_claim)."""
+    windows the line can touch, at the audit's delta (see privacy_audit.group_claim). With
+    the one-window layout every planted line is in exactly one window: the per-window claim."""
     from .privacy_audit import group_claim, group_size
 
-    k = group_size(line_chars, seq_len)
+    k = 1 if one_window else group_size(line_chars, seq_len)
     if not privacy:
-        return {"epsilon": None, "group_size": k, "delta": delta, "per_window_epsilon": None}
+        return {"epsilon": None, "group_size": k, "delta": delta, "per_window_epsilon": None, "one_window": one_window}
     eps_of = accountant_epsilon(privacy)
     group_eps, d0 = group_claim(eps_of, k, delta)
     return {
@@ -89,10 +131,14 @@ def claim_for(privacy: dict[str, Any] | None, line_chars: int, seq_len: int, del
         "per_window_delta_used": d0,
         "per_window_epsilon_at_delta_used": eps_of(d0),
         "derivation": (
-            f"a canary line of {line_chars} characters (newline included) touches at most {k} windows of "
+            f"each planted canary line is kept to a training window of its own (one-window layout): the "
+            f"claim is the accountant's per-window epsilon at delta {delta:g}"
+            if one_window
+            else f"a canary line of {line_chars} characters (newline included) touches at most {k} windows of "
             f"{seq_len + 1} characters; group privacy gives ({k} eps, {k} e^(({k}-1) eps) d) from the "
             f"accountant's (eps, d) per window, with d solved so the group's delta is {delta:g}"
         ),
+        "one_window": one_window,
         "broken_no_noise": bool(privacy.get("broken_no_noise")),
     }
 
@@ -119,6 +165,21 @@ def table(result: dict[str, Any]) -> str:
         f"{'  threshold (Clopper-P.)':28}{b['threshold']['eps']:>12.3f}  union bound over "
         f"{b['threshold']['grid_size']} thresholds",
     ]
+    for key, label, note in (
+        ("fdp_eps_delta", "  f-DP, (eps,delta) curve", "no assumption"),
+        ("fdp_gaussian", "  f-DP, Gaussian curve", "assumes a Gaussian trade-off curve"),
+    ):
+        f = b.get(key)
+        if f:
+            mu = f"mu >= {f['mu']:.3f}, " if f.get("mu") is not None else ""
+            lines.append(
+                f"{label:28}{f['eps']:>12.3f}  {mu}{f['correct']}/{f['guesses']} correct (k+={f['k_plus']}, "
+                f"k-={f['k_minus']}); {note}; at most {f['max_possible']:.2f} with m={result['m']}"
+            )
+    if b.get("assumes_gaussian"):
+        lines.append(
+            f"{'  best without assumption':28}{b['eps_lower_assumption_free']:>12.3f}  {b['method_assumption_free']}"
+        )
     for r in b["tpr_at_fpr"]:
         lo, hi = r["tpr_interval"]
         lines.append(
@@ -126,6 +187,20 @@ def table(result: dict[str, Any]) -> str:
             f"({r['false_positives']} false positives)"
         )
     lines.append(f"{'planted / not planted':28}{result['planted']:>6} / {result['m'] - result['planted']}")
+    d = result.get("design") or {}
+    if d:
+        fresh = (
+            f", {d['fresh_tokens']} fresh tokens ({d['fresh_first']}..{d['fresh_last']})"
+            if d.get("fresh_tokens")
+            else ""
+        )
+        fill = " (filled with the canary repeated)" if d.get("window_fill") == "repeat" else ""
+        where = (
+            f"each planted canary in a window of its own{fill}: the claim is per window"
+            if d.get("one_window")
+            else (f"canary lines in the text stream: the claim is a group of {c['group_size']} windows")
+        )
+        lines.append(f"{'canary design':28}{d.get('canary', 'random'):>12}  {where}{fresh}")
     if c["epsilon"] is None:
         verdict = "no claim to check"
     elif result["violated"]:
@@ -161,7 +236,7 @@ def run_dp_audit(
     from .privacy_audit import audit_bounds
     from .train import train_folder
 
-    check_dp_audit(cfg)
+    design = check_dp_audit(cfg)
     a, delta = cfg.audit, audit_delta(cfg)
     t0 = time.perf_counter()
     if data_dir is not None:
@@ -175,8 +250,15 @@ def run_dp_audit(
     if data_dir is None:
         data_dir = tmp / "data"
         data_dir.mkdir()
-        echo(f"[1/3] plant: {a.canaries} canaries of {a.format!r}, each with probability 1/2")
-        manifest = plant_folder(data_dir, cfg.corpus, a.format, a.canaries, cfg.insert.valid_fraction, cfg.seed)
+        shown = (
+            a.format
+            if not design.fresh
+            else f"{design.name}: {len(design.fresh)} fresh tokens, {a.canary_length} a canary"
+        )
+        echo(f"[1/3] plant: {a.canaries} canaries ({shown}), each with probability 1/2")
+        manifest = plant_folder(
+            data_dir, cfg.corpus, design.format, a.canaries, cfg.insert.valid_fraction, cfg.seed, design.to_json()
+        )
         planted = planted_flags(manifest, str(data_dir / "canaries.json"))
     (tmp / "model").mkdir()
     dp = cfg.train.dp
@@ -193,7 +275,10 @@ def run_dp_audit(
     scores = score(model, [c.text for c in manifest.canaries])
     bounds = audit_bounds(scores, planted, delta=delta, confidence=a.confidence)
     line_chars = max(len(c.text) for c in manifest.canaries) + 1
-    claim = claim_for(result.privacy, line_chars, cfg.train.seq_len, delta)
+    planting = manifest.settings.get("dp_audit") or {}
+    planting = {"canary": "random", "one_window": False, **planting}  # plantings from before the designs
+    one_window = bool(planting.get("one_window"))
+    claim = claim_for(result.privacy, line_chars, cfg.train.seq_len, delta, one_window)
     lower = bounds.best[1]
     violated = claim["epsilon"] is not None and lower > claim["epsilon"]
     out: dict[str, Any] = {
@@ -203,6 +288,7 @@ def run_dp_audit(
         "m": len(planted),
         "planted": int(sum(planted)),
         "format": manifest.canaries[0].format,
+        "design": {k: v for k, v in planting.items() if k not in ("format", "canaries", "probability")},
         "confidence": a.confidence,
         "claim": claim,
         "bounds": bounds.to_json(),

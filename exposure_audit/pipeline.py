@@ -144,7 +144,13 @@ def _records_manifest(folder: Path, source: Path, spec, cfg: InsertConfig, seed:
 
 
 def plant_folder(
-    folder: Path, corpus: str | Path | None, fmt: str, m: int, valid_fraction: float, seed: int
+    folder: Path,
+    corpus: str | Path | None,
+    fmt: str,
+    m: int,
+    valid_fraction: float,
+    seed: int,
+    design: dict[str, Any] | None = None,
 ) -> Manifest:
     """dp-audit's data: ``m`` distinct secrets of ``fmt``, each planted exactly once with
     probability 1/2 (independently, from the seed), the rest never inserted. Only the manifest
@@ -171,7 +177,9 @@ def plant_folder(
         valid_fraction=valid_fraction,
         canaries=canaries,
     )
-    settings = {"dp_audit": {"format": fmt, "canaries": m, "probability": 0.5}, "valid_fraction": valid_fraction}
+    # ``design``: the canary design (canary_design.Design.to_json), which training reads back
+    audit = {"format": fmt, "canaries": m, "probability": 0.5, **(design or {})}
+    settings = {"dp_audit": audit, "valid_fraction": valid_fraction}
     return _manifest(folder, source, settings, seed, result, planted=True)
 
 

@@ -25,6 +25,26 @@ Two bounds, each at a stated confidence, from the canaries' scores (log-perplexi
 
 :func:`group_claim` turns an accountant's per-example epsilon into the claim for a group of k
 examples (a canary line can touch more than one training window).
+
+* :func:`fdp_bound`: Mahloujifar, Melis and Chaudhuri, "Auditing f-Differential Privacy in One
+  Run" (ICML 2025, arXiv 2410.22235), on the same guesses and the same grid as
+  :func:`one_run_bound`. For a hypothesised trade-off curve f it bounds the probability of v
+  correct guesses out of r by a backward recursion (with x -> f(1 - x), the least probability
+  the other world gives an event of probability x):
+
+      h_v = tau (r/m) (r - v)/r,   q_v = tau (r/m) v/r,
+      h_i = max(h_{i+1}, f(1 - q_{i+1})),   q_i = q_{i+1} + i/(r - i) (h_i - h_{i+1}),
+
+  and the curve is rejected at level tau when q_0 + h_0 > r/m. With the curve of
+  (eps, delta)-DP, f(x) = max(0, 1 - delta - e^eps x, e^-eps (1 - delta - x)), the largest
+  rejected eps is an (eps, delta) lower bound with no further assumption (``curve="eps-delta"``).
+  With Gaussian curves (mu-GDP, f(x) = Phi(Phi^-1(1 - x) - mu)) the largest rejected mu is a
+  GDP lower bound, turned into epsilon at the audit's delta by the GDP -> (eps, delta)
+  conversion of Dong, Roth and Su (Corollary 2.13): delta = Phi(-eps/mu + mu/2) -
+  e^eps Phi(-eps/mu - mu/2) (``curve="gaussian"``). That epsilon bounds the run's epsilon
+  only if its trade-off curve is Gaussian (DP-SGD's is close to one after many steps: the
+  central limit theorem of Dong et al.); it is the figure the f-DP audits publish, and reports
+  mark it as resting on that assumption.
 """
 
 from __future__ import annotations
@@ -106,6 +126,8 @@ def minimum_canaries(delta: float, confidence: float) -> int:
 
 def check_audit_settings(m: int, delta: float, confidence: float) -> None:
     """Settings the bounds cannot work with, as one-line errors naming the setting."""
+    if delta == 0:
+        gdp_epsilon(1.0, delta)  # the GDP bound's own message: undefined at delta 0
     if not 0 < delta < 1:
         raise AuditError(f"audit.delta: {delta!r} is outside (0, 1)")
     if not 0 < confidence < 1:
@@ -232,6 +254,153 @@ def threshold_bound(
     return best
 
 
+# -- the one-run f-DP bound (Mahloujifar et al.) ------------------------------------------
+# Candidate parameters (mu for Gaussian curves, eps for (eps, delta) curves), tested all at
+# once: 0.005 apart up to 12, beyond anything 100,000 canaries could certify. The family is
+# nested (a mu-GDP run is mu'-GDP for every mu' > mu), so the largest rejected value is a
+# lower bound at the level of one test: no union bound over this grid is owed.
+FDP_GRID = np.linspace(0.0, 12.0, 2401)[1:]
+FDP_CURVES = ("gaussian", "eps-delta")
+_CAP = 2.0  # q and h only grow along the recursion; past r/m <= 1 the verdict is settled
+
+
+def _other_world_gaussian(mu: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """x -> f(1 - x) = Phi(Phi^-1(x) - mu): the least probability of an event of probability x."""
+    from scipy import special
+
+    return lambda x: special.ndtr(special.ndtri(np.clip(x, 0.0, 1.0)) - mu)
+
+
+def _other_world_eps_delta(eps: np.ndarray, delta: float) -> Callable[[np.ndarray], np.ndarray]:
+    """x -> f(1 - x) for the (eps, delta)-DP curve: max(0, 1 - delta - e^eps (1 - x), e^-eps (x - delta))."""
+    e = np.exp(eps)
+
+    def g(x: np.ndarray) -> np.ndarray:
+        x = np.clip(x, 0.0, 1.0)
+        return np.maximum(0.0, np.maximum(1.0 - delta - e * (1.0 - x), (x - delta) / e))
+
+    return g
+
+
+def fdp_rejects(
+    other_world: Callable[[np.ndarray], np.ndarray], m: int, r: int, v: int, tau: float, n: int
+) -> np.ndarray:
+    """Which of n hypothesised curves (vectorised in ``other_world``) the recursion rejects at
+    level ``tau`` after v correct guesses of r over m canaries (see the module docstring)."""
+    if not 0 <= v <= r <= m or r == 0:
+        return np.zeros(n, dtype=bool)
+    scale = tau * r / m
+    q = np.full(n, scale * v / r)
+    h = np.full(n, scale * (r - v) / r)
+    for i in range(v - 1, -1, -1):
+        h_next = np.minimum(np.maximum(h, other_world(q)), _CAP)
+        q = np.minimum(q + (i / (r - i)) * (h_next - h), _CAP)
+        h = h_next
+    return q + h > r / m
+
+
+def gdp_epsilon(mu: float, delta: float) -> float:
+    """The epsilon at ``delta`` of mu-GDP (Dong, Roth, Su, Corollary 2.13), by bisection.
+
+    Undefined at delta = 0 (a Gaussian curve with mu > 0 is (eps, 0)-DP for no finite eps)."""
+    from scipy import special
+
+    if not 0 < delta < 1:
+        raise AuditError(
+            f"audit.delta: the GDP bound has no epsilon at delta {delta!r} "
+            "(a Gaussian trade-off curve is (eps, 0)-DP for no finite eps); use a delta in (0, 1)"
+        )
+    if mu <= 0:
+        return 0.0
+
+    def delta_of(eps: float) -> float:  # in the log domain: the second term underflows otherwise
+        a = special.log_ndtr(-eps / mu + mu / 2)
+        b = eps + special.log_ndtr(-eps / mu - mu / 2)
+        return math.exp(a) * -math.expm1(b - a) if b < a else 0.0
+
+    if delta_of(0.0) <= delta:
+        return 0.0
+    lo, hi = 0.0, 1.0
+    while delta_of(hi) > delta:
+        lo, hi = hi, hi * 2
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if delta_of(mid) > delta else (lo, mid)
+    return lo
+
+
+@dataclass
+class FdpBound:
+    eps: float  # the lower bound on epsilon at delta (for "gaussian": of the Gaussian curve)
+    curve: str  # "gaussian" (mu-GDP, then converted) or "eps-delta"
+    mu: float | None  # the GDP lower bound ("gaussian" only)
+    assumes_gaussian: bool  # eps holds only if the run's trade-off curve is Gaussian
+    confidence: float
+    delta: float
+    m: int
+    k_plus: int
+    k_minus: int
+    guesses: int
+    correct: int
+    grid_size: int  # the union bound's divisor (the same (k+, k-) grid as the one-run bound)
+    max_possible: float  # every one of m guesses right
+
+
+def _fdp_param(curve: str, m: int, r: int, v: int, tau: float, delta: float) -> float:
+    """The largest rejected grid parameter (mu or eps), 0 if none."""
+    other = _other_world_gaussian(FDP_GRID) if curve == "gaussian" else _other_world_eps_delta(FDP_GRID, delta)
+    with np.errstate(over="ignore", invalid="ignore"):
+        rejected = fdp_rejects(other, m, r, v, tau, len(FDP_GRID))
+    return float(FDP_GRID[rejected].max()) if rejected.any() else 0.0
+
+
+def fdp_bound(
+    scores: Sequence[float],
+    planted: Sequence[bool],
+    *,
+    delta: float,
+    confidence: float = 0.95,
+    curve: str = "gaussian",
+) -> FdpBound:
+    """Mahloujifar et al.'s one-run f-DP bound, the best over :func:`guess_grid` at level
+    (1 - confidence) / |grid| each (the union bound of :func:`one_run_bound`)."""
+    if curve not in FDP_CURVES:
+        raise AuditError(f"f-DP curve {curve!r} is not one of {', '.join(FDP_CURVES)}")
+    if curve == "gaussian":
+        gdp_epsilon(1.0, delta)  # refuses a delta where the conversion is undefined, before any work
+    s, p = _check_scores(scores, planted)
+    m = len(s)
+    grid = guess_grid(m)
+    tau = (1 - confidence) / len(grid)
+    ranked = p[_order(s)]
+    in_prefix = np.concatenate([[0], np.cumsum(ranked)])
+    out_suffix = np.concatenate([[0], np.cumsum(~ranked[::-1])])
+    best = (-1.0, 0, 0, 0)
+    for kp, km in grid:
+        v = int(in_prefix[kp] + out_suffix[km])
+        param = _fdp_param(curve, m, kp + km, v, tau, delta)
+        if param > best[0]:
+            best = (param, kp, km, v)
+    param, kp, km, v = best
+    top = _fdp_param(curve, m, m, m, tau, delta)
+    as_eps = (lambda x: gdp_epsilon(x, delta)) if curve == "gaussian" else (lambda x: x)
+    return FdpBound(
+        eps=as_eps(param),
+        curve=curve,
+        mu=param if curve == "gaussian" else None,
+        assumes_gaussian=curve == "gaussian",
+        confidence=confidence,
+        delta=delta,
+        m=m,
+        k_plus=kp,
+        k_minus=km,
+        guesses=kp + km,
+        correct=v,
+        grid_size=len(grid),
+        max_possible=as_eps(top),
+    )
+
+
 @dataclass
 class RocPoint:
     fpr_target: float
@@ -301,29 +470,63 @@ def group_claim(eps_of_delta: Callable[[float], float], k: int, delta: float) ->
     return k * eps_of_delta(d), d
 
 
+BOUND_NAMES = {
+    "one_run": "one-run (Steinke et al.)",
+    "threshold": "threshold (Clopper-Pearson)",
+    "fdp_eps_delta": "one-run f-DP, (eps, delta) curve (Mahloujifar et al.)",
+    "fdp_gaussian": "one-run f-DP, Gaussian curve (Mahloujifar et al.; assumes GDP)",
+}
+
+
 @dataclass
 class AuditBounds:
-    """Both bounds and the headline (the better of the two)."""
+    """Every bound, and the headline: the largest, named (ties go to the earlier, assumption-free one)."""
 
     one_run: OneRunBound
     threshold: ThresholdBound
+    fdp_eps_delta: FdpBound | None = None
+    fdp_gaussian: FdpBound | None = None
     roc: list[RocPoint] = field(default_factory=list)
+
+    def all(self) -> dict[str, float]:
+        out = {"one_run": self.one_run.eps, "threshold": self.threshold.eps}
+        for key in ("fdp_eps_delta", "fdp_gaussian"):
+            b = getattr(self, key)
+            if b is not None:
+                out[key] = b.eps
+        return out
+
+    def _best_of(self, keys: Sequence[str]) -> tuple[str, float]:
+        values = {k: v for k, v in self.all().items() if k in keys}
+        key = max(values, key=lambda k: (values[k], -list(BOUND_NAMES).index(k)))
+        return BOUND_NAMES[key], values[key]
 
     @property
     def best(self) -> tuple[str, float]:
-        if self.threshold.eps > self.one_run.eps:
-            return "threshold (Clopper-Pearson)", self.threshold.eps
-        return "one-run (Steinke et al.)", self.one_run.eps
+        return self._best_of(list(BOUND_NAMES))
+
+    @property
+    def best_assumption_free(self) -> tuple[str, float]:
+        """The best bound that does not rest on the Gaussian-curve assumption."""
+        return self._best_of([k for k in BOUND_NAMES if k != "fdp_gaussian"])
 
     def to_json(self) -> dict[str, Any]:
         method, eps = self.best
-        return {
+        free_method, free_eps = self.best_assumption_free
+        out: dict[str, Any] = {
             "eps_lower": eps,
             "method": method,
+            "assumes_gaussian": method == BOUND_NAMES["fdp_gaussian"],
+            "eps_lower_assumption_free": free_eps,
+            "method_assumption_free": free_method,
             "one_run": asdict(self.one_run),
             "threshold": asdict(self.threshold),
-            "tpr_at_fpr": [asdict(r) for r in self.roc],
         }
+        for key in ("fdp_eps_delta", "fdp_gaussian"):
+            b = getattr(self, key)
+            out[key] = asdict(b) if b is not None else None
+        out["tpr_at_fpr"] = [asdict(r) for r in self.roc]
+        return out
 
 
 def audit_bounds(
@@ -332,5 +535,7 @@ def audit_bounds(
     return AuditBounds(
         one_run=one_run_bound(scores, planted, delta=delta, confidence=confidence),
         threshold=threshold_bound(scores, planted, delta=delta, confidence=confidence),
+        fdp_eps_delta=fdp_bound(scores, planted, delta=delta, confidence=confidence, curve="eps-delta"),
+        fdp_gaussian=fdp_bound(scores, planted, delta=delta, confidence=confidence, curve="gaussian"),
         roc=[tpr_at_fpr(scores, planted, f, confidence) for f in (0.01, 0.001)],
     )

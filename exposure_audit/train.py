@@ -56,6 +56,9 @@ class TrainData:
     info: dict[str, Any]  # hashes of the data
     train_chars: int  # characters of the training text
     valid_chars: int  # characters of the validation text (bits per character = total bits / this)
+    # dp-audit's one-window layout: the last fixed_windows * (seq_len + 1) ids of ``train`` are
+    # windows of their own, one per planted canary, cut out of the text stream before them
+    fixed_windows: int = 0
 
 
 def _scan(pieces: Iterator[str]) -> tuple[set[str], int]:
@@ -81,6 +84,7 @@ def load_data(folder: Path, model_cfg: ModelConfig, seq_len: int) -> TrainData:
     chars.add("\n")
     info: dict[str, Any] = {"train_sha256": data_sha256(train_path)}
     manifest_path = folder / "canaries.json"
+    fresh, own_window, repeat, design = "", set(), False, None
     if manifest_path.exists():
         manifest = Manifest.read(manifest_path)
         if manifest.train.get("sha256") != info["train_sha256"]:
@@ -88,21 +92,93 @@ def load_data(folder: Path, model_cfg: ModelConfig, seq_len: int) -> TrainData:
         for c in manifest.canaries:
             chars |= Format.parse(c.format).characters
         info["manifest_sha256"] = manifest.to_json()["sha256"]
-    tok = tokenize(model_cfg, lambda: iter_training_text(folder, "train", spec), chars=chars)
+        from .canary_design import fresh_of
+
+        design = manifest.settings.get("dp_audit")
+        fresh = fresh_of(design)
+        if isinstance(design, dict) and design.get("one_window"):
+            own_window = {c.text for c in manifest.canaries if c.planted}
+            repeat = design.get("window_fill") == "repeat"
+    text = lambda: iter_training_text(folder, "train", spec)  # noqa: E731
+    if own_window:
+        text, n_train, windows_text = _cut_canary_lines(text, own_window, 8 * (seq_len + 1))
+        if repeat:  # the canary's window: its line over and over (after a newline, as it is scored)
+            windows_text = ["\n" + w[w.rindex("\n", 0, len(w) - 1) + 1 :] * (seq_len + 1) for w in windows_text]
+    tok = tokenize(model_cfg, text, chars=chars, fresh=fresh, seed=_seed_of(folder))
+    if fresh:
+        if tok.kind == "char-lstm":
+            tok.fresh_ids = tuple(tok.tokens.id(c) for c in fresh)
+        else:
+            tok.fresh_ids = tuple(tok.tokens.convert_tokens_to_ids(list(fresh)))
+        tok.fresh_alike = bool(isinstance(design, dict) and design.get("fresh_init") == "alike")
     if spec.chat and getattr(tok.tokens, "chat_template", None):
         # chat records through the tokenizer's chat template, as TRL trains on them (bits per
         # character then count the rendered text's characters)
+        if own_window:
+            raise AuditError(
+                "dp-audit's one-window canary designs need plain text, not chat records rendered by a template"
+            )
         train, n_train = _chat_ids(tok.tokens, train_path, spec)
         valid, n_valid = _chat_ids(tok.tokens, valid_path, spec) if n_valid else (train[:0], 0)
         from .files import canonical_sha256
 
         info["chat_template_sha256"] = canonical_sha256(tok.tokens.chat_template)  # part of a resumable run's identity
     else:
-        train = tok.encode(lambda: iter_training_text(folder, "train", spec), n_train)
-        valid = tok.encode(lambda: iter_training_text(folder, "valid", spec), n_valid) if n_valid else train[:0]
+        train = tok.encode(text, n_train)
+        valid = None
     if len(train) < seq_len + 2:
         raise AuditError(f"training text has {len(train)} {tok.unit}; needs more than seq_len + 1 = {seq_len + 1}")
-    return TrainData(train=train, valid=valid, tok=tok, info=info, train_chars=n_train, valid_chars=n_valid)
+    fixed = 0
+    if own_window:
+        train, fixed = _with_own_windows(train, windows_text, tok, seq_len)
+        info["own_windows"] = fixed
+    if valid is None:
+        valid = tok.encode(lambda: iter_training_text(folder, "valid", spec), n_valid) if n_valid else train[:0]
+    return TrainData(
+        train=train, valid=valid, tok=tok, info=info, train_chars=n_train, valid_chars=n_valid, fixed_windows=fixed
+    )
+
+
+def _seed_of(folder: Path) -> int:
+    """The planting's seed (new rows of a base model's embedding are drawn from it)."""
+    try:
+        return int(Manifest.read(folder / "canaries.json").seed)
+    except (AuditError, AttributeError, TypeError, ValueError):
+        return 0
+
+
+def _cut_canary_lines(text: Any, lines: set[str], tail: int) -> tuple[Any, int, list[str]]:
+    """dp-audit's one-window layout, text side: the training text without the lines in
+    ``lines`` (a re-readable stream, and its length), and for each cut line the text it gets
+    its own window with: up to ``tail`` characters of what preceded it, then the line."""
+    from .models.training import _lines
+
+    def cleaned() -> Iterator[str]:
+        return (line for line in _lines(text) if line.rstrip("\n") not in lines)
+
+    count, windows, before = 0, [], "\n"  # a line at the very start still follows a newline, as it is scored
+    for line in _lines(text):
+        if line.rstrip("\n") in lines:
+            windows.append(before + (line if line.endswith("\n") else line + "\n"))
+            continue
+        count += len(line)
+        before = (before + line)[-tail:]
+    return cleaned, count, windows
+
+
+def _with_own_windows(train: np.ndarray, windows_text: list[str], tok: Any, seq_len: int) -> tuple[np.ndarray, int]:
+    """The stream's ids, then one window of seq_len + 1 ids per cut canary line, ending with
+    the line (and its newline), after the ids of the text that preceded it."""
+    width = seq_len + 1
+    rows = []
+    for w in windows_text:
+        ids = tok.encode(lambda w=w: iter([w]), len(w))
+        if len(ids) < width:  # a canary near the start of the text: fill from the stream's start
+            ids = np.concatenate([train[: width - len(ids)], ids])
+        rows.append(np.asarray(ids[-width:], dtype=train.dtype))
+    if not rows:
+        return train, 0
+    return np.concatenate([train, *rows]), len(rows)
 
 
 def _chat_ids(tokenizer: Any, path: Path, spec: Any) -> tuple[np.ndarray, int]:
@@ -515,13 +591,16 @@ def train(
             atomic_write_text(metrics_path, "".join(json.dumps(m) + "\n" for m in metrics))
     elif metrics_path is not None and metrics_path.exists():
         metrics_path.unlink()
-    n = len(data.train)
+    # the text stream, then (dp-audit's one-window layout) windows of their own at fixed places
+    n = len(data.train) - data.fixed_windows * (cfg.seq_len + 1)
+    own = n + np.arange(data.fixed_windows) * (cfg.seq_len + 1)
     if cfg.dp.enabled:
         per_epoch = _fewest_windows(n, cfg.seq_len)  # Opacus samples from a population of fixed size
     else:
         per_epoch = len(_windows(n, cfg.seq_len, np.random.default_rng(0)))
     if cfg.max_chars:
         per_epoch = min(per_epoch, max(1, cfg.max_chars // cfg.seq_len))
+    stream_per_epoch, per_epoch = per_epoch, per_epoch + len(own)
     batches_per_epoch = -(-per_epoch // cfg.batch_size)
     private = _make_private(model, opt, cfg, windows=per_epoch, seed=seed) if cfg.dp.enabled else None
     net, step_opt = (private.module, private.optimizer) if private else (model, opt)
@@ -566,7 +645,9 @@ def train(
             if pos.epoch_rng is not None and epoch == pos.epoch:
                 rng.bit_generator.state = pos.epoch_rng  # replay this epoch's batch order
             pos.epoch_rng = rng.bit_generator.state
-            starts = _windows(n, cfg.seq_len, rng)[:per_epoch]
+            starts = _windows(n, cfg.seq_len, rng)[:stream_per_epoch]
+            if len(own):
+                starts = rng.permutation(np.concatenate([starts, own]))
             for b, group in enumerate(batches(starts)):
                 if b < pos.batch:
                     continue  # done before the interruption

@@ -117,3 +117,29 @@ def test_bad_inputs(world, tmp_path, capsys):
     assert main([*argv, "--schedule", "0,1", "--per-count", "10", "-q"]) == 0
     cfg = write_config(world, "plainbad.yaml", epochs=1)
     _fails(capsys, ["dp-audit", str(cfg), "--data", str(data), "--out", str(out)], out, "no planted flags")
+
+
+def test_new_token_canaries_in_their_own_windows_are_checked_per_window(world, capsys):
+    """new-token canaries on a tiny transformer trained by broken DP-SGD: each planted canary is
+    in one window, so the claim is the per-window epsilon itself, and the fresh tokens separate
+    members from non-members far better than random canaries do."""
+    cfg = world / "newtok.yaml"
+    cfg.write_text(
+        f"seed: 0\ncorpus: {world / 'corpus.txt'}\n"
+        "model: {kind: transformer, transformer: {layers: 1, width: 16, heads: 2, context: 32, vocab_size: 280}}\n"
+        "train:\n  epochs: 8\n  batch_size: 32\n  seq_len: 20\n  learning_rate: 0.02\n  threads: 2\n"
+        f"{BROKEN}\n"
+        "audit: {canaries: 100, canary: new-token}\n"
+    )
+    out = world / "newtok"
+    code = main(["dp-audit", str(cfg), "--out", str(out), "-q"])
+    result = json.loads((out / "dp_audit.json").read_text())
+    assert result["design"]["canary"] == "new-token" and result["design"]["one_window"]
+    assert result["design"]["fresh_tokens"] == 100
+    c = result["claim"]
+    assert c["group_size"] == 1 and c["one_window"] and c["epsilon"] == pytest.approx(c["per_window_epsilon"])
+    b = result["bounds"]
+    assert b["tpr_at_fpr"][0]["tpr"] > 0.5  # membership alone separates them
+    assert b["eps_lower"] > c["epsilon"] and result["violated"] and code == 0  # flagged (no --fail-if-violated)
+    assert b["fdp_eps_delta"]["eps"] >= b["one_run"]["eps"]
+    assert "new-token  each planted canary in a window of its own" in capsys.readouterr().out

@@ -140,3 +140,128 @@ def test_settings_the_bounds_cannot_work_with():
     for bad in (0.0, 1.0, -1e-5, 2.0):
         with pytest.raises(AuditError, match="audit.delta"):
             check_audit_settings(1000, bad, 0.95)
+
+
+# -- the one-run f-DP bound (Mahloujifar et al.) -----------------------------------------
+from statistics import NormalDist  # noqa: E402 - an implementation independent of scipy's
+
+from exposure_audit.privacy_audit import (  # noqa: E402
+    FDP_GRID,
+    _other_world_eps_delta,
+    _other_world_gaussian,
+    fdp_bound,
+    fdp_rejects,
+    gdp_epsilon,
+)
+
+N = NormalDist()
+
+
+def direct_rejects_gaussian(m: int, r: int, v: int, tau: float, mu: float) -> bool:
+    """The recursion written out once more, scalar, with the standard library's normal."""
+    q, h = tau * (r / m) * v / r, tau * (r / m) * (r - v) / r
+    for i in range(v - 1, -1, -1):
+        x = min(max(q, 0.0), 1.0)
+        other = 0.0 if x == 0 else 1.0 if x == 1 else N.cdf(N.inv_cdf(x) - mu)
+        h_next = max(h, other)
+        q, h = q + i / (r - i) * (h_next - h), h_next
+        if q + h > r / m:  # the sums only grow: settled
+            return True
+    return q + h > r / m
+
+
+@pytest.mark.parametrize("r,tau", [(20, 0.0025), (100, 0.0025), (100, 0.05), (400, 0.05)])
+def test_fdp_recursion_at_zero_is_the_exact_binomial_test(r, tau):
+    """At mu -> 0 (and at eps = 0, delta = 0) the guesses are fair coins, so the exact test is
+    the binomial tail. The recursion must never reject where that tail is above tau (sound),
+    and it lags it by at most one correct guess (it is an upper bound on the tail, tight or
+    one guess conservative)."""
+    from scipy import stats
+
+    gaussian, pure = _other_world_gaussian(np.array([1e-9])), _other_world_eps_delta(np.array([0.0]), 0.0)
+    first = {"exact": None, "gaussian": None, "eps-delta": None}
+    for v in range(r + 1):
+        exact = stats.binom.sf(v - 1, r, 0.5) <= tau
+        for name, f in (("gaussian", gaussian), ("eps-delta", pure)):
+            rejected = fdp_rejects(f, 1000, r, v, tau, 1)[0]
+            assert not rejected or exact, (name, v)
+            if rejected and first[name] is None:
+                first[name] = v
+        if exact and first["exact"] is None:
+            first["exact"] = v
+    assert first["exact"] is not None
+    for name in ("gaussian", "eps-delta"):
+        assert first[name] in (first["exact"], first["exact"] + 1), (name, first)
+
+
+@pytest.mark.parametrize("sep", [1.0, 2.5])
+def test_fdp_bound_never_exceeds_a_direct_computation(sep):
+    m = 300
+    planted = flags(m)
+    scores = np.random.default_rng(7).normal(size=m) - sep * planted
+    b = fdp_bound(scores, planted, delta=DELTA, curve="gaussian")
+    tau = 0.05 / b.grid_size
+    assert b.mu > 0
+    assert direct_rejects_gaussian(m, b.guesses, b.correct, tau, b.mu)  # the reported mu is rejected...
+    assert not direct_rejects_gaussian(m, b.guesses, b.correct, tau, b.mu + 0.005)  # ...the next one is not
+    assert b.eps == pytest.approx(gdp_epsilon(b.mu, DELTA))
+
+
+def test_gdp_conversion_matches_its_formula():
+    from scipy.stats import norm
+
+    for mu in (0.3, 1.0, 2.0):
+        eps = gdp_epsilon(mu, DELTA)
+        direct = norm.cdf(-eps / mu + mu / 2) - math.exp(eps) * norm.cdf(-eps / mu - mu / 2)
+        assert direct == pytest.approx(DELTA, rel=1e-6)
+    assert gdp_epsilon(0.0, DELTA) == 0.0
+    assert gdp_epsilon(1.0, 1e-3) < gdp_epsilon(1.0, DELTA) < gdp_epsilon(2.0, DELTA)
+
+
+def test_fdp_identical_distributions_give_about_zero():
+    m = 1000
+    planted = flags(m)
+    scores = np.random.default_rng(1).normal(size=m)
+    for curve in ("gaussian", "eps-delta"):
+        assert fdp_bound(scores, planted, delta=DELTA, curve=curve).eps < 0.1
+
+
+@pytest.mark.parametrize("sep", [1.0, 2.0, 100.0])
+def test_fdp_bounds_are_at_least_steinke_on_separated_scores(sep):
+    m = 1000
+    planted = flags(m)
+    scores = np.random.default_rng(8).normal(size=m) - sep * planted
+    b = audit_bounds(scores, planted, delta=DELTA)
+    assert b.one_run.eps > 0.5
+    assert b.fdp_eps_delta.eps >= b.one_run.eps
+    assert b.fdp_gaussian.eps >= b.fdp_eps_delta.eps
+    assert b.best == ("one-run f-DP, Gaussian curve (Mahloujifar et al.; assumes GDP)", b.fdp_gaussian.eps)
+    assert b.best_assumption_free[1] == b.fdp_eps_delta.eps
+    j = b.to_json()
+    assert j["assumes_gaussian"] and j["eps_lower"] == b.fdp_gaussian.eps and j["fdp_gaussian"]["mu"] > 0
+
+
+def test_gdp_bound_is_sound_on_gaussian_mechanisms():
+    """Scores of a mu-GDP mechanism per canary (planted: N(-mu, 1), else N(0, 1)): the bound on
+    mu stays below the true mu in every trial (95% each; the union bound makes it conservative),
+    and it is not vacuous."""
+    m, mu = 300, 1.5
+    found = []
+    for trial in range(6):
+        rng = np.random.default_rng(100 + trial)
+        planted = rng.random(m) < 0.5
+        b = fdp_bound(rng.normal(size=m) - mu * planted, planted, delta=DELTA, curve="gaussian")
+        found.append(b.mu)
+    assert max(found) <= mu
+    assert min(found) > 0.2 * mu
+
+
+def test_a_bound_at_a_delta_where_it_is_undefined():
+    planted = flags(100)
+    with pytest.raises(AuditError, match="audit.delta: the GDP bound has no epsilon at delta 0"):
+        fdp_bound(np.zeros(100), planted, delta=0.0, curve="gaussian")
+    with pytest.raises(AuditError, match="the GDP bound has no epsilon"):
+        check_audit_settings(1000, 0.0, 0.95)
+    with pytest.raises(AuditError, match="curve"):
+        fdp_bound(np.zeros(100), planted, delta=DELTA, curve="laplace")
+    assert FDP_GRID[0] > 0 and FDP_GRID[-1] == 12.0

@@ -41,6 +41,9 @@ class Tokenization:
     fingerprint: str  # changes with the tokenization (part of a resumable run's identity)
     encode: Callable[[Callable[[], Iterator[str]], int], np.ndarray]  # (text pieces, characters) -> ids
     base: tuple[torch.nn.Module, int | None] | None = None  # a base model to fine-tune, and its context
+    # dp-audit's fresh tokens: their ids, and whether they start alike (one shared initial row)
+    fresh_ids: tuple[int, ...] = ()
+    fresh_alike: bool = False
 
 
 class Trainee(Protocol):
@@ -59,9 +62,13 @@ class Trainee(Protocol):
     def save(self, folder: Path, record: dict[str, Any]) -> None: ...
 
 
-def tokenize(model_cfg: Any, pieces: Callable[[], Iterator[str]], *, chars: set[str]) -> Tokenization:
+def tokenize(
+    model_cfg: Any, pieces: Callable[[], Iterator[str]], *, chars: set[str], fresh: str = "", seed: int = 0
+) -> Tokenization:
     """The tokenization of ``model_cfg``'s kind. ``pieces()`` streams the training text again
-    at each call; ``chars`` is every character of it and of the canary formats."""
+    at each call; ``chars`` is every character of it and of the canary formats. ``fresh``:
+    dp-audit's fresh symbols, new tokens of a transformer (a char-LSTM has them in ``chars``
+    already: each character is its own token); a base model's new rows are drawn from ``seed``."""
     if model_cfg.kind == "char-lstm":
         vocab = Vocabulary.from_chars(chars)
 
@@ -86,9 +93,11 @@ def tokenize(model_cfg: Any, pieces: Callable[[], Iterator[str]], *, chars: set[
     base = None
     if model_cfg.base:
         module, tokenizer, context = transformer.load_base(Path(model_cfg.base))
+        if fresh:
+            transformer.add_fresh_tokens(module, tokenizer, fresh, seed=seed, where=f"base model {model_cfg.base}")
         base = (module, context)
     else:
-        tokenizer = transformer.learn_tokenizer(_lines(pieces), model_cfg.transformer)
+        tokenizer = transformer.learn_tokenizer(_lines(pieces), model_cfg.transformer, fresh)
 
     def encode_tokens(text: Callable[[], Iterator[str]], count: int) -> np.ndarray:
         return transformer.encode(tokenizer, _lines(text))
@@ -116,7 +125,10 @@ def trainee(model_cfg: Any, tok: Tokenization, *, dp: bool, seq_len: int) -> Tra
         arch = CharLSTMConfig(
             embedding=model_cfg.embedding, hidden=model_cfg.hidden, layers=model_cfg.layers, dropout=model_cfg.dropout
         )
-        return _CharLSTMTrainee(CharLSTM(tok.tokens, arch, dp=dp))
+        net = CharLSTM(tok.tokens, arch, dp=dp)
+        if tok.fresh_alike:
+            _start_alike([net.embed.weight, net.head.weight, net.head.bias], tok.fresh_ids)
+        return _CharLSTMTrainee(net)
     from . import transformer
 
     if tok.base is not None:
@@ -127,11 +139,27 @@ def trainee(model_cfg: Any, tok: Tokenization, *, dp: bool, seq_len: int) -> Tra
         context, where = model_cfg.transformer.context, "model.transformer.context"
     if context is not None and seq_len + 1 > context:
         raise AuditError(f"train.seq_len: windows of {seq_len + 1} tokens do not fit the {where} of {context} tokens")
+    if tok.fresh_alike:
+        out = module.get_output_embeddings()
+        _start_alike([module.get_input_embeddings().weight, *([out.weight] if out is not None else [])], tok.fresh_ids)
     if model_cfg.lora.enabled:
         from .adapter import wrap_lora
 
         module = wrap_lora(module, model_cfg.lora, f"model {model_cfg.base or 'model.transformer'}")
     return _TransformerTrainee(module, tok.tokens, model_cfg)
+
+
+def _start_alike(tensors: list[Any], ids: tuple[int, ...]) -> None:
+    """Every fresh token's rows become the first one's (drawn like any row, from the seed), so
+    no canary starts more or less likely than another: what tells them apart after training is
+    what training did, not their random start."""
+    if not ids:
+        return
+    idx = torch.as_tensor(ids)
+    with torch.no_grad():
+        for t in tensors:
+            if t is not None:
+                t[idx] = t[idx[0]].clone()
 
 
 class _CharLSTMTrainee:

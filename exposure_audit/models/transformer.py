@@ -51,8 +51,15 @@ class TransformerConfig:
     split_digits: bool = True  # bpe only: one token per digit (Llama 3 / SmolLM2 style)
 
 
-def learn_tokenizer(lines: Iterable[str], cfg: TransformerConfig) -> Any:
-    """A byte-level tokenizer learned on ``lines`` (see the module docstring)."""
+def learn_tokenizer(lines: Iterable[str], cfg: TransformerConfig, fresh: str = "") -> Any:
+    """A byte-level tokenizer learned on ``lines`` (see the module docstring).
+
+    ``fresh``: symbols that become tokens of their own (dp-audit's new-token canaries), learned
+    from nothing: they are removed from the text the merges are learned on (so no merge holds
+    their bytes) and added after it, one token each (ids after the learned vocabulary)."""
+    if fresh:
+        drop = str.maketrans("", "", fresh)
+        lines = (line.translate(drop) for line in lines)
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -73,7 +80,52 @@ def learn_tokenizer(lines: Iterable[str], cfg: TransformerConfig) -> Any:
             f"model.transformer.vocab_size: the training text supports at most {tok.get_vocab_size()} tokens, "
             f"not {cfg.vocab_size}; use a smaller vocabulary or more text"
         )
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=SPECIALS[0], pad_token=SPECIALS[0])
+    out = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=SPECIALS[0], pad_token=SPECIALS[0])
+    if fresh:
+        _add_fresh(out, fresh, "the learned tokenizer")
+    return out
+
+
+def _add_fresh(tokenizer: Any, fresh: str, where: str) -> None:
+    from tokenizers import AddedToken
+
+    before = len(tokenizer)
+    tokenizer.add_tokens([AddedToken(c, normalized=False, special=False) for c in fresh])
+    if len(tokenizer) != before + len(fresh):
+        raise AuditError(f"audit.fresh_tokens: {where} already has some of the fresh symbols as tokens")
+
+
+def fresh_capacity(path: Path) -> tuple[int, int, int]:
+    """(embedding rows, tokenizer length, room): how many fresh tokens the base at ``path`` can
+    take in the spare rows of its embedding, without changing any shape of the base."""
+    base = load_hf(path, device="cpu", dtype="float32")
+    rows = int(base.model.get_input_embeddings().weight.shape[0])
+    n = len(base.tokenizer)
+    return rows, n, max(0, rows - n)
+
+
+def add_fresh_tokens(net: torch.nn.Module, tokenizer: Any, fresh: str, *, seed: int, where: str) -> None:
+    """dp-audit's new-token canaries on a base model: the fresh symbols take the spare rows of
+    its embedding (rows past the tokenizer's length, which no text reaches), never a new shape.
+    Those rows (and the output layer's) are drawn afresh from the seed, with the mean and
+    spread of the base's own rows, so every fresh token starts alike whatever the padding held."""
+    emb = net.get_input_embeddings().weight
+    rows, n = int(emb.shape[0]), len(tokenizer)
+    if len(fresh) > rows - n:
+        raise AuditError(
+            f"audit.fresh_tokens: {len(fresh)} fresh tokens do not fit {where}: its embedding has {rows} rows "
+            f"for {n} tokens, room for {max(0, rows - n)} without changing its shapes"
+        )
+    _add_fresh(tokenizer, fresh, where)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        heads = [emb]
+        out = net.get_output_embeddings()
+        if out is not None and out.weight.data_ptr() != emb.data_ptr():
+            heads.append(out.weight)
+        for w in heads:
+            mean, std = w[:n].mean(0), w[:n].std(0)
+            w[n : n + len(fresh)] = mean + std * torch.randn(len(fresh), w.shape[1], generator=gen)
 
 
 def build(tokenizer: Any, cfg: TransformerConfig, *, dropout: float) -> torch.nn.Module:
