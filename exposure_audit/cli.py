@@ -16,6 +16,7 @@ import click
 
 from . import __version__
 from .exposure.measure import ESTIMATORS, METHODS, PREFER
+from .memory import DEFAULT_MAX_MEMORY
 from .models.training import KINDS
 from .audit import EXIT_OK
 from .config import AuditConfig, apply_overrides, load_config
@@ -367,6 +368,12 @@ def train(
 measure_options = [
     click.option("--method", type=click.Choice(list(METHODS)), default=None, help="How to rank (default: auto)."),
     click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Model-step budget for exact methods."),
+    click.option(
+        "--max-memory",
+        type=str,
+        default=None,
+        help=f"Memory for search state (KV caches, frontier), e.g. 4GB or 512MB (default {DEFAULT_MAX_MEMORY}).",
+    ),
     click.option("--samples", type=click.IntRange(min=1), default=None, help="Draws per format for estimates."),
     click.option(
         "--estimator",
@@ -397,9 +404,12 @@ measure_options = [
 ]
 
 
-def _measure_overrides(method, max_steps, samples, estimator, prefer, fail_above, seed=None) -> dict[str, Any]:
+def _measure_overrides(
+    method, max_steps, samples, estimator, prefer, fail_above, seed=None, max_memory=None
+) -> dict[str, Any]:
     return {
         "seed": seed,
+        "measure.max_memory": max_memory,
         "measure.method": method,
         "measure.max_steps": max_steps,
         "measure.samples": samples,
@@ -440,6 +450,7 @@ def measure(
     any_model,
     method,
     max_steps,
+    max_memory,
     samples,
     estimator,
     prefer,
@@ -463,7 +474,9 @@ def measure(
     from .models import load_model
 
     _join(backend, dist_timeout)
-    cfg = _config(config_path, _measure_overrides(method, max_steps, samples, estimator, prefer, fail_above, seed))
+    cfg = _config(
+        config_path, _measure_overrides(method, max_steps, samples, estimator, prefer, fail_above, seed, max_memory)
+    )
     for p in (json_path, junit_path, markdown_path):
         if p is not None:
             check_writable_file(Path(p), force)
@@ -510,6 +523,7 @@ def audit(
     seed,
     method,
     max_steps,
+    max_memory,
     samples,
     estimator,
     prefer,
@@ -531,7 +545,7 @@ def audit(
     if config_path is None:
         default = Path("configs/default.yaml")
         config_path = str(default) if default.is_file() else None
-    overrides = _measure_overrides(method, max_steps, samples, estimator, prefer, fail_above, seed)
+    overrides = _measure_overrides(method, max_steps, samples, estimator, prefer, fail_above, seed, max_memory)
     overrides.update({"corpus": corpus, "train.epochs": epochs})
     cfg = _config(config_path, overrides)
     if markdown_path is not None:
@@ -633,6 +647,13 @@ def _echo(quiet: bool):
     default=None,
     help="Beam search with this width instead (faster, approximate).",
 )
+@click.option(
+    "--max-memory",
+    type=str,
+    default=DEFAULT_MAX_MEMORY,
+    show_default=True,
+    help="Memory for search state (KV caches, frontier), e.g. 4GB or 512MB; the JSON reports the peak.",
+)
 @click.option("--json", "json_path", type=str, default=None, help="Write the result as JSON here.")
 @click.option(
     "--redact", is_flag=True, help="Show only the first and last character of each secret (terminal and JSON)."
@@ -648,6 +669,7 @@ def extract(
     top,
     max_steps,
     beam,
+    max_memory,
     json_path,
     redact,
     device,
@@ -683,6 +705,7 @@ def extract(
         beam=beam,
         redact=redact,
         json_path=json_path and Path(json_path),
+        max_memory=max_memory,
         quiet=quiet,
         emit=click.echo,
     )

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from .errors import AuditError
+from .memory import DEFAULT_MAX_MEMORY, parse_size
 from .models.training import KINDS
 from .models.transformer import TransformerConfig
 
@@ -114,6 +115,7 @@ class TrackConfig:
     samples: int = 2000
     max_steps: int = 2_000_000
     estimator: str = "importance"  # the same estimator as measure (see measure.estimator)
+    max_memory: str = DEFAULT_MAX_MEMORY  # search state the measurements may hold ("4GB", "512MB")
 
 
 @dataclass
@@ -142,6 +144,7 @@ class MeasureConfig:
     confidence: float = 0.9
     bootstrap: int = 100
     fail_above: float | None = None
+    max_memory: str = DEFAULT_MAX_MEMORY  # search state (KV caches, frontier) a walk may hold: "4GB", "512MB"
 
 
 @dataclass
@@ -151,6 +154,7 @@ class ExtractConfig:
     enabled: bool = True
     top: int = 10
     max_steps: int = 200_000
+    max_memory: str = DEFAULT_MAX_MEMORY  # search state the extraction may hold
 
 
 @dataclass
@@ -301,6 +305,15 @@ def validate(cfg: AuditConfig) -> None:
             raise AuditError(f"{key}: {value!r} is not one of {', '.join(ESTIMATORS)}")
     if cfg.measure.prefer not in PREFER:
         raise AuditError(f"measure.prefer: {cfg.measure.prefer!r} is not one of {', '.join(PREFER)}")
+    for key, value in (
+        ("measure.max_memory", cfg.measure.max_memory),
+        ("extract.max_memory", cfg.extract.max_memory),
+        ("train.track.max_memory", cfg.train.track.max_memory),
+    ):
+        try:
+            parse_size(value)
+        except AuditError as e:
+            raise AuditError(f"{key}: {e}") from None
 
 
 def load_config(path: str | Path | None) -> AuditConfig:

@@ -37,6 +37,7 @@ class ExposureTracker:
             # the unbiased importance estimate by default: no ceiling at log2(samples + 1), so a
             # curve does not flatten or jump where the uniform estimate runs out of samples
             estimator=self.cfg.estimator,
+            max_memory=self.cfg.max_memory,
         )
         record["exposure"] = {c.id: round(r.exposure, 4) for c, r in zip(self.canaries, results)}
         by_n = by_insertions((c.insertions, r.exposure) for c, r in zip(self.canaries, results))
