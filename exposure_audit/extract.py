@@ -257,12 +257,22 @@ class _Store:
         pieces, order = [], []
         for p in np.unique(part):
             sel = np.nonzero(part == p)[0]
-            pieces.append(self.scorer.take(self.parts[int(p)][0], torch.as_tensor(rows[sel], dtype=torch.long)))
+            state = self.parts[int(p)][0]
+            if len(sel) == len(self.parts[int(p)][1]) and (rows[sel] == np.arange(len(sel))).all():
+                pieces.append(state)  # the whole part in its order: no copy
+            else:
+                pieces.append(self.scorer.take(state, torch.as_tensor(rows[sel], dtype=torch.long)))
             order.append(sel)
         if len(pieces) == 1:
             return pieces[0]
-        perm = torch.as_tensor(np.argsort(np.concatenate(order), kind="stable"), dtype=torch.long)
-        return self.scorer.take(self.scorer.cat(pieces), perm)
+        joined = self.scorer.cat(pieces)
+        perm = np.argsort(np.concatenate(order), kind="stable")
+        if (perm == np.arange(len(perm))).all():  # nodes came sorted by part (see _best_first)
+            return joined
+        return self.scorer.take(joined, torch.as_tensor(perm, dtype=torch.long))
+
+    def sort_key(self, node: int) -> tuple[int, int]:
+        return (self.part_of[node], self.row_of[node])
 
     def restore(self, nodes: Sequence[int], parent: list[int], token: list[int], depth: list[int], limit: int) -> None:
         """Recompute the evicted states of ``nodes`` (and of their evicted ancestors) from their parent chains."""
@@ -416,8 +426,10 @@ def _best_first(
             sel = [i for i in group if by[i] == team.rank]
             if sel:
                 limit = budget.limit - working - ENTRY_BYTES * len(frontier)
+                store.restore([popped[i][2] for i in sel], parent, token, node_depth, limit)
+                # rows ordered as their parents' states are stored: gathering them copies once
+                sel.sort(key=lambda i: store.sort_key(popped[i][2]))
                 parents = [popped[i][2] for i in sel]
-                store.restore(parents, parent, token, node_depth, limit)
                 ids = torch.as_tensor([int(edges[node_pos[popped[i][2]]].ids[popped[i][3]]) for i in sel])
                 states[g], logp = scorer.step(store.gather(parents), ids)
                 budget.note(store.used + 2 * nbytes(states[g]) + nbytes(logp) + ENTRY_BYTES * len(frontier))
