@@ -146,3 +146,29 @@ def test_sizes_and_allocation_failures():
         with memory_errors_as_audit_errors():
             raise RuntimeError("shape mismatch")
     assert np.isfinite(parse_size("2.5G"))
+
+
+class _Starved:
+    """A model whose allocator gives out after a few calls, as torch's does on a full machine."""
+
+    def __init__(self, model, calls):
+        self.model, self.calls = model, calls
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def step(self, state, ids):
+        self.calls -= 1
+        if self.calls < 0:
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
+        return self.model.step(state, ids)
+
+
+def test_an_allocation_failure_during_a_search_is_one_line_naming_max_memory(tiny_model):
+    f = Format.parse("the random number is {d:4}")
+    with pytest.raises(OutOfMemoryError, match="--max-memory"):
+        best_first(_Starved(tiny_model, 30), f, top=3)
+    scorer = Scorer(_Starved(tiny_model, 30))
+    cf = engine.compile_format(scorer, f)
+    with pytest.raises(OutOfMemoryError, match="--max-memory"):
+        engine.enumerate_counts(scorer, cf, [50.0])
