@@ -343,9 +343,9 @@ def _best_first(
     budget = scorer.budget
     size = state_size(scorer, cf)
     # one call's gathered input, its output and log-probabilities, beside the root's state
-    working = batch * (2 * size.deepest) + size.root
+    working = batch * size.call + size.whole
     budget.require(
-        working + size.root + ENTRY_BYTES * size.fanout, f"extraction of {fmt.source!r} in batches of {batch}"
+        working + size.whole + ENTRY_BYTES * size.fanout, f"extraction of {fmt.source!r} in batches of {batch}"
     )
     inner = [int((e.next != end).sum()) for e in edges]  # children of a position that are not leaves
     # node 0 is the root (after the shared tokens); every other node is one token longer than its parent
@@ -432,7 +432,9 @@ def _best_first(
                 parents = [popped[i][2] for i in sel]
                 ids = torch.as_tensor([int(edges[node_pos[popped[i][2]]].ids[popped[i][3]]) for i in sel])
                 states[g], logp = scorer.step(store.gather(parents), ids)
-                budget.note(store.used + 2 * nbytes(states[g]) + nbytes(logp) + ENTRY_BYTES * len(frontier))
+                # beside the store: the new states, their gathered input and the call's cache in full
+                full = 2 * len(sel) * (max(size.whole, size.root) + size.growth * (node_depth[parents[0]] + 1))
+                budget.note(store.used + 2 * nbytes(states[g]) + nbytes(logp) + full + ENTRY_BYTES * len(frontier))
                 for r, i in enumerate(sel):
                     nxt = int(edges[node_pos[popped[i][2]]].next[popped[i][3]])
                     mine[i] = child_costs(popped[i][0], nxt, logp[r : r + 1])
@@ -534,7 +536,9 @@ def _beam(scorer: Scorer, fmt: Format, width: int, top: int, max_steps: int, con
     t0 = time.perf_counter()
     cf = compile_format(scorer, fmt, context)
     size = state_size(scorer, cf)
-    scorer.budget.require(size.root + 2 * width * size.deepest, f"a beam of width {width} over {fmt.source!r}")
+    scorer.budget.require(
+        size.whole + width * (size.deepest + size.call), f"a beam of width {width} over {fmt.source!r}"
+    )
     s0 = scorer.steps
     zero = torch.zeros(1, dtype=torch.long)
     nodes = Nodes(0, cf.state, cf.logp, torch.tensor([cf.base_cost], dtype=torch.float64), zero, zero, None)

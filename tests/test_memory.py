@@ -96,7 +96,7 @@ def test_small_budget_walk_gives_the_same_counts(hf):
     counts, _ = engine.enumerate_counts(free, cf, px, batch=1024)
     size = engine.state_size(free, cf)
     # just enough for a stack of single-node batches: the walk caps its rows per call
-    limit = size.root + (sum(size.row(d) for d in range(1, size.depth + 1)) + size.deepest + size.root) * size.fanout
+    limit = size.whole + (sum(size.row(d) for d in range(1, size.depth + 1)) + size.call) * size.fanout
     tight.budget.limit = limit
     cf2 = engine.compile_format(tight, f)
     counts2, res = engine.enumerate_counts(tight, cf2, px, batch=1024)

@@ -59,11 +59,12 @@ class StateSize:
     """What one row of a search costs in memory, measured on the model (the engine never looks
     inside a state: it counts the bytes of its tensors, :func:`~exposure_audit.memory.nbytes`)."""
 
-    root: int  # bytes of one row's state after the shared tokens
+    root: int  # bytes one more row adds to a batch of the root's state (0 where rows share it)
     growth: int  # bytes one more token adds to a row (a KV cache grows, an LSTM's state does not)
     logp: int  # bytes of one row's next-token log-probabilities
     depth: int  # most tokens on a path below the root (the closing newline included)
     fanout: int  # most children of one node
+    whole: int = 0  # bytes of the root's one-row state (what a model call may spell out per row)
 
     def row(self, depth: int) -> int:
         """State + log-probabilities of one row ``depth`` tokens below the root."""
@@ -73,23 +74,32 @@ class StateSize:
     def deepest(self) -> int:
         return self.row(self.depth)
 
+    @property
+    def call(self) -> int:
+        """Per row of a model call at the deepest level: its input and output spelled out in full."""
+        return 2 * (max(self.whole, self.root) + self.growth * self.depth) + self.logp
+
 
 def state_size(scorer: Scorer, cf: CompiledFormat) -> StateSize:
     """Measure :class:`StateSize` with one uncounted probe step from the root (cached on ``cf``)."""
     cached = getattr(cf, "_state_size", None)
     if cached is not None:
         return cached
-    root = nbytes(cf.state)
+    model = scorer.model
+    one, two = (model.take(cf.state, torch.zeros(n, dtype=torch.long)) for n in (1, 2))
+    root = max(0, nbytes(two) - nbytes(one))  # what a row adds (a shared prefix is held once)
     growth = 0
     if len(cf.edges[0]):
-        probe, _ = scorer.model.step(cf.state, cf.edges[0].ids[:1])
-        growth = max(0, nbytes(probe) - root)
+        tok = cf.edges[0].ids[:1]
+        after = nbytes(model.step(two, tok.repeat(2))[0]) - nbytes(model.step(one, tok)[0])
+        growth = max(0, after - root)
     longest = [0] * (cf.end + 1)
     for p in range(cf.end):  # positions are numbered so that every edge goes forward
         for q in cf.edges[p].next.tolist():
             longest[q] = max(longest[q], longest[p] + 1)
     fanout = max((len(e) for e in cf.edges), default=1)
-    size = StateSize(root, growth, int(cf.logp.element_size() * cf.logp.shape[-1]), longest[cf.end], fanout)
+    logp = int(cf.logp.element_size() * cf.logp.shape[-1])
+    size = StateSize(root, growth, logp, longest[cf.end], fanout, nbytes(cf.state))
     object.__setattr__(cf, "_state_size", size)
     return size
 
@@ -287,10 +297,10 @@ def walk_cap(scorer: Scorer, cf: CompiledFormat, batch: int) -> int:
     per depth (plus the call's gathered input) would pass the memory budget. Fails before any
     work when not even one node's children fit."""
     size = state_size(scorer, cf)
-    per_row = sum(size.row(d) for d in range(1, size.depth + 1)) + size.deepest + size.root
+    per_row = sum(size.row(d) for d in range(1, size.depth + 1)) + size.call
     fanout = max(1, size.fanout)
-    scorer.budget.require(per_row * fanout + size.root, f"a walk of {cf.fmt.source!r} ({fanout} children per node)")
-    return max(fanout, min(batch, (scorer.budget.limit - size.root) // max(per_row, 1)))
+    scorer.budget.require(per_row * fanout + size.whole, f"a walk of {cf.fmt.source!r} ({fanout} children per node)")
+    return max(fanout, min(batch, (scorer.budget.limit - size.whole) // max(per_row, 1)))
 
 
 def _walk(
@@ -321,6 +331,7 @@ def _walk(
         torch.zeros(1, 0, dtype=torch.long) if cf.ambiguous else None,
     )
     cap = walk_cap(scorer, cf, batch)
+    size = state_size(scorer, cf)
     batch = min(batch, cap)
     budget = scorer.budget
     stack: list[Nodes] = [root] if root.cost[0] <= limit else []
@@ -385,8 +396,8 @@ def _walk(
         if progress is not None:
             progress(m)
         held.append(nbytes(state) + nbytes(logp))
-        # the call's gathered input (about one new level's states) was alive beside the stack
-        budget.note(sum(held) + held[-1])
+        # the call's gathered input and its cache, spelled out in full, were alive beside the stack
+        budget.note(sum(held) + 2 * m * (max(size.whole, size.root) + size.growth * (d + 1)))
         stack.append(Nodes(d + 1, state, logp, ch.cost, ch.pos, ch.index, path))
     return WalkResult(scorer.steps - steps0, True, 0, time.perf_counter() - t0, leaves, noncanonical, foreign)
 
