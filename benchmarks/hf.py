@@ -265,6 +265,11 @@ def part_d(model, label: str, fmt_source: str, steps: int, canary: str) -> None:
     t0 = time.perf_counter()
     ex = best_first(model, fmt, top=1, max_steps=steps)
     line(f"extract ({ex.model_steps:,} steps)", ex.model_steps / (time.perf_counter() - t0))
+    best = ex.candidates[0] if ex.candidates else None
+    if best is not None:
+        print(
+            f"         best so far {best.secret} {best.log_perplexity:.4f} bits ({'proven' if ex.proven else 'not proven'})"
+        )
     print(f"         peak search memory {ex.details['peak_search_memory_bytes'] / 1e9:.2f} GB")
 
     class C:
@@ -282,14 +287,19 @@ def main() -> None:
     ap.add_argument("--skip-small", action="store_true", help="only part (c)")
     ap.add_argument("--roof", action="store_true", help="only part (d): steps/s against the matmul roof")
     ap.add_argument("--roof-steps", type=int, default=4000, help="model steps of part (d)'s extract and measure")
+    ap.add_argument("--dtype", default="float32", help="part (d) on SmolLM2: float32 or bfloat16")
+    ap.add_argument("--no-small", action="store_true", help="part (d) without the random Llama")
     args = ap.parse_args()
     torch.set_num_threads(2)
     if args.roof:
         print("== (d) steps/s against the matmul roof measured in this run (2 threads)")
-        with tempfile.TemporaryDirectory() as tmp:
-            part_d(small_model(Path(tmp) / "split", "split"), "random 4x256 Llama", NINE, args.roof_steps, "123456789")
+        if not args.no_small:
+            with tempfile.TemporaryDirectory() as tmp:
+                part_d(
+                    small_model(Path(tmp) / "split", "split"), "random 4x256 Llama", NINE, args.roof_steps, "123456789"
+                )
         if args.smollm2:
-            part_d(_smollm2(), "SmolLM2-135M (fp32)", PI, args.roof_steps, PI_DIGITS)
+            part_d(_smollm2(args.dtype), f"SmolLM2-135M ({args.dtype})", PI, args.roof_steps, PI_DIGITS)
         return
     if not args.skip_small:
         with tempfile.TemporaryDirectory() as tmp:
