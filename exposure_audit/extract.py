@@ -422,6 +422,7 @@ def _best_first(
         groups = [list(range(len(popped)))] if scorer.model.ragged else _by_depth(popped, node_depth)
         mine: dict[int, list[float]] = {}  # entry -> its children's costs, for the entries this rank steps
         states: dict[int, State] = {}  # group -> the new states of the entries this rank stepped
+        stepped: dict[int, list[int]] = {}  # group -> the entries its state's rows belong to
         for g, group in enumerate(groups):
             sel = [i for i in group if by[i] == team.rank]
             if sel:
@@ -432,6 +433,7 @@ def _best_first(
                 parents = [popped[i][2] for i in sel]
                 ids = torch.as_tensor([int(edges[node_pos[popped[i][2]]].ids[popped[i][3]]) for i in sel])
                 states[g], logp = scorer.step(store.gather(parents), ids)
+                stepped[g] = sel  # the state's rows are these entries, in this order
                 # beside the store: the new states, their gathered input and the call's cache in full
                 full = 2 * len(sel) * (max(size.whole, size.root) + size.growth * (node_depth[parents[0]] + 1))
                 budget.note(store.used + 2 * nbytes(states[g]) + nbytes(logp) + full + ENTRY_BYTES * len(frontier))
@@ -446,7 +448,7 @@ def _best_first(
         steps += len(popped)
         # every rank records the new nodes and pushes their children in the same order
         for g, group in enumerate(groups):
-            new = []
+            node_of: dict[int, int] = {}  # entry -> its new node
             for i in group:
                 cost, _, node, j = popped[i]
                 e = edges[node_pos[node]]
@@ -460,10 +462,10 @@ def _best_first(
                 waiting = [c for c, q in zip(costs, edges[nxt].next.tolist()) if q != end]
                 store.node(inner[nxt], min(waiting, default=float("inf")))
                 if by[i] == team.rank:
-                    new.append(len(parent) - 1)
+                    node_of[i] = len(parent) - 1
                 push(len(parent) - 1, costs)
             if g in states:
-                store.add(states.pop(g), new)
+                store.add(states.pop(g), [node_of[i] for i in stepped[g]])
         for item in popped:
             store.release(item[2])
         store.shrink(budget.limit - working - ENTRY_BYTES * len(frontier), set())

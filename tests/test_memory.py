@@ -172,3 +172,16 @@ def test_an_allocation_failure_during_a_search_is_one_line_naming_max_memory(tin
     cf = engine.compile_format(scorer, f)
     with pytest.raises(OutOfMemoryError, match="--max-memory"):
         engine.enumerate_counts(scorer, cf, [50.0])
+
+
+def test_bounded_extraction_is_the_true_order(hf):
+    """Against brute force: the proven top 8 are the 8 lowest scores of all 1000 candidates."""
+    _, model = hf
+    f = Format.parse("pin {d:3}")
+    scores = np.array(engine.score(model, [f.render(f.fill(i)) for i in range(f.space_size)]))
+    best = np.argsort(scores, kind="stable")[:8]
+    for limit in (UNBOUNDED, 3_000_000):
+        ex = best_first(model, f, top=8, batch=64, max_memory=limit)
+        assert ex.proven
+        assert [c.secret for c in ex.candidates] == [f.fill(int(i)) for i in best]
+        assert np.allclose([c.log_perplexity for c in ex.candidates], scores[best], atol=1e-4)
