@@ -435,7 +435,7 @@ def _best_first(
                 states[g], logp = scorer.step(store.gather(parents), ids)
                 stepped[g] = sel  # the state's rows are these entries, in this order
                 # beside the store: the new states, their gathered input and the call's cache in full
-                full = 2 * len(sel) * (max(size.whole, size.root) + size.growth * (node_depth[parents[0]] + 1))
+                full = len(sel) * size.spelled(node_depth[parents[0]] + 1)
                 budget.note(store.used + 2 * nbytes(states[g]) + nbytes(logp) + full + ENTRY_BYTES * len(frontier))
                 for r, i in enumerate(sel):
                     nxt = int(edges[node_pos[popped[i][2]]].next[popped[i][3]])

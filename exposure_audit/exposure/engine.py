@@ -74,10 +74,16 @@ class StateSize:
     def deepest(self) -> int:
         return self.row(self.depth)
 
+    def spelled(self, depth: int) -> int:
+        """Per row of a call ``depth`` below the root: the input and output caches the model
+        builds in full where rows share a prefix (nothing more where they do not)."""
+        return 2 * (self.whole + self.growth * depth) if self.root < self.whole else 0
+
     @property
     def call(self) -> int:
-        """Per row of a model call at the deepest level: its input and output spelled out in full."""
-        return 2 * (max(self.whole, self.root) + self.growth * self.depth) + self.logp
+        """Per row of a model call at the deepest level beside the stored states: its gathered
+        input and its output, the caches spelled out, the log-probabilities."""
+        return 2 * (self.root + self.growth * self.depth) + self.spelled(self.depth) + self.logp
 
 
 def state_size(scorer: Scorer, cf: CompiledFormat) -> StateSize:
@@ -397,7 +403,7 @@ def _walk(
             progress(m)
         held.append(nbytes(state) + nbytes(logp))
         # the call's gathered input and its cache, spelled out in full, were alive beside the stack
-        budget.note(sum(held) + 2 * m * (max(size.whole, size.root) + size.growth * (d + 1)))
+        budget.note(sum(held) + held[-1] + m * size.spelled(d + 1))
         stack.append(Nodes(d + 1, state, logp, ch.cost, ch.pos, ch.index, path))
     return WalkResult(scorer.steps - steps0, True, 0, time.perf_counter() - t0, leaves, noncanonical, foreign)
 
