@@ -150,6 +150,8 @@ def check_extraction(*, top: int, max_steps: int, beam: int | None = None) -> No
         raise AuditError("the beam width must be at least 1")
 
 
+BATCH_RAGGED = 256  # entries popped per round where rows of any length share a call (char-LSTM)
+BATCH_BY_DEPTH = 1024  # where each depth is its own call (KV caches)
 ENTRY_BYTES = 160  # a frontier entry: a tuple of four plus its float and ints, and its heap slot
 FRONTIER_SHARE = 0.9  # past this share of the budget the frontier is cut (states get the rest)
 
@@ -306,7 +308,7 @@ def best_first(
     top: int = 10,
     max_steps: int = 1_000_000,
     context: str | None = None,
-    batch: int = 256,
+    batch: int | None = None,
     progress: Callable[[int], None] | None = None,
     max_memory: Any = None,
 ) -> Extraction:
@@ -323,6 +325,10 @@ def best_first(
     so every rank pushes the same entries in the same order as one process would."""
     check_extraction(top=top, max_steps=max_steps)
     scorer = Scorer.of(model, max_memory)
+    if batch is None:
+        # A KV-cache model steps each depth of a popped batch separately, so it pops more to keep
+        # its calls large (SmolLM2, pi's 8 digits: 37 s at 1024 against 47 s at 256, docs/benchmarks.md).
+        batch = BATCH_RAGGED if scorer.model.ragged else BATCH_BY_DEPTH
     with memory_errors_as_audit_errors(scorer.budget.limit):
         return _best_first(scorer, fmt, top, max_steps, context, batch, progress)
 
