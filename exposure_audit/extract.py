@@ -151,7 +151,10 @@ def check_extraction(*, top: int, max_steps: int, beam: int | None = None) -> No
 
 
 BATCH_RAGGED = 256  # entries popped per round where rows of any length share a call (char-LSTM)
-BATCH_BY_DEPTH = 1024  # where each depth is its own call (KV caches)
+# Where each depth is its own call (KV caches). 1024 ran the SmolLM2 pi proof in 37 s against 47 s
+# at 256 (docs/benchmarks.md), but the budget reserves a full call's caches per row (3 MB a row
+# for SmolLM2 there), so 1024 rows would leave the 4GB default little room for states.
+BATCH_BY_DEPTH = 256
 ENTRY_BYTES = 160  # a frontier entry: a tuple of four plus its float and ints, and its heap slot
 FRONTIER_SHARE = 0.9  # past this share of the budget the frontier is cut (states get the rest)
 
@@ -326,8 +329,7 @@ def best_first(
     check_extraction(top=top, max_steps=max_steps)
     scorer = Scorer.of(model, max_memory)
     if batch is None:
-        # A KV-cache model steps each depth of a popped batch separately, so it pops more to keep
-        # its calls large (SmolLM2, pi's 8 digits: 37 s at 1024 against 47 s at 256, docs/benchmarks.md).
+        # a KV-cache model steps each depth of a popped batch separately (see BATCH_BY_DEPTH)
         batch = BATCH_RAGGED if scorer.model.ragged else BATCH_BY_DEPTH
     with memory_errors_as_audit_errors(scorer.budget.limit):
         return _best_first(scorer, fmt, top, max_steps, context, batch, progress)

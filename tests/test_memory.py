@@ -75,16 +75,22 @@ def test_a_frontier_past_the_budget_is_cut_and_the_proof_stays_honest(hf):
     f = Format.parse("pin {d:4}")
     free = best_first(model, f, top=8, max_steps=60_000, batch=32, max_memory=UNBOUNDED)
     d = free.details
-    cut = best_first(model, f, top=8, max_steps=60_000, batch=32, max_memory=d["peak_search_memory_bytes"] // 4)
+    # room for a call and a third of the frontier the free run held: the frontier must be cut
+    limit = d["working_bytes"] + ENTRY_BYTES * d["peak_frontier_entries"] // 3
+    cut = best_first(model, f, top=8, max_steps=60_000, batch=32, max_memory=limit)
     h = cut.details["frontier_horizon"]
     # what it proved is the true order up to the horizon; beyond it, nothing is claimed
     proven = [c for c in cut.candidates if c.log_perplexity <= h]
     assert [c.secret for c in proven] == [c.secret for c in free.candidates[: len(proven)]]
     if cut.proven:  # every candidate lay under the horizon: the full, true order
-        _same(free, cut)
+        # (a state recomputed in another batch shape may round differently in the last bits)
+        assert [c.secret for c in cut.candidates] == [c.secret for c in free.candidates]
+        assert np.allclose(
+            [c.log_perplexity for c in cut.candidates], [c.log_perplexity for c in free.candidates], atol=1e-4
+        )
     else:
         assert len(proven) < len(free.candidates)
-    assert cut.details["peak_search_memory_bytes"] <= d["peak_search_memory_bytes"] // 4
+    assert cut.details["peak_search_memory_bytes"] <= limit
 
 
 def test_small_budget_walk_gives_the_same_counts(hf):
@@ -124,10 +130,10 @@ def test_cli_max_memory(hf, tmp_path, capsys):
     assert main([*args, "--max-memory", "1kB", "--json", str(out)]) == 2
     assert "max-memory" in capsys.readouterr().err and not out.exists()
     assert main([*args, "--max-memory", "lots"]) == 2
-    assert main([*args, "--max-memory", "64MB", "--json", str(out)]) == 0
+    assert main([*args, "--max-memory", "512MB", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
-    assert report["max_memory_bytes"] == 64_000_000
-    assert 0 < report["peak_search_memory_bytes"] <= 64_000_000
+    assert report["max_memory_bytes"] == 512_000_000
+    assert 0 < report["peak_search_memory_bytes"] <= 512_000_000
 
 
 def test_sizes_and_allocation_failures():
@@ -180,7 +186,10 @@ def test_bounded_extraction_is_the_true_order(hf):
     f = Format.parse("pin {d:3}")
     scores = np.array(engine.score(model, [f.render(f.fill(i)) for i in range(f.space_size)]))
     best = np.argsort(scores, kind="stable")[:8]
-    for limit in (UNBOUNDED, 3_000_000):
+    free = best_first(model, f, top=8, batch=64, max_memory=UNBOUNDED)
+    d = free.details
+    tight = int(ENTRY_BYTES * d["peak_frontier_entries"] / 0.85) + d["working_bytes"] + d["peak_state_bytes"] // 10
+    for limit in (UNBOUNDED, tight):
         ex = best_first(model, f, top=8, batch=64, max_memory=limit)
         assert ex.proven
         assert [c.secret for c in ex.candidates] == [f.fill(int(i)) for i in best]
