@@ -40,7 +40,8 @@ def hf(tmp_path_factory):
 
 def _same(a, b):
     assert [c.secret for c in a.candidates] == [c.secret for c in b.candidates]
-    assert [c.log_perplexity for c in a.candidates] == [c.log_perplexity for c in b.candidates]
+    # a state recomputed in another batch shape may round differently in the last bits (docs/method.md)
+    assert np.allclose([c.log_perplexity for c in a.candidates], [c.log_perplexity for c in b.candidates], atol=1e-4)
     assert a.proven == b.proven and a.model_steps == b.model_steps
 
 
