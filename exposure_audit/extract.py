@@ -32,10 +32,11 @@ import numpy as np
 import torch
 
 from . import distributed
-from .errors import AuditError
-from .exposure.engine import DEFAULT_BATCH, Nodes, children
+from .errors import AuditError, memory_errors_as_audit_errors
+from .exposure.engine import DEFAULT_BATCH, Nodes, children, state_size
 from .exposure.tree import CompiledFormat, compile_format
 from .formats import Format
+from .memory import nbytes
 from .models.base import Scorer, State
 
 
@@ -149,35 +150,158 @@ def check_extraction(*, top: int, max_steps: int, beam: int | None = None) -> No
         raise AuditError("the beam width must be at least 1")
 
 
-class _States:
-    """Model states of expanded nodes, by node id: the rows of one ``step`` call are one part."""
+BATCH_RAGGED = 256  # entries popped per round where rows of any length share a call (char-LSTM)
+# Where each depth is its own call (KV caches). 1024 ran the SmolLM2 pi proof in 37 s against 47 s
+# at 256 (docs/benchmarks.md), but the budget reserves a full call's caches per row (3 MB a row
+# for SmolLM2 there), so 1024 rows would leave the 4GB default little room for states.
+BATCH_BY_DEPTH = 256
+ENTRY_BYTES = 160  # a frontier entry: a tuple of four plus its float and ints, and its heap slot
+FRONTIER_SHARE = 0.9  # past this share of the budget the frontier is cut (states get the rest)
+
+
+class _Store:
+    """The model states of expanded nodes, held within a byte limit.
+
+    A node's state is only needed while some child of it that is not a leaf waits on the
+    frontier (``need``); then it is dropped. Past the limit the states of the nodes whose
+    cheapest waiting child costs most (``prio``: they are popped last) are evicted, and an
+    evicted state is recomputed from its parent chain when one of its children is popped (the
+    root's state is always held). Recomputing changes which rows share a model call, never a
+    cost that was already pushed."""
 
     def __init__(self, scorer: Scorer, first: State) -> None:
         self.scorer = scorer
-        self.parts = [first]
-        self.offsets = [0]
-        self.count = 1
+        self.parts: dict[int, tuple[State, np.ndarray, int]] = {0: (first, np.zeros(1, dtype=np.int64), nbytes(first))}
+        self.part_of = array("q", [0])  # each node's part (-1: not held)
+        self.row_of = array("q", [0])
+        self.need = array("q", [1 << 40])  # waiting inner children (the root: never dropped)
+        self.prio = array("d", [0.0])
+        self.used = self.parts[0][2]
+        self.next_part = 1
+        self.recomputed = 0  # model steps spent recomputing evicted states
 
-    def add(self, state: State, rows: int) -> int:
-        start = self.count
-        self.parts.append(state)
-        self.offsets.append(start)
-        self.count += rows
-        return start
+    def node(self, need: int, prio: float) -> None:
+        self.part_of.append(-1)
+        self.row_of.append(-1)
+        self.need.append(need)
+        self.prio.append(prio)
 
-    def gather(self, ids: np.ndarray) -> State:
-        # group rows by the part they live in, then put them in the requested order
-        part = np.searchsorted(np.asarray(self.offsets), ids, side="right") - 1
+    def add(self, state: State, nodes: Sequence[int]) -> None:
+        """Hold ``state``'s rows as the states of ``nodes`` (those with no waiting child are dropped)."""
+        ids = np.asarray(nodes, dtype=np.int64)
+        live = np.nonzero(np.frombuffer(self.need, dtype=np.int64)[ids] > 0)[0]
+        if len(live) == 0:
+            return
+        if len(live) < len(ids):
+            state, ids = self.scorer.take(state, torch.as_tensor(live)), ids[live]
+        part = self.next_part
+        self.next_part += 1
+        size = nbytes(state)
+        self.parts[part] = (state, ids, size)
+        self.used += size
+        for r, n in enumerate(ids.tolist()):
+            self.part_of[n] = part
+            self.row_of[n] = r
+
+    def release(self, node: int) -> None:
+        """One waiting child of ``node`` was popped; drop its part once no row of it is needed."""
+        self.need[node] -= 1
+        part = self.part_of[node]
+        if self.need[node] == 0 and part > 0:
+            state, ids, size = self.parts[part]
+            if not (np.frombuffer(self.need, dtype=np.int64)[ids] > 0).any():
+                self._drop(part)
+
+    def _drop(self, part: int) -> None:
+        _, ids, size = self.parts.pop(part)
+        for n in ids.tolist():
+            if self.part_of[n] == part:
+                self.part_of[n] = -1
+        self.used -= size
+
+    def shrink(self, limit: int, pinned: set[int]) -> None:
+        """Evict states (no longer needed ones first, then by ``prio``, dearest first) down to
+        3/4 of ``limit``, keeping the root and ``pinned``."""
+        if self.used <= limit or len(self.parts) <= 1:
+            return
+        need = np.frombuffer(self.need, dtype=np.int64)
+        prio = np.frombuffer(self.prio, dtype=np.float64)
+        parts = [p for p in self.parts if p > 0]
+        ids = np.concatenate([self.parts[p][1] for p in parts])
+        share = np.concatenate(
+            [np.full(len(self.parts[p][1]), self.parts[p][2] / len(self.parts[p][1])) for p in parts]
+        )
+        keep = need[ids] > 0
+        key = np.where(keep, prio[ids], np.inf)  # dead rows first
+        if pinned:
+            key[np.isin(ids, np.fromiter(pinned, dtype=np.int64))] = -np.inf
+        order = np.argsort(-key, kind="stable")
+        freed = np.cumsum(share[order])
+        n_out = int(np.searchsorted(freed, self.used - 0.75 * limit)) + 1
+        out = order[: min(n_out, len(order))]
+        out = out[key[out] > -np.inf]
+        evict = set(ids[out].tolist())
+        for p in parts:
+            state, pids, size = self.parts[p]
+            stay = [r for r, n in enumerate(pids.tolist()) if n not in evict]
+            if len(stay) == len(pids):
+                continue
+            self._drop(p)
+            if stay:
+                kept = self.scorer.take(state, torch.as_tensor(stay))
+                self.parts[p] = (kept, pids[stay], nbytes(kept))
+                self.used += self.parts[p][2]
+                for r, n in enumerate(pids[stay].tolist()):
+                    self.part_of[n] = p
+                    self.row_of[n] = r
+
+    def gather(self, nodes: Sequence[int]) -> State:
+        """The states of ``nodes`` (held ones), rows in that order."""
+        part = np.array([self.part_of[n] for n in nodes])
+        rows = np.array([self.row_of[n] for n in nodes])
         pieces, order = [], []
         for p in np.unique(part):
             sel = np.nonzero(part == p)[0]
-            rows = torch.as_tensor(ids[sel] - self.offsets[p], dtype=torch.long)
-            pieces.append(self.scorer.take(self.parts[p], rows))
+            state = self.parts[int(p)][0]
+            if len(sel) == len(self.parts[int(p)][1]) and (rows[sel] == np.arange(len(sel))).all():
+                pieces.append(state)  # the whole part in its order: no copy
+            else:
+                pieces.append(self.scorer.take(state, torch.as_tensor(rows[sel], dtype=torch.long)))
             order.append(sel)
         if len(pieces) == 1:
             return pieces[0]
-        perm = torch.as_tensor(np.argsort(np.concatenate(order), kind="stable"), dtype=torch.long)
-        return self.scorer.take(self.scorer.cat(pieces), perm)
+        joined = self.scorer.cat(pieces)
+        perm = np.argsort(np.concatenate(order), kind="stable")
+        if (perm == np.arange(len(perm))).all():  # nodes came sorted by part (see _best_first)
+            return joined
+        return self.scorer.take(joined, torch.as_tensor(perm, dtype=torch.long))
+
+    def sort_key(self, node: int) -> tuple[int, int]:
+        return (self.part_of[node], self.row_of[node])
+
+    def restore(self, nodes: Sequence[int], parent: list[int], token: list[int], depth: list[int], limit: int) -> None:
+        """Recompute the evicted states of ``nodes`` (and of their evicted ancestors) from their parent chains."""
+        missing: dict[int, list[int]] = {}
+        seen: set[int] = set()
+        for n in nodes:
+            while self.part_of[n] < 0 and n not in seen:
+                seen.add(n)
+                missing.setdefault(depth[n], []).append(n)
+                n = parent[n]
+        pinned = set(nodes) | seen | {parent[n] for n in seen}  # and the held ancestors the chains start from
+        for d in sorted(missing):
+            group = missing[d]
+            state, _ = self.scorer.step(
+                self.gather([parent[n] for n in group]), torch.as_tensor([token[n] for n in group])
+            )
+            self.recomputed += len(group)
+            saved = [self.need[n] for n in group]
+            for n in group:  # hold them even if no child waits: the batch about to run needs them
+                self.need[n] = max(1, self.need[n])
+            self.add(state, group)
+            for n, v in zip(group, saved):
+                self.need[n] = v
+            self.shrink(limit, pinned)
 
 
 def best_first(
@@ -187,34 +311,65 @@ def best_first(
     top: int = 10,
     max_steps: int = 1_000_000,
     context: str | None = None,
-    batch: int = 256,
+    batch: int | None = None,
     progress: Callable[[int], None] | None = None,
     terminator: str = "\n",
+    max_memory: Any = None,
 ) -> Extraction:
     """The ``top`` most likely secrets of ``fmt`` in exact order (if ``proven``). ``terminator``
     closes every candidate (scan: a found secret's next character, docs/method.md).
+
+    Memory: states are held within ``max_memory`` (or the scorer's budget) by :class:`_Store`;
+    the frontier itself is counted too, and when it alone would pass the budget its dearest
+    half is dropped, remembering the cheapest cost dropped (``horizon``): candidates up to the
+    horizon stay proven, and a search that reaches it stops unproven.
 
     Under torchrun the frontier is replicated: every rank pops the same batch, steps the entries
     whose parent's state it holds (the root's children are dealt round-robin, and a node's
     subtree stays with the rank that stepped it), and the ranks exchange the children's costs,
     so every rank pushes the same entries in the same order as one process would."""
     check_extraction(top=top, max_steps=max_steps)
-    scorer = Scorer.of(model)
+    scorer = Scorer.of(model, max_memory)
+    if batch is None:
+        # a KV-cache model steps each depth of a popped batch separately (see BATCH_BY_DEPTH)
+        batch = BATCH_RAGGED if scorer.model.ragged else BATCH_BY_DEPTH
+    with memory_errors_as_audit_errors(scorer.budget.limit):
+        return _best_first(scorer, fmt, top, max_steps, context, batch, progress)
+
+
+def _best_first(
+    scorer: Scorer,
+    fmt: Format,
+    top: int,
+    max_steps: int,
+    context: str | None,
+    batch: int,
+    progress: Callable[[int], None] | None,
+) -> Extraction:
     team = distributed.team()
     t0 = time.perf_counter()
     cf = compile_format(scorer, fmt, context, terminator=terminator)
     edges, end = cf.edges, cf.end
+    budget = scorer.budget
+    size = state_size(scorer, cf)
+    # one call's gathered input, its output and log-probabilities, beside the root's state
+    working = batch * size.call + size.whole
+    budget.require(
+        working + size.whole + ENTRY_BYTES * size.fanout, f"extraction of {fmt.source!r} in batches of {batch}"
+    )
+    inner = [int((e.next != end).sum()) for e in edges]  # children of a position that are not leaves
     # node 0 is the root (after the shared tokens); every other node is one token longer than its parent
     parent: list[int] = [-1]
     token: list[int] = [-1]
     node_pos: list[int] = [0]
     node_depth: list[int] = [0]
     owner = array("i", [-1])  # the rank holding each node's state (-1: every rank, the root)
-    local = array("q", [0])  # each node's row in this rank's states (-1: another rank's)
     dealt = 0  # children of the root handed out so far (round-robin over ranks)
-    states = _States(scorer, cf.state)
+    store = _Store(scorer, cf.state)
     tie = itertools.count()
     frontier: list[tuple[float, int, int, int]] = []  # (cost, tiebreak, node, edge)
+    horizon = float("inf")  # the cheapest entry dropped from the frontier to stay in the budget
+    peak_store = peak_frontier = 0
 
     def child_costs(cost: float, node_position: int, logp_row: torch.Tensor) -> list[float]:
         return (cost + edges[node_position].bits(logp_row)[0]).tolist()
@@ -237,14 +392,16 @@ def best_first(
     noncanonical = 0
     steps = 0  # model steps of the search (every rank's together)
     while True:
-        # Emit completed candidates that no frontier entry can beat.
-        bound = frontier[0][0] if frontier else float("inf")
+        # Emit completed candidates that no frontier entry (nor a dropped one) can beat.
+        bound = min(frontier[0][0] if frontier else float("inf"), horizon)
         while done and done[0][0] <= bound and len(found) < top:
             c, _, node, j = heapq.heappop(done)
             found.append((c, node, j))
         if len(found) >= top or not frontier:
-            proven = True
+            proven = len(found) >= top or horizon == float("inf")
             break
+        if frontier[0][0] > horizon:
+            break  # what is left may be beaten by a dropped entry: not provable within the budget
         popped, completed = [], []
         while frontier and len(popped) < batch:
             item = heapq.heappop(frontier)
@@ -274,16 +431,23 @@ def best_first(
         # a model whose rows must share a length (a KV cache) steps each depth separately
         groups = [list(range(len(popped)))] if scorer.model.ragged else _by_depth(popped, node_depth)
         mine: dict[int, list[float]] = {}  # entry -> its children's costs, for the entries this rank steps
-        rows: dict[int, int] = {}  # entry -> its row in this rank's states
-        for group in groups:
+        states: dict[int, State] = {}  # group -> the new states of the entries this rank stepped
+        stepped: dict[int, list[int]] = {}  # group -> the entries its state's rows belong to
+        for g, group in enumerate(groups):
             sel = [i for i in group if by[i] == team.rank]
             if sel:
-                nodes = np.array([local[popped[i][2]] for i in sel])
+                limit = budget.limit - working - ENTRY_BYTES * len(frontier)
+                store.restore([popped[i][2] for i in sel], parent, token, node_depth, limit)
+                # rows ordered as their parents' states are stored: gathering them copies once
+                sel.sort(key=lambda i: store.sort_key(popped[i][2]))
+                parents = [popped[i][2] for i in sel]
                 ids = torch.as_tensor([int(edges[node_pos[popped[i][2]]].ids[popped[i][3]]) for i in sel])
-                state, logp = scorer.step(states.gather(nodes), ids)
-                first = states.add(state, len(sel))
+                states[g], logp = scorer.step(store.gather(parents), ids)
+                stepped[g] = sel  # the state's rows are these entries, in this order
+                # beside the store: the new states, their gathered input and the call's cache in full
+                full = len(sel) * size.spelled(node_depth[parents[0]] + 1)
+                budget.note(store.used + 2 * nbytes(states[g]) + nbytes(logp) + full + ENTRY_BYTES * len(frontier))
                 for r, i in enumerate(sel):
-                    rows[i] = first + r
                     nxt = int(edges[node_pos[popped[i][2]]].next[popped[i][3]])
                     mine[i] = child_costs(popped[i][0], nxt, logp[r : r + 1])
             if progress is not None:
@@ -293,17 +457,32 @@ def best_first(
                 mine.update(part)
         steps += len(popped)
         # every rank records the new nodes and pushes their children in the same order
-        for group in groups:
+        for g, group in enumerate(groups):
+            node_of: dict[int, int] = {}  # entry -> its new node
             for i in group:
                 cost, _, node, j = popped[i]
                 e = edges[node_pos[node]]
+                nxt = int(e.next[j])
                 parent.append(node)
                 token.append(int(e.ids[j]))
-                node_pos.append(int(e.next[j]))
+                node_pos.append(nxt)
                 node_depth.append(node_depth[node] + 1)
                 owner.append(by[i])
-                local.append(rows.get(i, -1))
-                push(len(parent) - 1, mine[i])
+                costs = mine[i]
+                waiting = [c for c, q in zip(costs, edges[nxt].next.tolist()) if q != end]
+                store.node(inner[nxt], min(waiting, default=float("inf")))
+                if by[i] == team.rank:
+                    node_of[i] = len(parent) - 1
+                push(len(parent) - 1, costs)
+            if g in states:
+                store.add(states.pop(g), [node_of[i] for i in stepped[g]])
+        for item in popped:
+            store.release(item[2])
+        store.shrink(budget.limit - working - ENTRY_BYTES * len(frontier), set())
+        if ENTRY_BYTES * len(frontier) > FRONTIER_SHARE * (budget.limit - working):
+            horizon = min(horizon, _halve(frontier, store, edges, node_pos, end))
+        budget.note(store.used + ENTRY_BYTES * len(frontier))
+        peak_store, peak_frontier = max(peak_store, store.used), max(peak_frontier, len(frontier))
 
     if not proven:
         # Best found so far: proven ones, then the cheapest completed ones (order not proven).
@@ -312,8 +491,30 @@ def best_first(
             found.append((c, node, j))
 
     candidates = [_candidate(cf, path_of(node, j), c) for c, node, j in found]
-    details = {"expanded_nodes": len(parent), "noncanonical_completions": noncanonical}
+    details = {
+        "expanded_nodes": len(parent),
+        "noncanonical_completions": noncanonical,
+        "recomputed_steps": store.recomputed,
+        **budget.to_json(),
+        "peak_state_bytes": peak_store,
+        "peak_frontier_entries": peak_frontier,
+        "working_bytes": working,
+    }
+    if horizon < float("inf"):
+        details["frontier_horizon"] = horizon
     return _extraction(cf, candidates, steps, t0, proven=proven, method="best-first", details=details)
+
+
+def _halve(frontier: list, store: _Store, edges: list, node_pos: list[int], end: int) -> float:
+    """Drop the dearer half of the frontier (in place, staying a heap); the cheapest cost dropped."""
+    frontier.sort()
+    keep = len(frontier) // 2
+    cut = frontier[keep][0]
+    for _, _, node, j in frontier[keep:]:
+        if int(edges[node_pos[node]].next[j]) != end:
+            store.release(node)
+    del frontier[keep:]
+    return cut
 
 
 def _by_depth(items: list[tuple[float, int, int, int]], node_depth: list[int]) -> list[list[int]]:
@@ -333,12 +534,23 @@ def beam_search(
     max_steps: int = 1_000_000,
     context: str | None = None,
     batch: int = DEFAULT_BATCH,
+    max_memory: Any = None,
 ) -> Extraction:
-    """Keep the ``width`` cheapest prefixes per token depth: fast, but may miss the true best."""
+    """Keep the ``width`` cheapest prefixes per token depth: fast, but may miss the true best.
+    Memory: ``width`` rows of states (and their gathered copy) at the deepest level."""
     check_extraction(top=top, max_steps=max_steps, beam=width)
-    scorer = Scorer.of(model)
+    scorer = Scorer.of(model, max_memory)
+    with memory_errors_as_audit_errors(scorer.budget.limit):
+        return _beam(scorer, fmt, width, top, max_steps, context)
+
+
+def _beam(scorer: Scorer, fmt: Format, width: int, top: int, max_steps: int, context: str | None) -> Extraction:
     t0 = time.perf_counter()
     cf = compile_format(scorer, fmt, context)
+    size = state_size(scorer, cf)
+    scorer.budget.require(
+        size.whole + width * (size.deepest + size.call), f"a beam of width {width} over {fmt.source!r}"
+    )
     s0 = scorer.steps
     zero = torch.zeros(1, dtype=torch.long)
     nodes = Nodes(0, cf.state, cf.logp, torch.tensor([cf.base_cost], dtype=torch.float64), zero, zero, None)
@@ -361,9 +573,10 @@ def beam_search(
             complete = False
             break
         state, logp = scorer.step(scorer.take(nodes.state, ch.parent[keep]), ch.token[keep])
+        scorer.budget.note(2 * nbytes(state) + nbytes(logp) + nbytes(nodes.state) + nbytes(nodes.logp))
         nodes = Nodes(nodes.depth + 1, state, logp, ch.cost[keep], ch.pos[keep], ch.index[keep], None)
         paths = paths[keep]
     pool.sort(key=lambda item: item[0])
     candidates = [_candidate(cf, p, c) for c, p in pool[:top]]
-    details = {"beam_width": width, "budget_exhausted": not complete}
+    details = {"beam_width": width, "budget_exhausted": not complete, **scorer.budget.to_json()}
     return _extraction(cf, candidates, scorer.steps - s0, t0, proven=False, method="beam", details=details)

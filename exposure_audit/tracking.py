@@ -115,5 +115,6 @@ class ExposureTracker:
             max_steps=self.cfg.max_steps,
             estimator=self.cfg.estimator,
             seed=self.seed,
+            max_memory=self.cfg.max_memory,
         )
         record.update(tracked.record)

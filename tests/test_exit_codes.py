@@ -120,7 +120,7 @@ def test_running_out_of_memory_is_one_line_and_exit_2(models, monkeypatch, tmp_p
     monkeypatch.setattr(formats.Format, "parse", staticmethod(starved))
     code, lines = run_extract(models / "lstm", tmp_path / "x.json", capsys)
     assert code == 2 and len(lines) == 1
-    assert lines[0].startswith("error: out of memory (") and "more memory" in lines[0]
+    assert lines[0].startswith("error: out of memory") and "--max-memory" in lines[0]
 
 
 def test_a_stray_exit_1_is_not_a_verdict(models, monkeypatch, tmp_path, capsys):

@@ -28,8 +28,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import AuditError
+from ..errors import AuditError, memory_errors_as_audit_errors
 from ..formats import Format
+from ..memory import nbytes
 from ..models.base import Scorer, State
 from .tree import CompiledFormat, compile_format
 
@@ -50,6 +51,63 @@ __all__ = [
     "score_secrets",
     "walk",
 ]
+
+
+# -- the memory a search holds --------------------------------------------------------------
+@dataclass(frozen=True)
+class StateSize:
+    """What one row of a search costs in memory, measured on the model (the engine never looks
+    inside a state: it counts the bytes of its tensors, :func:`~exposure_audit.memory.nbytes`)."""
+
+    root: int  # bytes one more row adds to a batch of the root's state (0 where rows share it)
+    growth: int  # bytes one more token adds to a row (a KV cache grows, an LSTM's state does not)
+    logp: int  # bytes of one row's next-token log-probabilities
+    depth: int  # most tokens on a path below the root (the closing newline included)
+    fanout: int  # most children of one node
+    whole: int = 0  # bytes of the root's one-row state (what a model call may spell out per row)
+
+    def row(self, depth: int) -> int:
+        """State + log-probabilities of one row ``depth`` tokens below the root."""
+        return self.root + self.growth * depth + self.logp
+
+    @property
+    def deepest(self) -> int:
+        return self.row(self.depth)
+
+    def spelled(self, depth: int) -> int:
+        """Per row of a call ``depth`` below the root: the input and output caches the model
+        builds in full where rows share a prefix (nothing more where they do not)."""
+        return 2 * (self.whole + self.growth * depth) if self.root < self.whole else 0
+
+    @property
+    def call(self) -> int:
+        """Per row of a model call at the deepest level beside the stored states: its gathered
+        input and its output, the caches spelled out, the log-probabilities."""
+        return 2 * (self.root + self.growth * self.depth) + self.spelled(self.depth) + self.logp
+
+
+def state_size(scorer: Scorer, cf: CompiledFormat) -> StateSize:
+    """Measure :class:`StateSize` with one uncounted probe step from the root (cached on ``cf``)."""
+    cached = getattr(cf, "_state_size", None)
+    if cached is not None:
+        return cached
+    model = scorer.model
+    one, two = (model.take(cf.state, torch.zeros(n, dtype=torch.long)) for n in (1, 2))
+    root = max(0, nbytes(two) - nbytes(one))  # what a row adds (a shared prefix is held once)
+    growth = 0
+    if len(cf.edges[0]):
+        tok = cf.edges[0].ids[:1]
+        after = nbytes(model.step(two, tok.repeat(2))[0]) - nbytes(model.step(one, tok)[0])
+        growth = max(0, after - root)
+    longest = [0] * (cf.end + 1)
+    for p in range(cf.end):  # positions are numbered so that every edge goes forward
+        for q in cf.edges[p].next.tolist():
+            longest[q] = max(longest[q], longest[p] + 1)
+    fanout = max((len(e) for e in cf.edges), default=1)
+    logp = int(cf.logp.element_size() * cf.logp.shape[-1])
+    size = StateSize(root, growth, logp, longest[cf.end], fanout, nbytes(cf.state))
+    object.__setattr__(cf, "_state_size", size)
+    return size
 
 
 # -- scoring token paths ---------------------------------------------------------------------
@@ -231,7 +289,36 @@ def walk(
     whose candidates straddle shards is stepped by each of them; ``foreign_steps`` counts the
     ones whose first candidate lies before this shard, so that the shards' ``steps -
     foreign_steps`` add up to the steps of one walk of the whole range (each node once).
+
+    Memory: the stack holds one batch of nodes per depth, so the rows stepped per call are
+    capped (:func:`walk_cap`) to keep every depth's states within ``scorer.budget``; the cap
+    changes which rows share a call, never which nodes are stepped or pruned.
     """
+    with memory_errors_as_audit_errors(scorer.budget.limit):
+        return _walk(scorer, cf, on_leaves, bound, max_steps, batch, index_range, progress)
+
+
+def walk_cap(scorer: Scorer, cf: CompiledFormat, batch: int) -> int:
+    """Most rows a walk steps per call: ``batch``, or fewer where a full stack of that many rows
+    per depth (plus the call's gathered input) would pass the memory budget. Fails before any
+    work when not even one node's children fit."""
+    size = state_size(scorer, cf)
+    per_row = sum(size.row(d) for d in range(1, size.depth + 1)) + size.call
+    fanout = max(1, size.fanout)
+    scorer.budget.require(per_row * fanout + size.whole, f"a walk of {cf.fmt.source!r} ({fanout} children per node)")
+    return max(fanout, min(batch, (scorer.budget.limit - size.whole) // max(per_row, 1)))
+
+
+def _walk(
+    scorer: Scorer,
+    cf: CompiledFormat,
+    on_leaves: Callable[[np.ndarray, np.ndarray], None],
+    bound: float | None,
+    max_steps: int | None,
+    batch: int,
+    index_range: tuple[int, int] | None,
+    progress: Callable[[int], None] | None,
+) -> WalkResult:
     t0 = time.perf_counter()
     steps0 = scorer.steps
     limit = math.inf if bound is None else bound + TIE_TOLERANCE
@@ -249,7 +336,12 @@ def walk(
         torch.zeros(1, dtype=torch.long),
         torch.zeros(1, 0, dtype=torch.long) if cf.ambiguous else None,
     )
+    cap = walk_cap(scorer, cf, batch)
+    size = state_size(scorer, cf)
+    batch = min(batch, cap)
+    budget = scorer.budget
     stack: list[Nodes] = [root] if root.cost[0] <= limit else []
+    held = [nbytes(root.state) + nbytes(root.logp)]  # bytes of each stack entry's state and logp
     survival: dict[int, float] = defaultdict(lambda: 1.0)  # running share of children kept by the bound, per depth
     while stack:
         top = stack[-1]
@@ -258,9 +350,6 @@ def walk(
         want = max(1, int(batch / (k * survival[d])))
         take = min(want, top.end)
         lo, hi = top.end - take, top.end
-        top.end = lo
-        if lo == 0:
-            stack.pop()
         ch = children(cf, top, lo, hi)
         mask = ch.cost <= limit if bound is not None else None
         if index_range is not None:
@@ -270,6 +359,13 @@ def walk(
         if mask is not None:
             survival[d] = 0.8 * survival[d] + 0.2 * max(float(mask.float().mean()), 1.0 / (k * batch))
             ch = _select(ch, mask.nonzero().view(-1))
+        lo = _within_cap(ch, cf.end, lo, hi, cap)
+        if lo > hi - take:  # leave the rest of the rows for the next call
+            ch = _select(ch, (ch.parent >= lo).nonzero().view(-1))
+        top.end = lo
+        if lo == 0:
+            stack.pop()
+            held.pop()
         is_leaf = ch.pos == cf.end
         path = None
         if top.path is not None:
@@ -305,8 +401,23 @@ def walk(
         state, logp = scorer.step(scorer.take(top.state, ch.parent), ch.token)
         if progress is not None:
             progress(m)
+        held.append(nbytes(state) + nbytes(logp))
+        # the call's gathered input and its cache, spelled out in full, were alive beside the stack
+        budget.note(sum(held) + held[-1] + m * size.spelled(d + 1))
         stack.append(Nodes(d + 1, state, logp, ch.cost, ch.pos, ch.index, path))
     return WalkResult(scorer.steps - steps0, True, 0, time.perf_counter() - t0, leaves, noncanonical, foreign)
+
+
+def _within_cap(ch: _Children, end: int, lo: int, hi: int, cap: int) -> int:
+    """The first parent row from which the inner children of rows [row, hi) number at most
+    ``cap`` (rows are consumed from the end; the last row is always taken)."""
+    inner = ch.parent[ch.pos != end]
+    if int(inner.shape[0]) <= cap:
+        return lo
+    per_row = torch.bincount(inner - lo, minlength=hi - lo)
+    suffix = per_row.flip(0).cumsum(0).flip(0)  # inner children of rows [lo + i, hi)
+    fits = (suffix <= cap).nonzero().view(-1)
+    return lo + (int(fits[0]) if len(fits) else hi - lo - 1)
 
 
 def enumerate_counts(

@@ -30,6 +30,7 @@ import numpy as np
 from .. import distributed
 from ..errors import AuditError
 from ..formats import Format
+from ..memory import MemoryBudget
 from ..models.base import Scorer
 from ..progress import Progress
 from . import engine
@@ -126,8 +127,10 @@ class MeasureOptions:
     estimator: str = "importance"  # the estimate reported where a rank is not exact
     prefer: str = "exact"  # auto: exact ranks wherever the budget allows, or "fast"
     terminator: str = "\n"  # what closes each candidate (scan: the value's next character, or "")
+    max_memory: str | int | None = None  # bytes of search state ("4GB"); None = memory.DEFAULT_MAX_MEMORY
 
     def check(self) -> None:
+        MemoryBudget.of(self.max_memory)  # a bad size fails before any work
         if self.method not in METHODS:
             raise AuditError(f"unknown method {self.method!r} (choose from {', '.join(METHODS)})")
         if self.estimator not in ESTIMATORS:
@@ -190,6 +193,7 @@ def measure(
     prefer: str = "exact",
     collect: dict[str, Any] | None = None,
     plans: dict[str, Any] | None = None,
+    max_memory: str | int | None = None,
 ) -> list[CanaryResult]:
     """Measure every canary; results come back in the order given.
 
@@ -208,6 +212,7 @@ def measure(
         quiet=quiet,
         estimator=estimator,
         prefer=prefer,
+        max_memory=max_memory,
     )
     return measure_with(model, canaries, opts, collect=collect, plans=plans)
 
@@ -220,9 +225,11 @@ def measure_with(
     collect: dict[str, Any] | None = None,
     plans: dict[str, Any] | None = None,
     contexts: Mapping[str, str] | None = None,
+    memory: dict[str, Any] | None = None,
 ) -> list[CanaryResult]:
     """:func:`measure` with its options as one object. ``plans``, if given, receives per format
-    what ``auto`` chose and why (:class:`Plan`), for the report's ``model.plan``.
+    what ``auto`` chose and why (:class:`Plan`), for the report's ``model.plan``; ``memory`` the
+    search-memory budget and the peak the walks reached.
 
     ``contexts`` maps canary ids to their own context (a chat canary's rendered conversation up
     to it); the others use ``opts.context``. A rank compares candidates in one context, so the
@@ -230,7 +237,9 @@ def measure_with(
     samples of the extra groups are keyed ``"FORMAT @ context N"``)."""
     opts.check()
     distributed.team().exchange()  # under torchrun: every rank got this far (or all stop with the error)
-    scorer = Scorer.of(model)
+    scorer = Scorer.of(model, opts.max_memory)
+    if memory is not None:
+        memory["budget"] = scorer.budget
     results: list[CanaryResult | None] = [None] * len(canaries)
     groups: dict[tuple[str, str | None], list[int]] = {}
     for i, c in enumerate(canaries):

@@ -136,13 +136,24 @@ def spell(model: LanguageModel, ids: Sequence[int]) -> bytes | None:
 class Scorer:
     """Wraps a model, counting model steps (one per row of every ``step`` call, one per id of ``start``)."""
 
-    def __init__(self, model: LanguageModel) -> None:
+    def __init__(self, model: LanguageModel, max_memory: Any = None) -> None:
+        from ..memory import MemoryBudget
+
         self.model = model
         self.steps = 0
+        # the bytes of states a search over this model may hold (``--max-memory``), and their peak
+        self.budget = MemoryBudget.of(max_memory)
 
     @staticmethod
-    def of(model: Any) -> Scorer:
-        return model if isinstance(model, Scorer) else Scorer(model)
+    def of(model: Any, max_memory: Any = None) -> Scorer:
+        """``model`` itself if it is a Scorer (its budget kept unless ``max_memory`` is given), else a new one."""
+        if isinstance(model, Scorer):
+            if max_memory is not None:
+                from ..memory import MemoryBudget
+
+                model.budget = MemoryBudget.of(max_memory)
+            return model
+        return Scorer(model, max_memory)
 
     def start(self, ids: Sequence[int]) -> tuple[State, torch.Tensor]:
         self.steps += len(ids)

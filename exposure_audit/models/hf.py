@@ -28,9 +28,12 @@ Lines and context
 
 States
     A :class:`KVState` holds every layer's keys and values, ``[rows, kv_heads, length, head_dim]``,
-    and the number of tokens read, which is the same for all rows (``ragged`` is False). Each
-    forward call builds a fresh ``DynamicCache`` from them, so a state is never changed and can be
-    stepped from any number of times.
+    and the number of tokens read, which is the same for all rows (``ragged`` is False). Rows
+    taken from a one-row state (the format's shared tokens) hold that state once as their
+    ``prefix`` and only their own tokens after it, so a search's memory grows with the tokens
+    below the shared prefix, not with the whole context. Each forward call builds a fresh
+    ``DynamicCache`` from them (the prefix repeated per row for the call only), so a state is
+    never changed and can be stepped from any number of times.
 """
 
 from __future__ import annotations
@@ -102,15 +105,30 @@ UNICODE_TO_BYTE = {c: b for b, c in _bytes_to_unicode().items()}
 
 @dataclass(frozen=True)
 class KVState:
-    """Every layer's keys and values, ``[rows, kv_heads, length, head_dim]``; all rows read ``length`` tokens."""
+    """Every layer's keys and values, ``[rows, kv_heads, length, head_dim]``; all rows read ``length`` tokens.
+
+    ``prefix``: a one-row state that every row continues (the format's shared tokens). Its keys
+    and values are held once, not per row; ``keys``/``values`` then hold only the tokens after it.
+    A batch taken from a one-row state shares it so (:meth:`HFModel.take`)."""
 
     keys: tuple[torch.Tensor, ...]
     values: tuple[torch.Tensor, ...]
     length: int
+    prefix: KVState | None = None
 
     @property
     def rows(self) -> int:
         return int(self.keys[0].shape[0])
+
+    def full(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Every layer's (keys, values) over all ``length`` tokens, the prefix repeated per row."""
+        if self.prefix is None:
+            return list(zip(self.keys, self.values))
+        n = self.rows
+        return [
+            (torch.cat([pk.expand(n, -1, -1, -1), k], dim=2), torch.cat([pv.expand(n, -1, -1, -1), v], dim=2))
+            for pk, pv, k, v in zip(self.prefix.keys, self.prefix.values, self.keys, self.values)
+        ]
 
 
 class HFModel:
@@ -238,11 +256,17 @@ class HFModel:
         if self.max_positions is not None and past + n > self.max_positions:
             raise AuditError(f"the candidate needs {past + n} tokens; the model takes at most {self.max_positions}")
         # A new cache per call: the model appends to the cache it is given, and the caller's state must not change.
-        cache = DynamicCache() if state is None else DynamicCache(ddp_cache_data=list(zip(state.keys, state.values)))
+        cache = DynamicCache() if state is None else DynamicCache(ddp_cache_data=state.full())
         positions = torch.arange(past, past + n, device=self.device).expand(rows, n)
         out = self.model(input_ids=ids, position_ids=positions, cache=cache, use_cache=True, **self._last_only)
         layers = out.cache.layers
-        new = KVState(tuple(layer.keys for layer in layers), tuple(layer.values for layer in layers), past + n)
+        prefix = None if state is None else state.prefix
+        if prefix is None:
+            new = KVState(tuple(layer.keys for layer in layers), tuple(layer.values for layer in layers), past + n)
+        else:  # keep only the tokens after the shared prefix (a copy, so the repeated prefix is freed)
+            cut = prefix.length
+            keys = tuple(layer.keys[:, :, cut:].contiguous() for layer in layers)
+            new = KVState(keys, tuple(layer.values[:, :, cut:].contiguous() for layer in layers), past + n, prefix)
         logp = torch.log_softmax(out.logits[:, -1].float(), dim=-1) / LN2
         return new, logp.cpu()
 
@@ -274,10 +298,16 @@ class HFModel:
     @torch.inference_mode()
     def take(self, state: KVState, rows: torch.Tensor) -> KVState:
         rows = rows.to(self.device, torch.long)
+        if state.prefix is None and state.rows == 1:
+            # every row continues this one: share it as the prefix instead of repeating it per row
+            n = int(rows.shape[0])
+            empty = tuple(k.new_empty(n, k.shape[1], 0, k.shape[3]) for k in state.keys)
+            return KVState(empty, empty, state.length, state)
         return KVState(
             tuple(k.index_select(0, rows) for k in state.keys),
             tuple(v.index_select(0, rows) for v in state.values),
             state.length,
+            state.prefix,
         )
 
     @torch.inference_mode()
@@ -288,11 +318,16 @@ class HFModel:
             raise ValueError(
                 f"cat: states read different numbers of tokens {sorted(lengths)}; only equal lengths can share a batch"
             )
+        prefix = states[0].prefix
+        if any(s.prefix is not prefix for s in states):  # rows of different prefixes: spell them out
+            states = [KVState(tuple(k for k, _ in s.full()), tuple(v for _, v in s.full()), s.length) for s in states]
+            prefix = None
         layers = range(len(states[0].keys))
         return KVState(
             tuple(torch.cat([s.keys[i] for s in states]) for i in layers),
             tuple(torch.cat([s.values[i] for s in states]) for i in layers),
             states[0].length,
+            prefix,
         )
 
     # -- report ---------------------------------------------------------------------------
