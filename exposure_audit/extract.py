@@ -334,7 +334,7 @@ def best_first(
         # a KV-cache model steps each depth of a popped batch separately (see BATCH_BY_DEPTH)
         batch = BATCH_RAGGED if scorer.model.ragged else BATCH_BY_DEPTH
     with memory_errors_as_audit_errors(scorer.budget.limit):
-        return _best_first(scorer, fmt, top, max_steps, context, batch, progress)
+        return _best_first(scorer, fmt, top, max_steps, context, batch, progress, terminator)
 
 
 def _best_first(
@@ -345,6 +345,7 @@ def _best_first(
     context: str | None,
     batch: int,
     progress: Callable[[int], None] | None,
+    terminator: str = "\n",
 ) -> Extraction:
     team = distributed.team()
     t0 = time.perf_counter()
