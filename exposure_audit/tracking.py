@@ -61,6 +61,7 @@ def measure_tracked(
     prefer: str = "exact",
     seed: int = 0,
     context: str | None = None,
+    max_memory: str | int | None = None,
 ) -> Tracked:
     """Measure ``canaries`` on ``model`` (behind the scoring interface): exact where the budget allows
     (``prefer="fast"``: only where an exact rank costs no more than the estimate), else estimated."""
@@ -78,6 +79,7 @@ def measure_tracked(
         estimator=estimator,
         prefer=prefer,
         context=context,
+        max_memory=max_memory,
     )
     by_n = by_insertions((c.insertions, r.exposure) for c, r in zip(canaries, results))
     means = {n: statistics.fmean(v) for n, v in by_n.items()}

@@ -232,7 +232,9 @@ def save_adapter(folder: Path, peft_model: Any, tokenizer: Any, record: dict[str
         plain = copy.deepcopy(peft_model).unload()  # the frozen base without the LoRA layers
         save(folder / "base", plain, tokenizer, {"format": "exposure-audit/lora-base", "context": CONTEXT})
         config.base_model_name_or_path = "base"  # relative to the adapter folder (models/adapter.py)
-    peft_model.save_pretrained(folder, safe_serialization=True)
+    # save_embedding_layers=False: LoRA here leaves the embeddings frozen, and peft's "auto" looks the
+    # base's config up on the Hub (a network request) when the base path is not a local folder
+    peft_model.save_pretrained(folder, safe_serialization=True, save_embedding_layers=False)
     save_files = sorted(folder.glob("*.safetensors"))
     tokenizer.save_pretrained(folder)
     from ..files import sha256_file
