@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
+from exposure_audit.data.manifest import Canary
 from exposure_audit.exposure.measure import measure
-from exposure_audit.manifest import Canary
 from exposure_audit.models.adapter import load_adapter
 from exposure_audit.models.base import Scorer
 from exposure_audit.models.transformer import TransformerConfig, build, learn_tokenizer

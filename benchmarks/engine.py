@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from exposure_audit.data.formats import Format
+from exposure_audit.data.manifest import Manifest
 from exposure_audit.exposure import engine
 from exposure_audit.exposure.math import combine_estimates, exposure_from_rank, fit_skewnorm, sampling_estimate
-from exposure_audit.formats import Format
-from exposure_audit.manifest import Manifest
 from exposure_audit.models import Scorer, load_checkpoint
 
 SIX = "the random number is {d:6}"

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
+from exposure_audit.data.formats import Format
+from exposure_audit.data.manifest import Manifest
 from exposure_audit.exposure import engine
-from exposure_audit.extract import best_first
-from exposure_audit.formats import Format
-from exposure_audit.manifest import Manifest
+from exposure_audit.exposure.extract import best_first
 from exposure_audit.models import Scorer, load_checkpoint
 
 

@@ -29,10 +29,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from exposure_audit.data.formats import Format
 from exposure_audit.exposure import engine
+from exposure_audit.exposure.extract import best_first
 from exposure_audit.exposure.measure import measure
-from exposure_audit.extract import best_first
-from exposure_audit.formats import Format
 from exposure_audit.models import Scorer, load_model
 
 FIVE = "the random number is {d:5}"
@@ -48,7 +48,7 @@ def small_model(folder: Path, digits: str, seed: int = 0):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    from exposure_audit.corpus import default_corpus_text
+    from exposure_audit.data.corpus import default_corpus_text
 
     tok = Tokenizer(models.BPE())
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -154,7 +154,7 @@ def make(out_dir: Path, seed: int) -> None:
 
 
 def refill(scan_json: Path, corpus: Path, out: Path, seed: int) -> None:
-    from exposure_audit.formats import Format
+    from exposure_audit.data.formats import Format
 
     report = json.loads(scan_json.read_text(encoding="utf-8"))
     if not report["summary"].get("revealed"):

@@ -7,15 +7,15 @@ The library under the CLI::
 
 __version__ = "0.1.0"
 
+from .data.formats import Format
+from .data.manifest import Canary, Manifest
+from .data.pipeline import insert_folder
 from .errors import AuditError
 from .exposure.engine import score
 from .exposure.measure import CanaryResult, measure
-from .formats import Format
 from .integrations import track
-from .manifest import Canary, Manifest
 from .models import CharLSTM, load_checkpoint, save_checkpoint
-from .pipeline import insert_folder
-from .train import train_folder
+from .training.loop import train_folder
 
 __all__ = [
     "AuditError",

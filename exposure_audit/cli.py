@@ -16,9 +16,6 @@ from typing import Any
 import click
 
 from . import __version__
-from .exposure.measure import ESTIMATORS, METHODS, PREFER
-from .memory import DEFAULT_MAX_MEMORY
-from .models.training import KINDS
 from .config import AuditConfig, apply_overrides, load_config
 from .errors import (
     EXIT_GATE_FAILED,
@@ -30,6 +27,9 @@ from .errors import (
     is_out_of_memory,
     out_of_memory_error,
 )
+from .exposure.measure import ESTIMATORS, METHODS, PREFER
+from .memory import DEFAULT_MAX_MEMORY
+from .models.training import KINDS
 
 distributed_options = [
     click.option(
@@ -210,8 +210,8 @@ def insert(
 ) -> None:
     """Plant canaries into a corpus; write train and valid (in the corpus's format) and canaries.json."""
     _rank_zero_only("insert")
+    from .data.pipeline import insert_folder
     from .files import output_dir
-    from .pipeline import insert_folder
 
     cfg = _config(
         config_path,
@@ -346,7 +346,7 @@ def train(
     rank 0 writes the checkpoint, the metrics and the resume state (docs/distributed.md).
     """
     from .distributed import is_main
-    from .train import run_training
+    from .training.loop import run_training
 
     _join(backend, dist_timeout, uses_cuda=False)
     overrides = {
@@ -515,10 +515,10 @@ def measure(
 ) -> None:
     """Log-perplexity, rank and exposure of every canary. Under torchrun the ranks share the
     work and the report is the one a single process gives (docs/distributed.md)."""
-    from .audit import Outputs, check_model_data, measure_and_report
+    from .audits.canaries import Outputs, check_model_data, measure_and_report
+    from .data.manifest import Manifest
     from .distributed import model_device
     from .files import check_writable_file
-    from .manifest import Manifest
     from .models import load_model
 
     _join(backend, dist_timeout)
@@ -588,7 +588,7 @@ def audit(
     Writes OUT/data, OUT/model, OUT/report.json, OUT/report.junit.xml and OUT/report.html
     (with figures), and prints the exposure table.
     """
-    from .audit import run_audit
+    from .audits.canaries import run_audit
     from .files import check_writable_file, output_dir
 
     _rank_zero_only("audit")
@@ -601,7 +601,7 @@ def audit(
     if markdown_path is not None:
         check_writable_file(Path(markdown_path), force)
     if cfg.audit.enabled:
-        from .dp_audit import check_dp_audit
+        from .audits.dp_audit import check_dp_audit
 
         check_dp_audit(cfg)
     out = out or _default_out("audit")
@@ -638,7 +638,7 @@ def dp_audit(config_path, out, data_dir, fail_if_violated, force, quiet) -> None
     probability 1/2, train with the config's settings (DP-SGD or not), score them and bound
     epsilon from below at audit.confidence. Writes OUT/data, OUT/model, OUT/dp_audit.json,
     OUT/roc.png, OUT/scores.png and OUT/dp_audit.html; prints the claim and the bound."""
-    from .dp_audit import check_dp_audit, run_dp_audit
+    from .audits.dp_audit import check_dp_audit, run_dp_audit
     from .files import output_dir
 
     _rank_zero_only("dp-audit")
@@ -740,10 +740,10 @@ def extract(
 ) -> None:
     """Recover the most likely secrets of a format by shortest-path search over its prefix tree.
     Under torchrun the ranks step slices of every batch of frontier nodes (same order and proof)."""
-    from .audit import extract_and_report
+    from .audits.canaries import extract_and_report
+    from .data.manifest import Manifest
     from .distributed import model_device
     from .files import check_writable_file
-    from .manifest import Manifest
     from .models import load_model
 
     _join(backend, dist_timeout)
@@ -783,10 +783,10 @@ def sweep(config_path, out, force, quiet) -> None:
     several epsilons, dropout on and off). Writes OUT/data, OUT/<name>/ per run, OUT/sweep.json,
     OUT/privacy_utility.png and OUT/sweep.html; prints one row per setting.
     """
-    from .audit import run_sweep
+    from .audits.canaries import run_sweep
+    from .data.pipeline import load_sweep
     from .files import output_dir
-    from .pipeline import load_sweep
-    from .report import sweep_table
+    from .reports.report import sweep_table
 
     _rank_zero_only("sweep")
     base, runs = load_sweep(config_path)
@@ -803,7 +803,7 @@ def sweep(config_path, out, force, quiet) -> None:
 def report(path) -> None:
     """Re-render the figures and report.html of an audit or sweep folder from its saved JSON,
     and print its tables (exposure; the sweep's settings; exposure during training if tracked)."""
-    from .plots import rerender
+    from .reports.plots import rerender
 
     _rank_zero_only("report")
     written = rerender(Path(path), emit=click.echo)

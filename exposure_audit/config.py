@@ -16,8 +16,8 @@ from typing import Any
 import yaml
 
 from .errors import AuditError
-from .models.adapter import LoraSettings
 from .memory import DEFAULT_MAX_MEMORY, parse_size
+from .models.adapter import LoraSettings
 from .models.training import KINDS
 from .models.transformer import TransformerConfig
 
@@ -301,8 +301,8 @@ def config_from_dict(data: Any, where: str = "config") -> AuditConfig:
 
 def validate(cfg: AuditConfig) -> None:
     """Checks across keys and of the values' meaning."""
+    from .data.formats import Format
     from .exposure.measure import ESTIMATORS, METHODS, PREFER
-    from .formats import Format
 
     for i, f in enumerate(cfg.insert.formats):
         try:
@@ -311,7 +311,7 @@ def validate(cfg: AuditConfig) -> None:
             raise AuditError(f"insert.formats[{i}]: {e}") from None
     if len(set(cfg.insert.formats)) != len(cfg.insert.formats):
         raise AuditError("insert.formats: a format is listed twice")
-    from .records import FORMATS, PLACEMENTS
+    from .data.records import FORMATS, PLACEMENTS
 
     if cfg.insert.corpus_format is not None and cfg.insert.corpus_format not in FORMATS:
         raise AuditError(f"insert.corpus_format: {cfg.insert.corpus_format!r} is not one of {', '.join(FORMATS)}")
@@ -343,11 +343,11 @@ def validate(cfg: AuditConfig) -> None:
         Format.parse(cfg.audit.format)
     except AuditError as e:
         raise AuditError(f"audit.format: {e}") from None
-    from .canary_design import DESIGNS
+    from .audits.canary_design import DESIGNS
 
     if cfg.audit.canary not in DESIGNS:
         raise AuditError(f"audit.canary: {cfg.audit.canary!r} is not one of {', '.join(DESIGNS)}")
-    from .canary_design import FRESH_INITS, WINDOW_FILLS
+    from .audits.canary_design import FRESH_INITS, WINDOW_FILLS
 
     if cfg.audit.fresh_init not in FRESH_INITS:
         raise AuditError(f"audit.fresh_init: {cfg.audit.fresh_init!r} is not one of {', '.join(FRESH_INITS)}")

@@ -16,9 +16,9 @@ from peft import LoraConfig, get_peft_model  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 
 from exposure_audit.cli import main  # noqa: E402
+from exposure_audit.data.manifest import Canary
 from exposure_audit.errors import AuditError  # noqa: E402
 from exposure_audit.exposure.measure import measure  # noqa: E402
-from exposure_audit.manifest import Canary  # noqa: E402
 from exposure_audit.models import load_model  # noqa: E402
 from exposure_audit.models.adapter import load_adapter  # noqa: E402
 

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from exposure_audit.cli import main
 from exposure_audit.config import config_from_dict
+from exposure_audit.data.manifest import Manifest
 from exposure_audit.errors import AuditError
-from exposure_audit.manifest import Manifest
 
 from .conftest import make_data
 

@@ -7,14 +7,14 @@ import json
 import numpy as np
 import pytest
 
-from exposure_audit.canary_design import DESIGNS, fresh_block, fresh_of, resolve
+from exposure_audit.audits.canary_design import DESIGNS, fresh_block, fresh_of, resolve
 from exposure_audit.cli import main
 from exposure_audit.config import config_from_dict
+from exposure_audit.data.formats import Format
+from exposure_audit.data.manifest import Manifest
+from exposure_audit.data.pipeline import plant_folder
 from exposure_audit.errors import AuditError
-from exposure_audit.formats import Format
-from exposure_audit.manifest import Manifest
-from exposure_audit.pipeline import plant_folder
-from exposure_audit.train import load_data
+from exposure_audit.training.loop import load_data
 
 from .conftest import make_corpus
 

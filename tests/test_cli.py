@@ -2,6 +2,7 @@
 
 import json
 import xml.etree.ElementTree as ET
+
 import pytest
 
 from exposure_audit.cli import main

@@ -3,11 +3,11 @@ import json
 import pytest
 
 from exposure_audit.config import InsertConfig
-from exposure_audit.corpus import DEFAULT_CORPUS, default_corpus_text, scan
+from exposure_audit.data.corpus import DEFAULT_CORPUS, default_corpus_text, scan
+from exposure_audit.data.formats import Format
+from exposure_audit.data.manifest import Manifest
+from exposure_audit.data.pipeline import insert_folder
 from exposure_audit.errors import AuditError
-from exposure_audit.formats import Format
-from exposure_audit.manifest import Manifest
-from exposure_audit.pipeline import insert_folder
 
 from .conftest import make_corpus
 

@@ -26,8 +26,8 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 from exposure_audit.cli import main
+from exposure_audit.data.formats import Format
 from exposure_audit.files import staging_path
-from exposure_audit.formats import Format
 
 from .conftest import make_data
 
@@ -135,8 +135,8 @@ METHODS = [
 
 def measure_everything(model_dir: str) -> dict:
     """Every method of measure, and best-first extraction, on the checkpoint in ``model_dir``."""
+    from exposure_audit.exposure.extract import best_first
     from exposure_audit.exposure.measure import measure
-    from exposure_audit.extract import best_first
     from exposure_audit.models import load_model
 
     model = load_model(Path(model_dir))

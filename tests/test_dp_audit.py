@@ -5,9 +5,9 @@ import json
 
 import pytest
 
+from exposure_audit.audits.privacy_audit import minimum_canaries
 from exposure_audit.cli import main
-from exposure_audit.manifest import Manifest
-from exposure_audit.privacy_audit import minimum_canaries
+from exposure_audit.data.manifest import Manifest
 
 from .conftest import make_corpus
 

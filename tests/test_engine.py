@@ -4,10 +4,10 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from exposure_audit.data.formats import Format
 from exposure_audit.errors import AuditError
 from exposure_audit.exposure import engine
 from exposure_audit.exposure.measure import measure
-from exposure_audit.formats import Format
 from exposure_audit.models import Scorer
 
 

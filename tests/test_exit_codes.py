@@ -91,7 +91,7 @@ def test_every_damaged_model_file_is_one_line_and_exit_2_or_loads(models, kind, 
 
 
 def test_a_bug_exits_70_with_one_line_naming_the_traceback_file(models, monkeypatch, tmp_path, capsys):
-    import exposure_audit.formats as formats
+    import exposure_audit.data.formats as formats
 
     def broken(*args, **kwargs):
         return 1 / 0
@@ -112,7 +112,7 @@ def test_a_bug_exits_70_with_one_line_naming_the_traceback_file(models, monkeypa
 
 
 def test_running_out_of_memory_is_one_line_and_exit_2(models, monkeypatch, tmp_path, capsys):
-    import exposure_audit.formats as formats
+    import exposure_audit.data.formats as formats
 
     def starved(*args, **kwargs):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: 9 GB")
@@ -124,7 +124,7 @@ def test_running_out_of_memory_is_one_line_and_exit_2(models, monkeypatch, tmp_p
 
 
 def test_a_stray_exit_1_is_not_a_verdict(models, monkeypatch, tmp_path, capsys):
-    import exposure_audit.formats as formats
+    import exposure_audit.data.formats as formats
 
     def exits(*args, **kwargs):
         raise SystemExit(1)  # what a library's own CLI code might do

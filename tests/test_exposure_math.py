@@ -6,8 +6,8 @@ import pytest
 from exposure_audit.exposure.math import (
     SKEWNORM_MAX_SKEWNESS,
     combine_estimates,
-    fit_skewnorm,
     exposure_from_rank,
+    fit_skewnorm,
     rank_from_scores,
     sampling_estimate,
     skewnorm_exposure,

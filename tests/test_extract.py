@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
+from exposure_audit.data.formats import Format
 from exposure_audit.errors import AuditError
 from exposure_audit.exposure import engine
-from exposure_audit.extract import beam_search, best_first
-from exposure_audit.formats import Format
+from exposure_audit.exposure.extract import beam_search, best_first
 from exposure_audit.models import Scorer
 
 

@@ -5,8 +5,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from exposure_audit.data.formats import Format, Hole
 from exposure_audit.errors import AuditError
-from exposure_audit.formats import Format, Hole
 
 
 def test_space_size_of_each_class():

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from exposure_audit.cli import main
+from exposure_audit.data.formats import Format
 from exposure_audit.errors import AuditError
 from exposure_audit.exposure import engine
+from exposure_audit.exposure.extract import best_first
 from exposure_audit.exposure.measure import measure
-from exposure_audit.extract import best_first
-from exposure_audit.formats import Format
 from exposure_audit.models import Scorer, load_model
 
 from .conftest import make_corpus

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from exposure_audit.data.formats import Format
 from exposure_audit.exposure import engine
 from exposure_audit.exposure.importance import Proposal, importance_samples
 from exposure_audit.exposure.measure import measure
-from exposure_audit.formats import Format
 from exposure_audit.models import Scorer, load_model
 
 from .hf_models import tiny_model as tiny_hf_model

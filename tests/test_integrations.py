@@ -15,9 +15,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingA
 
 import exposure_audit  # noqa: E402
 from exposure_audit.cli import main  # noqa: E402
+from exposure_audit.data.manifest import Canary
 from exposure_audit.integrations.transformers import ExposureCallback  # noqa: E402
-from exposure_audit.manifest import Canary  # noqa: E402
-from exposure_audit.metrics import read_metrics  # noqa: E402
+from exposure_audit.training.metrics import read_metrics
 
 from .hf_models import corpus, tiny_model  # noqa: E402
 

@@ -106,7 +106,7 @@ def _sample(model, prefix, S, sampler, n, seed):
 
 def test_suffix_probability_equals_the_sampling_frequency(hf):
     """p from one forward pass against autoregressive sampling with the model's own steps."""
-    from exposure_audit.privacy_audit import clopper_pearson
+    from exposure_audit.audits.privacy_audit import clopper_pearson
 
     sampler = Sampler(temperature=0.8, top_k=40, top_p=0.9)
     rows, starts = _rows(hf, ["the number is 4821"])

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from exposure_audit.cli import main
+from exposure_audit.data.formats import Format
 from exposure_audit.errors import AuditError, OutOfMemoryError, is_out_of_memory, memory_errors_as_audit_errors
 from exposure_audit.exposure import engine
-from exposure_audit.extract import ENTRY_BYTES, best_first
-from exposure_audit.formats import Format
+from exposure_audit.exposure.extract import ENTRY_BYTES, best_first
 from exposure_audit.memory import parse_size
 from exposure_audit.models import Scorer, load_model
 

@@ -6,8 +6,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from exposure_audit.errors import AuditError
-from exposure_audit.privacy_audit import (
+from exposure_audit.audits.privacy_audit import (
     audit_bounds,
     check_audit_settings,
     eps_lower_one_run,
@@ -20,6 +19,7 @@ from exposure_audit.privacy_audit import (
     threshold_bound,
     tpr_at_fpr,
 )
+from exposure_audit.errors import AuditError
 
 DELTA = 1e-5
 
@@ -145,7 +145,7 @@ def test_settings_the_bounds_cannot_work_with():
 # -- the one-run f-DP bound (Mahloujifar et al.) -----------------------------------------
 from statistics import NormalDist  # noqa: E402 - an implementation independent of scipy's
 
-from exposure_audit.privacy_audit import (  # noqa: E402
+from exposure_audit.audits.privacy_audit import (
     FDP_GRID,
     _other_world_eps_delta,
     _other_world_gaussian,

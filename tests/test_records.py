@@ -12,9 +12,9 @@ import sys
 import pytest
 
 from exposure_audit.cli import main
-from exposure_audit.corpus import iter_training_text
-from exposure_audit.manifest import Manifest
-from exposure_audit.records import split_lines
+from exposure_audit.data.corpus import iter_training_text
+from exposure_audit.data.manifest import Manifest
+from exposure_audit.data.records import split_lines
 
 from .conftest import make_data
 

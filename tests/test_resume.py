@@ -10,12 +10,12 @@ import time
 import pytest
 from safetensors.torch import load_file
 
-import exposure_audit.train as train_mod
+import exposure_audit.training.loop as train_mod
 from exposure_audit.cli import main
 from exposure_audit.config import AuditConfig, DPConfig, TrainConfig
 from exposure_audit.errors import AuditError
 from exposure_audit.files import staging_path
-from exposure_audit.train import run_training
+from exposure_audit.training.loop import run_training
 
 from .conftest import make_data
 

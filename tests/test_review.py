@@ -8,7 +8,7 @@ from html.parser import HTMLParser
 import pytest
 
 from exposure_audit.cli import main
-from exposure_audit.review import facts, reading, risk_level
+from exposure_audit.reports.review import facts, reading, risk_level
 
 from .conftest import make_corpus
 

@@ -9,7 +9,7 @@ pytest.importorskip("detect_secrets")
 from exposure_audit.audits.findings import ScanInput, collect  # noqa: E402
 from exposure_audit.audits.secrets import derive_format, detect, iban_ok, luhn_ok  # noqa: E402
 from exposure_audit.cli import main  # noqa: E402
-from exposure_audit.formats import Format  # noqa: E402
+from exposure_audit.data.formats import Format
 
 # every kind once, in natural text; the raw values the redaction test greps for
 AWS = "AKIAIOSFODNN7EXAMPLQ"

@@ -12,8 +12,8 @@ pytest.importorskip("transformers")
 import torch  # noqa: E402
 
 from exposure_audit.cli import main  # noqa: E402
+from exposure_audit.data.manifest import Canary
 from exposure_audit.exposure.measure import measure  # noqa: E402
-from exposure_audit.manifest import Canary  # noqa: E402
 from exposure_audit.models import load_model, save_checkpoint  # noqa: E402
 
 from .hf_models import tiny_model  # noqa: E402

@@ -1,6 +1,8 @@
-"""Audits that start from a trained model and the team's own data (no canaries planted):
-each is a library function that returns a typed report, which the CLI prints and gates on.
+"""Audits: each is a library function that returns a typed report, which the CLI prints and gates on.
 
+- ``canaries``: the Secret Sharer audit of planted canaries (insert, train, measure, extract) and sweeps
+- ``dp_audit``, ``privacy_audit``, ``canary_design``: check a DP claim with canaries planted with
+  probability 1/2
 - ``scan``: real secrets found in the data, ranked in their own context (issue 22)
 - ``memorization``: extractable memorization of training records and membership inference (issue 23)
 """

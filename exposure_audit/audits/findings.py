@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import records
-from ..corpus import iter_lines
+from ..data import records
+from ..data.corpus import iter_lines
 from ..errors import AuditError
 from ..files import sha256_file
 from ..progress import Progress

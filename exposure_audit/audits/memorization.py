@@ -88,7 +88,7 @@ class MemorizationOptions:
 
 
 def _same_data(a: Path, b: Path) -> bool:
-    from ..records import data_sha256
+    from ..data.records import data_sha256
 
     if not a.exists() or not b.exists():
         return False
@@ -98,8 +98,8 @@ def _same_data(a: Path, b: Path) -> bool:
 # -- reading records ----------------------------------------------------------------------
 def read_texts(path: Path, what: str) -> list[str]:
     """The training text of every record of a data file (without its final newline)."""
-    from ..corpus import decode_utf8
-    from ..records import detect_chat, iter_records, make_spec, training_text
+    from ..data.corpus import decode_utf8
+    from ..data.records import detect_chat, iter_records, make_spec, training_text
 
     path = Path(path)
     if not path.exists():
@@ -120,8 +120,8 @@ def read_texts(path: Path, what: str) -> list[str]:
 
 
 def _data_texts(folder: Path) -> tuple[list[str], list[str], dict[str, Any]]:
-    from ..corpus import data_path, data_spec
-    from ..records import data_sha256
+    from ..data.corpus import data_path, data_spec
+    from ..data.records import data_sha256
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -138,7 +138,7 @@ def _data_texts(folder: Path) -> tuple[list[str], list[str], dict[str, Any]]:
 
 
 def load_texts(opts: MemorizationOptions) -> tuple[list[str], list[str], dict[str, Any]]:
-    from ..records import data_sha256
+    from ..data.records import data_sha256
 
     if opts.data is not None:
         return _data_texts(opts.data)

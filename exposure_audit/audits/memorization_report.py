@@ -171,7 +171,7 @@ def _svg_roc(attacks: dict[str, Any]) -> str:
 
 
 def html_page(report: dict[str, Any]) -> str:
-    from ..review import CSS, _table
+    from ..reports.review import CSS, _table
 
     disc, prob, attacks = _rows(report)
     head = summary(report)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from ..privacy_audit import clopper_pearson
+from .privacy_audit import clopper_pearson
 
 COPIES_BINS = ((1, 1, "1"), (2, 4, "2-4"), (5, 16, "5-16"), (17, None, "more"))
 QUERIES = (1, 10, 100, 1000)

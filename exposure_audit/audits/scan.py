@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..data.formats import Format
 from ..errors import AuditError, gate_exit
 from ..exposure.math import log2_int
-from ..formats import Format
 from .findings import Collected, Finding, ScanInput, collect
 
 SCHEMA = 1
@@ -183,7 +183,7 @@ def finding_json(f: Finding, m: Measured | None, opts: ScanOptions) -> dict[str,
 
 
 def _risk(f: Finding, m: Measured | None, has_ref: bool) -> str | None:
-    from ..review import risk_level
+    from ..reports.review import risk_level
 
     if m is None or m.exposure is None:
         return None

@@ -13,8 +13,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from ..data.formats import Format
 from ..errors import AuditError
-from ..formats import Format
 from ..progress import Progress
 from .findings import ChatRenderer, Finding
 from .scan import SHA_PREFIX, Measured, ScanOptions
@@ -105,7 +105,7 @@ def _scrub(message: str, f: Finding) -> str:
 
 def measure_findings(models: Models, findings: list[Finding], opts: ScanOptions) -> dict[str, Measured]:
     """Exposure, extraction and (with a reference) the reference's exposure of each finding."""
-    from ..extract import best_first
+    from ..exposure.extract import best_first
 
     if models.reference is not None:
         check_spells(models.reference, findings, opts, f"reference model {models.reference_path}")

@@ -10,7 +10,7 @@ import html
 from typing import Any
 from xml.sax.saxutils import quoteattr
 
-from ..review import BANDS_TEXT, CSS, _e, _risk_badge, _table
+from ..reports.review import BANDS_TEXT, CSS, _e, _risk_badge, _table
 
 
 def _fmt(x: float | None, nd: int = 2) -> str:

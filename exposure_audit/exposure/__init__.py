@@ -1,7 +1,7 @@
 """Exposure: the math (pure), the prefix-tree engine, estimates, and ``measure``."""
 
-from .math import exposure_from_rank, rank_from_scores, sampling_estimate, skewnorm_exposure
 from .engine import TIE_TOLERANCE, brute_force_counts, compile_format, enumerate_counts, pruned_rank, score
+from .math import exposure_from_rank, rank_from_scores, sampling_estimate, skewnorm_exposure
 from .measure import CanaryResult, measure
 
 __all__ = [

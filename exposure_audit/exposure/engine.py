@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..data.formats import Format
 from ..errors import AuditError, memory_errors_as_audit_errors
-from ..formats import Format
 from ..memory import nbytes
 from ..models.base import Scorer, State
 from .tree import CompiledFormat, compile_format

@@ -28,8 +28,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from .. import distributed
+from ..data.formats import Format
 from ..errors import AuditError
-from ..formats import Format
 from ..memory import MemoryBudget
 from ..models.base import Scorer
 from ..progress import Progress

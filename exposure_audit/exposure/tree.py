@@ -35,8 +35,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..data.formats import Format
 from ..errors import AuditError
-from ..formats import Format
 from ..models.base import NEWLINE, LanguageModel, Scorer, State
 
 INDEX_LIMIT = 1 << 62  # partial indices are tracked in int64 while the space fits

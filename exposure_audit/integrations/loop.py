@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from ..metrics import MetricsLog
-from ..tracking import Tracked, measure_tracked, read_canaries
+from ..training.metrics import MetricsLog
+from ..training.tracking import Tracked, measure_tracked, read_canaries
 
 _VIEWS: dict[tuple[int, int], Any] = {}  # (module, tokenizer) -> its scoring view (token table built once)
 

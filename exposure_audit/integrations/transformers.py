@@ -33,7 +33,7 @@ from typing import Any
 
 from transformers import Trainer, TrainerCallback
 
-from ..tracking import Tracked, read_canaries
+from ..training.tracking import Tracked, read_canaries
 from .loop import track
 from .verdict import VERDICT, write_verdict
 

@@ -200,9 +200,9 @@ def scoring_view(net: torch.nn.Module, tokenizer: Any, record: dict[str, Any]) -
 
 def save(folder: Path, net: torch.nn.Module, tokenizer: Any, record: dict[str, Any]) -> None:
     """A Hugging Face folder plus this tool's record (weights' SHA-256 included)."""
-    from ..files import sha256_file
-
     from transformers.utils import logging as hf_logging
+
+    from ..files import sha256_file
 
     folder = Path(folder)
     shown = hf_logging.is_progress_bar_enabled()

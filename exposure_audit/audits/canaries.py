@@ -14,11 +14,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import AuditConfig
-from .distributed import is_main
-from .errors import AuditError, gate_exit
-from .formats import Format
-from .manifest import Manifest
+from ..config import AuditConfig
+from ..data.formats import Format
+from ..data.manifest import Manifest
+from ..distributed import is_main
+from ..errors import AuditError, gate_exit
 
 Emit = Callable[[str], None]
 
@@ -75,11 +75,11 @@ def measure_and_report(
 
     Each canary is scored after the context :func:`~.contexts.resolve_contexts` gives it
     (``data_folder`` holds the manifest's training data, for chat canaries' as-trained context)."""
-    from .contexts import resolve_contexts
-    from .exposure.measure import MeasureOptions, measure_with
-    from .files import atomic_write_json, atomic_write_text
-    from .report import junit_xml, passed, report_json, table
-    from .review import markdown
+    from ..exposure.contexts import resolve_contexts
+    from ..exposure.measure import MeasureOptions, measure_with
+    from ..files import atomic_write_json, atomic_write_text
+    from ..reports.report import junit_xml, passed, report_json, table
+    from ..reports.review import markdown
 
     m = cfg.measure
     t0 = time.perf_counter()
@@ -178,11 +178,10 @@ def run_extractions(
 ) -> dict[str, Any]:
     """Extract each format's ``top`` most likely secrets (best-first, or beam search if ``beam``),
     each search holding at most ``max_memory`` of state (``memory.DEFAULT_MAX_MEMORY``)."""
-    from .memory import MemoryBudget
-
-    from .exposure.tree import check_format
-    from .extract import beam_search, best_first, check_extraction
-    from .progress import Progress
+    from ..exposure.extract import beam_search, best_first, check_extraction
+    from ..exposure.tree import check_format
+    from ..memory import MemoryBudget
+    from ..progress import Progress
 
     check_extraction(top=top, max_steps=max_steps, beam=beam)
     MemoryBudget.of(max_memory)  # a bad size fails before any work
@@ -232,11 +231,11 @@ def extract_and_report(
     message; for a manifest of chat canaries and a model with a chat template, the header of a
     fresh message of the role the canaries were planted in (a search is per format, so it cannot
     follow each canary's own conversation as ``measure`` does)."""
-    from .contexts import resolve_contexts
-    from .extract import extraction_summary
-    from .models.chat import chat_tokenizer, role_context
-    from .files import atomic_write_json
-    from .report import extraction_summary_lines, extraction_table
+    from ..exposure.contexts import resolve_contexts
+    from ..exposure.extract import extraction_summary
+    from ..files import atomic_write_json
+    from ..models.chat import chat_tokenizer, role_context
+    from ..reports.report import extraction_summary_lines, extraction_table
 
     if (format_source is None) == (manifest is None):
         raise AuditError("give a format or a manifest of canaries (one of them)")
@@ -292,13 +291,13 @@ def run_audit(
     """Insert (unless ``data_dir`` is shared), train, measure, extract and render into ``tmp``."""
     import yaml
 
-    from .extract import extraction_summary
-    from .files import atomic_write_json, atomic_write_text
-    from .models import load_model
-    from .pipeline import insert_folder
-    from .plots import render_run
-    from .report import extraction_summary_lines
-    from .train import train_folder
+    from ..data.pipeline import insert_folder
+    from ..exposure.extract import extraction_summary
+    from ..files import atomic_write_json, atomic_write_text
+    from ..models import load_model
+    from ..reports.plots import render_run
+    from ..reports.report import extraction_summary_lines
+    from ..training.loop import train_folder
 
     (tmp / "model").mkdir()
     atomic_write_text(tmp / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
@@ -354,7 +353,7 @@ def run_audit(
         code = max(code, _memorization_section(cfg, tmp, data_dir, report, quiet=quiet, echo=echo, emit=emit))
     atomic_write_json(tmp / "report.json", report)
     if markdown is not None:
-        from .review import markdown as markdown_summary
+        from ..reports.review import markdown as markdown_summary
 
         atomic_write_text(Path(markdown), markdown_summary(report))
     if not redact:
@@ -376,8 +375,8 @@ def run_audit(
 def _memorization_section(cfg: AuditConfig, tmp: Path, data_dir: Path, report: dict[str, Any], **kw: Any) -> int:
     """`memorization` on this run's data and model, beside the canaries: OUT/memorization.{json,html};
     report.json gets its headline figures (docs/memorization.md)."""
-    from .audits.memorization import options_from_config, run_memorization
-    from .audits.memorization_report import Outputs, table
+    from .memorization import options_from_config, run_memorization
+    from .memorization_report import Outputs, table
 
     kw["echo"]("== memorization: extractable training records and membership inference")
     result = run_memorization(options_from_config(cfg, tmp / "model", data_dir), quiet=kw["quiet"], emit=kw["echo"])
@@ -421,9 +420,9 @@ def run_sweep(
 ) -> list[dict[str, Any]]:
     """The audit over a grid of settings sharing one insertion (``tmp/data``); one folder per run,
     ``sweep.json`` and the privacy/utility figure. Returns the rows of the sweep table."""
-    from .files import atomic_write_json
-    from .pipeline import insert_folder
-    from .plots import render_sweep
+    from ..data.pipeline import insert_folder
+    from ..files import atomic_write_json
+    from ..reports.plots import render_sweep
 
     (tmp / "data").mkdir()
     echo(f"insert: {', '.join(base.insert.formats)} x schedule {base.insert.schedule} (shared by {len(runs)} runs)")
@@ -441,8 +440,8 @@ def run_sweep(
 
 def sweep_row(name: str, cfg: AuditConfig, folder: Path) -> dict[str, Any]:
     """One setting's figures: utility (validation bits/char), epsilon, exposure per insertion count."""
-    from .files import read_json
-    from .report import by_insertions
+    from ..files import read_json
+    from ..reports.report import by_insertions
 
     report = read_json(folder / "report.json", "report")
     final = report["model"]["training"]["final"]

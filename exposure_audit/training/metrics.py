@@ -12,10 +12,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import AuditError
+from ..errors import AuditError
 
 if TYPE_CHECKING:
-    from .models.charlstm import CharLSTM
+    from ..models.charlstm import CharLSTM
 
 METRICS = "metrics.jsonl"
 

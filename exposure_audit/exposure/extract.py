@@ -31,13 +31,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import distributed
-from .errors import AuditError, memory_errors_as_audit_errors
-from .exposure.engine import DEFAULT_BATCH, Nodes, children, state_size
-from .exposure.tree import CompiledFormat, compile_format
-from .formats import Format
-from .memory import nbytes
-from .models.base import Scorer, State
+from .. import distributed
+from ..data.formats import Format
+from ..errors import AuditError, memory_errors_as_audit_errors
+from ..memory import nbytes
+from ..models.base import Scorer, State
+from .engine import DEFAULT_BATCH, Nodes, children, state_size
+from .tree import CompiledFormat, compile_format
 
 
 @dataclass
@@ -72,7 +72,7 @@ class Extraction:
         return None
 
     def to_json(self, redact: bool = False) -> dict[str, Any]:
-        from .report import mask_secret
+        from ..reports.report import mask_secret
 
         return {
             "schema": 1,
@@ -97,7 +97,7 @@ def extraction_summary(
 ) -> dict[str, Any]:
     """The JSON record of extracting every format of a manifest: each format's candidates, where
     each canary landed, and the success rate per insertion count."""
-    from .report import by_insertions, mask_secret
+    from ..reports.report import by_insertions, mask_secret
 
     rows = []
     for c in canaries:

@@ -14,9 +14,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import AuditError
-from .files import atomic_write_bytes, atomic_write_text, read_json
-from .metrics import read_metrics
+from ..errors import AuditError
+from ..files import atomic_write_bytes, atomic_write_text, read_json
+from ..training.metrics import read_metrics
 
 
 def _plt():
@@ -282,7 +282,7 @@ def render_run(folder: Path, name: str | None = None) -> Path:
     if summary:
         sections.append(("The printed tables", summary))
     if "data" not in report and (folder / "data" / "canaries.json").is_file():  # an older report
-        from .manifest import Manifest
+        from ..data.manifest import Manifest
 
         m = Manifest.read(folder / "data" / "canaries.json")
         report["data"] = {
@@ -332,8 +332,8 @@ def render_sweep(folder: Path, name: str | None = None) -> Path:
 def rerender(folder: Path, emit: Callable[[str], None]) -> Path:
     """``exposure-audit report``: redraw an audit or sweep folder from its JSON and emit its tables
     (exposure; the sweep's settings; exposure during training where it was tracked)."""
+    from ..training.metrics import read_metrics
     from .report import sweep_table, tracking_table
-    from .metrics import read_metrics
 
     folder = Path(folder)
     if (folder / "sweep.json").is_file():

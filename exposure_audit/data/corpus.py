@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from .errors import AuditError
+from ..errors import AuditError
 from .formats import Format
 
 DEFAULT_CORPUS = "<default>"
@@ -272,8 +272,8 @@ class RecordStats:
 
 def scan_records(source: Path, spec, seed: int, fraction: float, progress=None) -> RecordStats:
     """Pass 1 over a corpus of records: validate every record, hash, count, plan the split."""
+    from ..files import sha256_file
     from . import records as rec_mod
-    from .files import sha256_file
 
     digest = hashlib.sha256()
     held = _holdout(seed, fraction)

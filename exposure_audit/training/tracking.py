@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import TrackConfig
-from .exposure.measure import CanaryResult, measure
-from .manifest import Canary, Manifest
-from .report import by_insertions
+from ..config import TrackConfig
+from ..data.manifest import Canary, Manifest
+from ..exposure.measure import CanaryResult, measure
+from ..reports.report import by_insertions
 
 
 @dataclass

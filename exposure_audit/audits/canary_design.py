@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .errors import AuditError
+from ..errors import AuditError
 
 DESIGNS = ("random", "new-token", "new-char")
 # What fills a planted canary's own window: the text that preceded it, or the canary line

@@ -10,8 +10,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import AuditError
-from .files import atomic_write_json, canonical_sha256, read_json
+from ..errors import AuditError
+from ..files import atomic_write_json, canonical_sha256, read_json
 from .formats import Format
 
 SCHEMA = 1

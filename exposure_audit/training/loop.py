@@ -26,24 +26,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import AuditConfig, ModelConfig, TrainConfig, config_from_dict
-from .corpus import data_path, data_spec, iter_training_text
-from . import distributed
-from .errors import AuditError
-from .files import (
-    atomic_write_bytes,
-    atomic_write_json,
-    atomic_write_text,
-    output_dir,
-    read_json,
-    staging_path,
-)
-from .formats import Format
-from .manifest import Manifest
+from .. import distributed
+from ..config import AuditConfig, ModelConfig, TrainConfig, config_from_dict
+from ..data.corpus import data_path, data_spec, iter_training_text
+from ..data.formats import Format
+from ..data.manifest import Manifest
+from ..data.records import data_sha256
+from ..errors import AuditError
+from ..files import atomic_write_bytes, atomic_write_json, atomic_write_text, output_dir, read_json, staging_path
+from ..models.training import Tokenization, Trainee, tokenize, trainee
+from ..progress import Progress
 from .metrics import METRICS, Hook, MetricsLog, read_metrics
-from .models.training import Tokenization, Trainee, tokenize, trainee
-from .progress import Progress
-from .records import data_sha256
 
 LN2 = math.log(2.0)
 
@@ -92,7 +85,7 @@ def load_data(folder: Path, model_cfg: ModelConfig, seq_len: int) -> TrainData:
         for c in manifest.canaries:
             chars |= Format.parse(c.format).characters
         info["manifest_sha256"] = manifest.to_json()["sha256"]
-        from .canary_design import fresh_of
+        from ..audits.canary_design import fresh_of
 
         design = manifest.settings.get("dp_audit")
         fresh = fresh_of(design)
@@ -120,7 +113,7 @@ def load_data(folder: Path, model_cfg: ModelConfig, seq_len: int) -> TrainData:
             )
         train, n_train = _chat_ids(tok.tokens, train_path, spec)
         valid, n_valid = _chat_ids(tok.tokens, valid_path, spec) if n_valid else (train[:0], 0)
-        from .files import canonical_sha256
+        from ..files import canonical_sha256
 
         info["chat_template_sha256"] = canonical_sha256(tok.tokens.chat_template)  # part of a resumable run's identity
     else:
@@ -151,7 +144,7 @@ def _cut_canary_lines(text: Any, lines: set[str], tail: int) -> tuple[Any, int, 
     """dp-audit's one-window layout, text side: the training text without the lines in
     ``lines`` (a re-readable stream, and its length), and for each cut line the text it gets
     its own window with: up to ``tail`` characters of what preceded it, then the line."""
-    from .models.training import _lines
+    from ..models.training import _lines
 
     def cleaned() -> Iterator[str]:
         return (line for line in _lines(text) if line.rstrip("\n") not in lines)
@@ -182,8 +175,8 @@ def _with_own_windows(train: np.ndarray, windows_text: list[str], tok: Any, seq_
 
 
 def _chat_ids(tokenizer: Any, path: Path, spec: Any) -> tuple[np.ndarray, int]:
-    from .models.chat import encode_chat
-    from .records import iter_records
+    from ..data.records import iter_records
+    from ..models.chat import encode_chat
 
     records = ((rec.extra["obj"][spec.field], rec.where) for rec in iter_records(path, spec) if rec.texts)
     return encode_chat(tokenizer, records)
@@ -361,7 +354,7 @@ def load_train_state(
 
 
 def _identity(data: TrainData, model_cfg: ModelConfig, cfg: TrainConfig, seed: int) -> str:
-    from .files import canonical_sha256
+    from ..files import canonical_sha256
 
     settings = {k: v for k, v in asdict(cfg).items() if k not in ("threads", "checkpoint_every")}
     return canonical_sha256(

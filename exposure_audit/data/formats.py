@@ -18,7 +18,7 @@ import string
 from dataclasses import dataclass
 from functools import cached_property
 
-from .errors import AuditError
+from ..errors import AuditError
 
 CLASSES: dict[str, str] = {
     "d": string.digits,

@@ -13,9 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .config import AuditConfig
-from .errors import AuditError, gate_exit
-from .manifest import Manifest
+from ..config import AuditConfig
+from ..data.manifest import Manifest
+from ..errors import AuditError, gate_exit
 
 KIND = "exposure-audit/dp-audit"
 
@@ -25,7 +25,7 @@ def audit_delta(cfg: AuditConfig) -> float:
 
 
 def corpus_characters(corpus: str | Path | None) -> set[str]:
-    from .corpus import DEFAULT_CORPUS, iter_lines
+    from ..data.corpus import DEFAULT_CORPUS, iter_lines
 
     chars: set[str] = set()
     for line in iter_lines(DEFAULT_CORPUS if corpus is None else Path(corpus)):
@@ -54,7 +54,7 @@ def canary_design(cfg: AuditConfig) -> Any:
 
 def check_dp_audit(cfg: AuditConfig) -> Any:
     """Everything that can be refused before anything is written or trained; returns the design."""
-    from .formats import Format
+    from ..data.formats import Format
     from .privacy_audit import check_audit_settings
 
     a = cfg.audit
@@ -66,7 +66,7 @@ def check_dp_audit(cfg: AuditConfig) -> Any:
             f"audit.format {design.format!r} has only {space} secrets, fewer than audit.canaries = {a.canaries}"
         )
     if design.fresh and cfg.model.base:
-        from .models.transformer import fresh_capacity
+        from ..models.transformer import fresh_capacity
 
         rows, n, room = fresh_capacity(Path(cfg.model.base))
         if len(design.fresh) > room:
@@ -228,13 +228,13 @@ def run_dp_audit(
     (a staging folder). Returns the exit code (1: violated and ``audit.fail_if_violated``)."""
     import yaml
 
-    from .exposure.engine import score
-    from .files import atomic_write_json, atomic_write_text
-    from .audit import describe_model
-    from .models import load_model
-    from .pipeline import plant_folder
+    from ..data.pipeline import plant_folder
+    from ..exposure.engine import score
+    from ..files import atomic_write_json, atomic_write_text
+    from ..models import load_model
+    from ..training.loop import train_folder
+    from .canaries import describe_model
     from .privacy_audit import audit_bounds
-    from .train import train_folder
 
     design = check_dp_audit(cfg)
     a, delta = cfg.audit, audit_delta(cfg)
@@ -311,7 +311,7 @@ def run_dp_audit(
 
 
 def render(folder: Path, result: dict[str, Any]) -> Path:
-    from .plots import plot_roc, plot_score_histograms, render_html
+    from ..reports.plots import plot_roc, plot_score_histograms, render_html
     from .privacy_audit import roc_curve
 
     scores = [c["log_perplexity"] for c in result["canaries"]]

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import AuditError
-from .manifest import Manifest
-from .models.chat import chat_tokenizer, message_context, role_context
+from ..data.manifest import Manifest
+from ..errors import AuditError
+from ..models.chat import chat_tokenizer, message_context, role_context
 
 
 @dataclass

@@ -57,7 +57,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from .errors import AuditError
+from ..errors import AuditError
 
 BISECTION_STEPS = 40
 GRID_FRACTIONS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.45, 0.5)  # of m, for k+ (and k-)

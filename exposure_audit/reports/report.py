@@ -9,7 +9,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Sequence
 from typing import Any, TypeVar
 
-from .exposure.measure import CanaryResult
+from ..exposure.measure import CanaryResult
 
 SCHEMA = 1
 T = TypeVar("T")

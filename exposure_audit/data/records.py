@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import AuditError
+from ..errors import AuditError
 
 FORMATS = ("txt", "folder", "jsonl", "csv", "tsv", "parquet")
 RECORD_FORMATS = ("folder", "jsonl", "csv", "tsv", "parquet")
@@ -480,7 +480,7 @@ def folder_sha256(root: Path) -> str:
 
 
 def data_sha256(path: Path) -> str:
-    from .files import sha256_file
+    from ..files import sha256_file
 
     return folder_sha256(path) if Path(path).is_dir() else sha256_file(path)
 

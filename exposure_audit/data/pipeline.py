@@ -9,10 +9,10 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from .config import AuditConfig, InsertConfig
+from ..config import AuditConfig, InsertConfig
+from ..errors import AuditError
+from ..files import sha256_file
 from .corpus import DEFAULT_CORPUS, data_path, insert_canaries, insert_records
-from .errors import AuditError
-from .files import sha256_file
 from .formats import Format
 from .manifest import Canary, Manifest
 
@@ -24,7 +24,7 @@ def insert_folder(
     for a corpus of records (JSONL, CSV/TSV, Parquet, a folder), train and valid in its format."""
     import os
 
-    from .progress import Progress
+    from ..progress import Progress
     from .records import detect_chat, make_spec
 
     folder = Path(folder)
@@ -157,8 +157,8 @@ def plant_folder(
     says which were planted (its ``planted`` flags); the training text alone does not."""
     import random
 
+    from ..errors import AuditError
     from .corpus import draw_canaries
-    from .errors import AuditError
 
     f = Format.parse(fmt)
     if f.space_size < m:
@@ -196,8 +196,8 @@ def load_sweep(path: str | Path) -> tuple[AuditConfig, list[tuple[str, AuditConf
     Runs share the insertion, so they may not override ``seed``, ``corpus`` or ``insert``."""
     import yaml
 
-    from .config import config_from_dict, load_config
-    from .errors import AuditError
+    from ..config import config_from_dict, load_config
+    from ..errors import AuditError
 
     load_config_text = Path(path)
     base_cfg = None
