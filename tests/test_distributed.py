@@ -222,7 +222,13 @@ def test_measure_and_extraction_do_not_depend_on_the_world_size(checkpoint, refe
     assert {r["method"] for r in reference[0][0]} == {"enumerate"}
     assert any(r["method"].startswith("pruned-bounds+") for r in reference[3][0])
     assert reference[6][1][FORMAT]["chosen"] in ("pruned+estimate", "estimate")
-    assert got["extract"] == reference["extract"] and got["extract"][1]
+    # extraction: the order, the proof and the steps are the single process's; a score may differ
+    # in float32 rounding, since a rank steps a sub-batch, and a matrix product need not round a
+    # row the same in every batch size (seen: 5e-7 bits of 43)
+    (got_c, got_proven, got_steps), (ref_c, ref_proven, ref_steps) = got["extract"], reference["extract"]
+    assert [s for s, _ in got_c] == [s for s, _ in ref_c] and (got_proven, got_steps) == (ref_proven, ref_steps)
+    assert got_proven and len(got_c) == 15
+    assert [lp for _, lp in got_c] == pytest.approx([lp for _, lp in ref_c], abs=1e-5)
 
 
 # -- the command line under a launcher --------------------------------------------------------
