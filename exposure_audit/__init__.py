@@ -15,7 +15,7 @@ from .exposure.engine import score
 from .exposure.measure import CanaryResult, measure
 from .integrations import track
 from .models import CharLSTM, load_checkpoint, save_checkpoint
-from .training.loop import train_folder
+from .training import train_folder
 
 __all__ = [
     "AuditError",

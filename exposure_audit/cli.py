@@ -346,7 +346,7 @@ def train(
     rank 0 writes the checkpoint, the metrics and the resume state (docs/distributed.md).
     """
     from .distributed import is_main
-    from .training.loop import run_training
+    from .training import run_training
 
     _join(backend, dist_timeout, uses_cuda=False)
     overrides = {

@@ -14,7 +14,7 @@ from exposure_audit.data.formats import Format
 from exposure_audit.data.manifest import Manifest
 from exposure_audit.data.pipeline import plant_folder
 from exposure_audit.errors import AuditError
-from exposure_audit.training.loop import load_data
+from exposure_audit.training import load_data
 
 from .conftest import make_corpus
 

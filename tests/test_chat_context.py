@@ -154,7 +154,7 @@ def test_extract_with_a_role_header_equals_the_explicit_header(setup, tmp_path):
 def test_training_renders_chat_records_through_the_template(setup, tmp_path, capsys):
     from exposure_audit.config import ModelConfig
     from exposure_audit.models.chat import render
-    from exposure_audit.training.loop import load_data
+    from exposure_audit.training import load_data
 
     model_dir, data = setup
     loaded = load_data(data, ModelConfig(kind="transformer", base=str(model_dir)), seq_len=16)

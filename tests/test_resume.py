@@ -10,12 +10,12 @@ import time
 import pytest
 from safetensors.torch import load_file
 
-import exposure_audit.training.loop as train_mod
+import exposure_audit.training as train_mod
 from exposure_audit.cli import main
-from exposure_audit.config import AuditConfig, DPConfig, TrainConfig
+from exposure_audit.config import AuditConfig, config_from_dict
 from exposure_audit.errors import AuditError
 from exposure_audit.files import staging_path
-from exposure_audit.training.loop import run_training
+from exposure_audit.training import run_training
 
 from .conftest import make_data
 
@@ -53,9 +53,11 @@ TRANSFORMER = (
 )
 
 
-@pytest.mark.parametrize("kind", ["char-lstm", "transformer", "lora"])
+@pytest.mark.parametrize("kind", ["char-lstm", "transformer", "lora", "dp"])
 def test_sigkill_then_resume_gives_bit_identical_weights(data, tmp_path, kind):
-    args = ARGS
+    args, epochs = ARGS, 12
+    if kind == "dp":  # DP-SGD: the accountant's history and the Poisson sampler resume with the weights
+        args, epochs = [*ARGS, "--dp", "--noise-multiplier", "1.0", "--epochs", "2", "--max-chars", "3000"], 2
     weights = "model.safetensors"
     if kind in ("transformer", "lora"):
         (tmp_path / "t.yaml").write_text(TRANSFORMER)
@@ -100,8 +102,13 @@ def test_sigkill_then_resume_gives_bit_identical_weights(data, tmp_path, kind):
         assert (a[k] == b[k]).all(), k
     ma = [json.loads(x) for x in (ref / "metrics.jsonl").read_text().splitlines()]
     mb = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [m["epoch"] for m in mb] == list(range(1, 13))
+    assert [m["epoch"] for m in mb] == list(range(1, epochs + 1))
     assert [(m["train_bpc"], m["valid_bpc"]) for m in ma] == [(m["train_bpc"], m["valid_bpc"]) for m in mb]
+    if kind == "dp":  # the same epsilon after every epoch, and the same claim in the checkpoint
+        assert [m["epsilon"] for m in ma] == [m["epsilon"] for m in mb]
+        assert all(e > 0 for e in (m["epsilon"] for m in mb))
+        pa, pb = (json.loads((d / "config.json").read_text())["privacy"] for d in (ref, out))
+        assert pa == pb and pa["steps"] == mb[-1]["step"]
 
 
 def test_resume_without_saved_state_is_an_error(tmp_path, capsys):
@@ -118,8 +125,47 @@ def test_library_refusals_speak_of_settings_not_flags(data, tmp_path):
     with pytest.raises(AuditError, match="no interrupted training") as info:
         run_training(None, tmp_path / "other", None, resume=True)
     assert "--" not in str(info.value)
-    dp = AuditConfig(train=TrainConfig(dp=DPConfig(enabled=True, noise_multiplier=1.0)))
-    with pytest.raises(AuditError, match="cannot be resumed"):
-        train_mod.train(
-            train_mod.load_data(data / "data", dp.model, 30), dp.model, dp.train, seed=0, folder=out, resume=True
-        )
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_an_interrupted_dp_run_resumes_to_the_same_weights_and_epsilon(data, tmp_path):
+    """In-process and deterministic: a hook crashes the run after step 17, a state was saved at
+    step 15 (mid-epoch); resuming from it replays the Poisson sampler and the accountant."""
+    cfg = config_from_dict(
+        {
+            "model": {"hidden": 16, "embedding": 8, "dropout": 0.1},
+            "train": {"epochs": 2, "seq_len": 30, "batch_size": 8, "checkpoint_every": 5, "max_chars": 2400},
+        }
+    )
+    cfg.train.dp.enabled, cfg.train.dp.noise_multiplier = True, 1.0
+    loaded = train_mod.load_data(data / "data", cfg.model, cfg.train.seq_len)
+
+    def run(folder, **kw):
+        folder.mkdir(exist_ok=True)
+        return train_mod.train(loaded, cfg.model, cfg.train, seed=3, quiet=True, folder=folder, **kw)
+
+    ref = run(tmp_path / "ref")
+
+    def crash(event, record, model):
+        if record["step"] == 17:
+            raise _Crash
+
+    with pytest.raises(_Crash):
+        run(tmp_path / "k", hooks=[crash])
+    saved = json.loads((tmp_path / "k" / "train_state.json").read_text())
+    assert saved["position"]["step"] == 15 and saved["position"]["batch"] > 0  # mid-epoch
+    history = saved["strategy"]["accountant"]["history"]
+    assert saved["strategy"]["accountant"]["mechanism"] == "rdp" and sum(h[2] for h in history) == 15
+    resumed = run(tmp_path / "k", resume=True)
+
+    a, b = ref.model.module.state_dict(), resumed.model.module.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert (a[k] == b[k]).all(), k
+    assert ref.privacy == resumed.privacy and ref.privacy["steps"] == ref.metrics[-1]["step"] > 15
+    assert [(m["train_bpc"], m["valid_bpc"], m["epsilon"]) for m in ref.metrics] == [
+        (m["train_bpc"], m["valid_bpc"], m["epsilon"]) for m in resumed.metrics
+    ]

@@ -6,7 +6,7 @@ import warnings
 
 import pytest
 
-import exposure_audit.training.loop as train_mod
+import exposure_audit.training as train_mod
 from exposure_audit.cli import main
 from exposure_audit.config import AuditConfig, DPConfig
 

@@ -297,7 +297,7 @@ def run_audit(
     from ..models import load_model
     from ..reports.plots import render_run
     from ..reports.report import extraction_summary_lines
-    from ..training.loop import train_folder
+    from ..training import train_folder
 
     (tmp / "model").mkdir()
     atomic_write_text(tmp / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
@@ -309,7 +309,7 @@ def run_audit(
     manifest = Manifest.read(data_dir / "canaries.json")
     dp = " with DP-SGD" if cfg.train.dp.enabled else ""
     echo(f"[2/4] train: {describe_model(cfg)}, {cfg.train.epochs} epochs{dp}")
-    result = train_folder(data_dir, tmp / "model", cfg.model, cfg.train, seed=cfg.seed, quiet=quiet)
+    result = train_folder(data_dir, tmp / "model", cfg, quiet=quiet)
     last = [m for m in result.metrics if m.get("event", "epoch") == "epoch"][-1]
     valid = f"{last['valid_bpc']:.3f} bits/char" if last["valid_bpc"] is not None else "n/a (no validation text)"
     echo(f"      validation {valid} after {result.seconds:.0f}s")
