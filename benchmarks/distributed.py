@@ -8,6 +8,8 @@ Each configuration runs the real command (``exposure-audit measure --method enum
 command's own (from its JSON report and metrics), so process start-up and model loading are
 left out; the wall time of each launch is printed beside them. Nothing is asserted: the figures
 are printed for docs/distributed.md. It also checks that the reports agree across world sizes.
+
+    python benchmarks/distributed.py --tiny   # a 1x8 model, a {d:3} format, 5,000 training characters
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ def launch(world: int, args: list[str], cwd: Path) -> float:
     return time.perf_counter() - t0
 
 
-def setup(root: Path, hidden: int, chars: int) -> None:
+def setup(root: Path, hidden: int, chars: int, fmt: str = "pin {d:6}", layers: int = 2) -> None:
     """A model of the chosen size (random weights: enumeration costs the same whatever they are),
     a manifest with a {d:6} format, and a synthetic training corpus."""
     import torch
@@ -63,11 +65,11 @@ def setup(root: Path, hidden: int, chars: int) -> None:
         lines.append(line)
         size += len(line) + 1
     (root / "corpus.txt").write_text("\n".join(lines) + "\n")
-    argv = ["insert", "--corpus", str(root / "corpus.txt"), "--out", str(root / "data"), "--format", "pin {d:6}"]
+    argv = ["insert", "--corpus", str(root / "corpus.txt"), "--out", str(root / "data"), "--format", fmt]
     assert main([*argv, "--schedule", "0,1", "--per-count", "2", "-q"]) == 0
     torch.manual_seed(0)
     vocab = Vocabulary.from_chars(set("".join(lines)) | set("0123456789\n"))
-    model = CharLSTM(vocab, CharLSTMConfig(embedding=16, hidden=hidden, layers=2))
+    model = CharLSTM(vocab, CharLSTMConfig(embedding=16, hidden=hidden, layers=layers))
     (root / "model").mkdir()
     save_checkpoint(model.eval(), root / "model", {})
 
@@ -81,27 +83,31 @@ def enumerate_at(world: int, root: Path) -> tuple[float, float, dict]:
     return report["canaries"][0]["seconds"], wall, report
 
 
-def train_at(world: int, root: Path, hidden: int) -> tuple[float, float, int, dict]:
+def train_at(world: int, root: Path, hidden: int, layers: int = 2) -> tuple[float, float, int, dict]:
     out = root / f"train-{world}"
     (root / "threads.yaml").write_text("train: {threads: 1}\n")
     args = ["train", "--data", "data", "--out", str(out), "--config", "threads.yaml", "--hidden", str(hidden)]
-    args += ["--embedding", "16", "--layers", "2", "--epochs", "1", "--seq-len", "100", "--batch-size", "64"]
+    args += ["--embedding", "16", "--layers", str(layers), "--epochs", "1", "--seq-len", "100", "--batch-size", "64"]
     args += ["-q", "--force"]
     wall = launch(world, args, root)
     last = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()][-1]
     return last["seconds"], wall, last["step"], last
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--world", type=int, default=2, help="the world size compared with 1")
     ap.add_argument("--hidden", type=int, default=128, help="LSTM units per layer (2 layers)")
     ap.add_argument("--train-chars", type=int, default=1_000_000, help="characters of the training corpus")
-    a = ap.parse_args()
+    ap.add_argument("--tiny", action="store_true", help="a 1x8 LSTM, 'pin {d:3}', 5,000 characters, world 2")
+    a = ap.parse_args(argv)
+    fmt, layers = "pin {d:6}", 2
+    if a.tiny:
+        a.world, a.hidden, a.train_chars, fmt, layers = 2, 8, 5_000, "pin {d:3}", 1
     with tempfile.TemporaryDirectory(prefix="exposure-audit-dist-") as tmp:
         root = Path(tmp)
-        setup(root, a.hidden, a.train_chars)
-        print(f"one thread per process; {os.cpu_count()} CPU cores; char-LSTM 2x{a.hidden}\n")
+        setup(root, a.hidden, a.train_chars, fmt, layers)
+        print(f"one thread per process; {os.cpu_count()} CPU cores; char-LSTM {layers}x{a.hidden}\n")
 
         e1, w1, r1 = enumerate_at(1, root)
         eN, wN, rN = enumerate_at(a.world, root)
@@ -109,8 +115,8 @@ def main() -> None:
         same = [(c["rank"], c["exposure"]) for c in r1["canaries"]] == [
             (c["rank"], c["exposure"]) for c in rN["canaries"]
         ] and r1["table"] == rN["table"]
-        t1, tw1, st1, m1 = train_at(1, root, a.hidden)
-        tN, twN, stN, mN = train_at(a.world, root, a.hidden)
+        t1, tw1, st1, m1 = train_at(1, root, a.hidden, layers)
+        tN, twN, stN, mN = train_at(a.world, root, a.hidden, layers)
         tokens = st1 * 64 * 100  # steps x global batch x window
 
         head = f"{'':34}{'world 1':>12}{'world ' + str(a.world):>12}{'speedup':>10}{'efficiency':>12}"
@@ -121,7 +127,7 @@ def main() -> None:
             speedup = many / one if higher_better else one / many
             print(f"{name:34}{one:>10.1f}{unit:>2}{many:>10.1f}{unit:>2}{speedup:>9.2f}x{speedup / a.world:>11.0%}")
 
-        row("enumerate pin {d:6}: seconds", e1, eN, " s", False)
+        row(f"enumerate {fmt}: seconds", e1, eN, " s", False)
         row("  model steps per second (k)", steps / e1 / 1e3, steps / eN / 1e3, "  ", True)
         row("train (DDP): seconds, 1 epoch", t1, tN, " s", False)
         row("  tokens per second (k)", tokens / t1 / 1e3, tokens / tN / 1e3, "  ", True)

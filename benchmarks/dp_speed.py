@@ -4,10 +4,13 @@
 
 Prints characters per second of each and their ratio, for the paper's 2x200 model and a
 smaller one. Not a test: the figures depend on the machine.
+
+    .venv/bin/python benchmarks/dp_speed.py --tiny   # seconds: a 1x16 model, 0.3 s of each
 """
 
 from __future__ import annotations
 
+import argparse
 import time
 import warnings
 
@@ -17,14 +20,16 @@ import torch.nn.functional as F
 from exposure_audit.models import CharLSTM, CharLSTMConfig, Vocabulary
 
 
-def throughput(dp: bool, hidden: int, layers: int, batch: int, seq_len: int, seconds: float = 10.0) -> float:
+def throughput(
+    dp: bool, hidden: int, layers: int, batch: int, seq_len: int, seconds: float = 10.0, rows: int = 20_000
+) -> float:
     from torch.utils.data import DataLoader, TensorDataset
 
     torch.manual_seed(0)
     vocab = Vocabulary.from_chars([chr(i) for i in range(32, 127)] + ["\n"])
     model = CharLSTM(vocab, CharLSTMConfig(64, hidden, layers), dp=dp)
     opt = torch.optim.Adam(model.parameters(), 1e-3)
-    data = torch.randint(0, len(vocab), (20_000, seq_len + 1))
+    data = torch.randint(0, len(vocab), (rows, seq_len + 1))
     loader = DataLoader(TensorDataset(data), batch_size=batch, shuffle=True)
     if dp:
         from opacus import PrivacyEngine
@@ -56,12 +61,18 @@ def throughput(dp: bool, hidden: int, layers: int, batch: int, seq_len: int, sec
     return chars / (time.perf_counter() - t0)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tiny", action="store_true", help="one 1x16 model, batch 8, 20 characters, 0.3 s each")
+    args = ap.parse_args(argv)
+    configs, seconds, rows = ((200, 2, 32, 100), (128, 1, 32, 100)), 10.0, 20_000
+    if args.tiny:
+        configs, seconds, rows = ((16, 1, 8, 20),), 0.3, 400
     torch.set_num_threads(2)
     print(f"{'model':<10} {'batch':>5} {'seq':>4}  {'plain chars/s':>13}  {'DP-SGD chars/s':>14}  {'ratio':>6}")
-    for hidden, layers, batch, seq in ((200, 2, 32, 100), (128, 1, 32, 100)):
-        plain = throughput(False, hidden, layers, batch, seq)
-        dp = throughput(True, hidden, layers, batch, seq)
+    for hidden, layers, batch, seq in configs:
+        plain = throughput(False, hidden, layers, batch, seq, seconds, rows)
+        dp = throughput(True, hidden, layers, batch, seq, seconds, rows)
         print(f"{layers}x{hidden:<8} {batch:>5} {seq:>4}  {plain:>13,.0f}  {dp:>14,.0f}  {plain / dp:>5.1f}x")
 
 

@@ -6,13 +6,21 @@ Run on the model of a default audit (`make demo` writes one under runs/):
     .venv/bin/python benchmarks/engine.py --audit runs/audit-YYYYmmdd-HHMMSS
 
 Prints side-by-side figures and ratios. Not a test: timings depend on the machine.
+
+    .venv/bin/python benchmarks/engine.py --tiny     # seconds: a tiny audit built here, small formats
+
+``--tiny`` (what tests/test_benchmarks.py runs) makes its own tiny audit (benchmarks/_tiny.py)
+unless ``--audit`` is given, and runs every part on a 10^3 format and the audit's 10^4 one.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import resource
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,6 +34,7 @@ from exposure_audit.exposure.math import combine_estimates, exposure_from_rank, 
 from exposure_audit.models import Scorer, load_checkpoint
 
 SIX = "the random number is {d:6}"
+TINY_SIX = "the random number is {d:3}"
 
 
 def bare_throughput(model, batch: int, seconds: float = 3.0) -> float:
@@ -41,25 +50,44 @@ def bare_throughput(model, batch: int, seconds: float = 3.0) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--audit", required=True, type=Path, help="an audit output folder (model/ and data/canaries.json)")
+    ap.add_argument("--audit", type=Path, help="an audit output folder (model/ and data/canaries.json)")
     ap.add_argument(
         "--brute-fraction", type=float, default=1.0, help="brute-force this share of the 10^6 space and scale up"
     )
     ap.add_argument("--repeats", type=int, default=20, help="independent sample sets for estimator coverage")
     ap.add_argument("--samples", type=int, default=10_000)
-    args = ap.parse_args()
+    ap.add_argument("--tiny", action="store_true", help="seconds, not minutes: small formats, a tiny audit")
+    args = ap.parse_args(argv)
+    if args.audit is None and not args.tiny:
+        ap.error("give --audit DIR (or --tiny)")
     torch.set_num_threads(2)
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.audit is None:
+            sys.path.insert(0, str(Path(__file__).resolve().parent))
+            import _tiny
+
+            args.audit = _tiny.audit(Path(tmp))
+        if args.tiny:
+            args.repeats, args.samples = min(args.repeats, 2), min(args.samples, 200)
+            run(args, six=TINY_SIX, rank_space=10**4, min_exposure=0.0, bare_seconds=0.2)
+        else:
+            run(args, six=SIX, rank_space=10**9, min_exposure=20.0, bare_seconds=3.0)
+
+
+def run(args, *, six: str, rank_space: int, min_exposure: float, bare_seconds: float) -> None:
+    """Parts (a)-(d): ``six`` is the enumerated format of (b) and (d); (c) ranks the audit's
+    canaries of a ``rank_space`` format reported at ``min_exposure`` bits or more."""
     model, _ = load_checkpoint(args.audit / "model")
     manifest = Manifest.read(args.audit / "data" / "canaries.json")
 
+    fmt = Format.parse(six)
     print("== (a) bare model step throughput (batch 1024)")
-    bare = bare_throughput(model, 1024)
+    bare = bare_throughput(model, 1024, bare_seconds)
     print(f"   {bare:,.0f} steps/s")
 
-    print(f"== (b) brute force vs prefix-tree enumeration: {SIX!r}, |R| = 10^6")
-    fmt = Format.parse(SIX)
+    print(f"== (b) brute force vs prefix-tree enumeration: {six!r}, |R| = 10^{len(str(fmt.space_size)) - 1}")
     scorer = Scorer(model)
     cf = engine.compile_format(scorer, fmt)
     scores = np.empty(fmt.space_size)
@@ -87,11 +115,16 @@ def main() -> None:
     )
     assert walk.complete
 
-    print("== (c) pruned exact rank of memorized 9-digit canaries (exposure >= 20 in the audit's report)")
-    import json
-
+    digits = len(str(rank_space)) - 1
+    print(
+        f"== (c) pruned exact rank of memorized {digits}-digit canaries (exposure >= {min_exposure:g} in the audit's report)"
+    )
     reported = {c["id"]: c["exposure"] for c in json.loads((args.audit / "report.json").read_text())["canaries"]}
-    nine = [c for c in manifest.canaries if Format.parse(c.format).space_size == 10**9 and reported.get(c.id, 0) >= 20]
+    nine = [
+        c
+        for c in manifest.canaries
+        if Format.parse(c.format).space_size == rank_space and reported.get(c.id, 0) >= min_exposure
+    ]
     fmt9 = Format.parse(nine[0].format)
     cf9 = engine.compile_format(scorer, fmt9)
     brute9 = engine.brute_force_steps(cf9)
@@ -109,10 +142,10 @@ def main() -> None:
             f"brute force would need {brute9:,} steps = {brute9 / max(steps, 1):,.0f}x more"
         )
 
-    print(f"== (d) estimates vs exact exposure, {SIX!r}, {args.samples} samples, {args.repeats} sample sets")
+    print(f"== (d) estimates vs exact exposure, {six!r}, {args.samples} samples, {args.repeats} sample sets")
     order = np.sort(scores)
     targets = []  # canaries at exact exposures from about 2 to 15 bits
-    for e in np.linspace(2, 15, 27):
+    for e in np.linspace(2, min(15.0, math.log2(fmt.space_size) - 1), 27):
         rank = max(1, int(round(fmt.space_size * 2.0**-e)))
         targets.append(float(order[rank - 1]))
     targets = np.array(targets)
@@ -152,6 +185,8 @@ def main() -> None:
     )
     for lo, hi in ((2, 9), (9, 12), (12, 15.01)):
         sel = (exact_all >= lo) & (exact_all < hi)
+        if not sel.any():  # the tiny mode's 10^3 format has no exposures above 10 bits
+            continue
         print(
             f"     exact {lo:>2}-{min(hi, 15):>2} bits: mean |error| {errs[sel].mean():.2f}, max {errs[sel].max():.2f}, coverage {np.mean(np.array(covered)[sel]):.0%}"
         )

@@ -18,6 +18,10 @@ Run on the model of a default audit (`make demo` writes one under runs/):
     the budget) on both formats and a 10^7 two-hole format: total steps, seconds, exact figures.
 
 Not a test: timings depend on the machine.
+
+    .venv/bin/python benchmarks/estimators.py --tiny   # seconds: 10^3 / 10^4 / 10^4 formats, a tiny audit
+
+``--tiny`` makes its own tiny audit (benchmarks/_tiny.py) unless ``--audit`` is given.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from __future__ import annotations
 import argparse
 import math
 import random
+import sys
+import tempfile
 import time
 from itertools import pairwise
 from pathlib import Path
@@ -45,6 +51,9 @@ SIX = "the random number is {d:6}"
 NINE = "the random number is {d:9}"
 TWO_HOLES = "the random number is {d:3} {d:4}"
 OLD_STEPS_PER_RANK = 25  # the pre-#13 auto's constant
+# --tiny: the same three roles on spaces a tiny model walks in well under a second (the 10^4 one
+# is the tiny audit's format, so its canaries are the audit's)
+TINY = ("the random number is {d:3}", "the random number is {d:4}", "the random number is {d:2} {d:2}")
 
 
 def exact_scores(scorer: Scorer, cf, rank_limit: int | None, cache: Path | None) -> tuple[np.ndarray, float]:
@@ -200,11 +209,11 @@ def exact_choice(p: dict) -> tuple[str, int]:
     return ("pruned+estimate" if p["walkable"] else "estimate"), pred["pruned+estimate"]
 
 
-def auto_comparison(model, manifest: Manifest, args) -> None:
+def auto_comparison(model, manifest: Manifest, args, formats: tuple[str, ...] = (SIX, NINE, TWO_HOLES)) -> None:
     print(f"== auto vs the pre-#13 policy (--max-steps {args.max_steps:,}, {args.samples} samples)")
     print(f"   plans predicted over {args.run_limit:,} model steps are not run here (CPU time): marked 'not run'")
     print(f"   {'format':<36} {'policy':<11} {'steps':>12} {'seconds':>8}  exact/possible  plan")
-    for source in (SIX, NINE, TWO_HOLES):
+    for source in formats:
         canaries = canaries_for(model, source, manifest)
         fmt = Format.parse(source)
         # auto, prefer fast: always run (it is the cheap one); its plan record also holds every
@@ -276,9 +285,9 @@ def auto_comparison(model, manifest: Manifest, args) -> None:
             print(f"   {source:<36} {policy:<11} {steps:>12,} {secs:>8}  {exact:>5}/{p['exact_possible']:<8}  {txt}")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--audit", required=True, type=Path, help="an audit output folder (model/, data/canaries.json)")
+    ap.add_argument("--audit", type=Path, help="an audit output folder (model/, data/canaries.json)")
     ap.add_argument("--repeats", type=int, default=20, help="independent sample sets")
     ap.add_argument("--samples", type=int, default=10_000)
     ap.add_argument("--rank-limit", type=int, default=1_000_000, help="exact ranks of the 10^9 format up to this")
@@ -286,14 +295,36 @@ def main() -> None:
     ap.add_argument("--run-limit", type=int, default=20_000_000, help="do not run plans predicted above this")
     ap.add_argument("--cache", type=Path, default=None, help="keep exact scores here between runs")
     ap.add_argument("--skip", choices=["accuracy", "auto"], default=None)
-    args = ap.parse_args()
+    ap.add_argument("--tiny", action="store_true", help="seconds: small formats and sample sets, a tiny audit")
+    args = ap.parse_args(argv)
+    if args.audit is None and not args.tiny:
+        ap.error("give --audit DIR (or --tiny)")
+    formats = (SIX, NINE, TWO_HOLES)
+    if args.tiny:
+        formats = TINY
+        args.repeats, args.samples = min(args.repeats, 2), min(args.samples, 300)
+        args.rank_limit = min(args.rank_limit, 500)
+        args.max_steps, args.run_limit = min(args.max_steps, 50_000), min(args.run_limit, 50_000)
     torch.set_num_threads(2)
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.audit is None:
+            sys.path.insert(0, str(Path(__file__).resolve().parent))
+            import _tiny
+
+            args.audit = _tiny.audit(Path(tmp))
+        run(args, formats)
+
+
+def run(args, formats: tuple[str, str, str]) -> None:
+    """The accuracy tables on the first two formats (the second up to ``--rank-limit``), then
+    ``auto`` against the pre-#13 policy on all three."""
     model, _ = load_checkpoint(args.audit / "model")
     manifest = Manifest.read(args.audit / "data" / "canaries.json")
     scorer = Scorer(model)
     if args.skip != "accuracy":
-        for name, source, limit in (("10^6", SIX, None), ("10^9", NINE, args.rank_limit)):
+        for source, limit in ((formats[0], None), (formats[1], args.rank_limit)):
             fmt = Format.parse(source)
+            name = f"10^{len(str(fmt.space_size)) - 1}"
             t0 = time.perf_counter()
             s0 = scorer.steps
             order, bound = exact_scores(scorer, engine.compile_format(scorer, fmt), limit, args.cache)
@@ -303,7 +334,7 @@ def main() -> None:
             )
             accuracy(scorer, name, fmt, order, bound, args)
     if args.skip != "auto":
-        auto_comparison(model, manifest, args)
+        auto_comparison(model, manifest, args, formats)
 
 
 if __name__ == "__main__":

@@ -6,12 +6,16 @@
 For every format in the audit's manifest: best-first search for the top K, with the model
 steps and seconds it took, against brute force (|R| x line length steps), and where each
 planted canary landed (success rate by insertion count). Not a test: timings vary by machine.
+
+    .venv/bin/python benchmarks/extract.py --tiny    # seconds: a tiny audit built here (benchmarks/_tiny.py)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -23,13 +27,28 @@ from exposure_audit.exposure.extract import best_first
 from exposure_audit.models import Scorer, load_checkpoint
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--audit", required=True, type=Path)
+    ap.add_argument("--audit", type=Path)
     ap.add_argument("--top", type=int, default=10)
     ap.add_argument("--max-steps", type=int, default=100_000)
-    args = ap.parse_args()
+    ap.add_argument("--tiny", action="store_true", help="top 3 within 5,000 steps; a tiny audit unless --audit")
+    args = ap.parse_args(argv)
+    if args.audit is None and not args.tiny:
+        ap.error("give --audit DIR (or --tiny)")
+    if args.tiny:
+        args.top, args.max_steps = min(args.top, 3), min(args.max_steps, 5_000)
     torch.set_num_threads(2)
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.audit is None:
+            sys.path.insert(0, str(Path(__file__).resolve().parent))
+            import _tiny
+
+            args.audit = _tiny.audit(Path(tmp))
+        run(args)
+
+
+def run(args) -> None:
     model, _ = load_checkpoint(args.audit / "model")
     manifest = Manifest.read(args.audit / "data" / "canaries.json")
     report_path = args.audit / "report.json"

@@ -16,14 +16,21 @@ and a real pretrained model.
 (c) SmolLM2-135M-Instruct: does it know pi? Extraction of `The first digits of pi are 3.{d:8}`,
     and pi's true digits measured against random ones.
 Not a test: timings vary by machine.
+
+    .venv/bin/python benchmarks/hf.py --tiny          # seconds: every part, on tiny random Llamas
+
+``--tiny`` runs (a), (b), (c) and (d) on 2x32 random Llamas (benchmarks/_tiny.py; one stands in
+for SmolLM2 in (c)) with 10^3 / 10^4 formats, small budgets and short timing loops.
 """
 
 from __future__ import annotations
 
 import argparse
 import random
+import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +46,40 @@ FIVE = "the random number is {d:5}"
 NINE = "the random number is {d:9}"
 PI = "The first digits of pi are 3.{d:8}"
 PI_DIGITS = "14159265"
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """The formats, budgets and timing loops of each part (``TINY``: what ``--tiny`` runs)."""
+
+    five: str = FIVE
+    nine: str = NINE
+    pi: str = PI
+    pi_digits: str = PI_DIGITS
+    extract_steps: int = 200_000  # (b)'s extraction
+    pruned_steps: int = 5_000_000  # (b)'s pruned walks
+    pi_steps: int = 20_000  # (c)'s extraction
+    pi_measure_steps: int = 200_000
+    pi_samples: int = 300
+    pi_bootstrap: int = 20
+    matmul_n: int = 2048  # (d)'s roof
+    seconds: float = 2.0  # (d)'s timing loops (the roof's; bare steps run 1.5 x this)
+
+
+TINY = Sizes(
+    five="the random number is {d:3}",
+    nine="the random number is {d:3}",
+    pi="The first digits of pi are 3.{d:3}",
+    pi_digits="141",
+    extract_steps=2_000,
+    pruned_steps=20_000,
+    pi_steps=500,
+    pi_measure_steps=5_000,
+    pi_samples=100,
+    pi_bootstrap=0,
+    matmul_n=128,
+    seconds=0.1,
+)
 
 
 def small_model(folder: Path, digits: str, seed: int = 0):
@@ -112,8 +153,8 @@ def whole_string_scores(model, texts: list[str], batch: int = 256) -> tuple[np.n
     return out, steps
 
 
-def part_a(model, label: str) -> None:
-    fmt = Format.parse(FIVE)
+def part_a(model, label: str, sizes: Sizes = Sizes()) -> None:
+    fmt = Format.parse(sizes.five)
     rng = random.Random(0)
     secrets = fmt.sample(rng, 10)
     scorer = Scorer(model)
@@ -146,12 +187,12 @@ def part_a(model, label: str) -> None:
     )
 
 
-def part_b(model, label: str) -> None:
-    fmt = Format.parse(NINE)
+def part_b(model, label: str, sizes: Sizes = Sizes()) -> None:
+    fmt = Format.parse(sizes.nine)
     t0 = time.perf_counter()
-    ex = best_first(model, fmt, top=10, max_steps=200_000)
+    ex = best_first(model, fmt, top=10, max_steps=sizes.extract_steps)
     print(
-        f"   {label}: extraction of the top 10 of 10^9: {ex.model_steps:,} steps, {time.perf_counter() - t0:.1f} s, "
+        f"   {label}: extraction of the top 10 of 10^{len(str(fmt.space_size)) - 1}: {ex.model_steps:,} steps, {time.perf_counter() - t0:.1f} s, "
         f"{'proven' if ex.proven else 'NOT proven'}"
     )
     scorer = Scorer(model)
@@ -159,7 +200,7 @@ def part_b(model, label: str) -> None:
     for k in (0, 9):
         c = ex.candidates[k]
         s0, t0 = scorer.steps, time.perf_counter()
-        pr = engine.pruned_rank(scorer, cf, c.log_perplexity, max_steps=5_000_000)
+        pr = engine.pruned_rank(scorer, cf, c.log_perplexity, max_steps=sizes.pruned_steps)
         print(
             f"      pruned rank of the #{k + 1} secret {c.secret}: rank {pr.rank}, {scorer.steps - s0:,} steps, "
             f"{time.perf_counter() - t0:.1f} s (brute force: {engine.brute_force_steps(cf):,} steps)"
@@ -180,33 +221,43 @@ def _smollm2(dtype: str | None = None):
     return model
 
 
-def part_c() -> None:
-    model = _smollm2()
+def part_c(model=None, sizes: Sizes = Sizes()) -> None:
+    model = model if model is not None else _smollm2()
     if model is None:
         return
-    fmt = Format.parse(PI)
+    pi, pi_digits = sizes.pi, sizes.pi_digits
+    fmt = Format.parse(pi)
     t0 = time.perf_counter()
-    ex = best_first(model, fmt, top=5, max_steps=20_000)
+    ex = best_first(model, fmt, top=5, max_steps=sizes.pi_steps)
     print(
-        f"   extract {PI!r}: {ex.model_steps:,} steps, {time.perf_counter() - t0:.0f} s, "
+        f"   extract {pi!r}: {ex.model_steps:,} steps, {time.perf_counter() - t0:.0f} s, "
         f"{'proven' if ex.proven else 'NOT proven'}"
     )
     for i, c in enumerate(ex.candidates, 1):
-        mark = "  <- pi" if c.secret == PI_DIGITS else ""
+        mark = "  <- pi" if c.secret == pi_digits else ""
         print(f"      #{i}  {c.secret}  {c.log_perplexity:6.2f} bits{mark}")
 
     class C:
         def __init__(self, secret: str, insertions: int) -> None:
-            self.format, self.secret, self.insertions = PI, secret, insertions
+            self.format, self.secret, self.insertions = pi, secret, insertions
 
     rng = random.Random(1)
-    canaries = [C(PI_DIGITS, 1)] + [C(s, 0) for s in fmt.sample(rng, 3)]
+    canaries = [C(pi_digits, 1)] + [C(s, 0) for s in fmt.sample(rng, 3)]
     t0 = time.perf_counter()
-    results = measure(model, canaries, method="auto", max_steps=200_000, samples=300, bootstrap=20)
-    print(f"   measure pi's digits and 3 random ones (auto, 300 samples): {time.perf_counter() - t0:.0f} s")
+    results = measure(
+        model,
+        canaries,
+        method="auto",
+        max_steps=sizes.pi_measure_steps,
+        samples=sizes.pi_samples,
+        bootstrap=sizes.pi_bootstrap,
+    )
+    print(
+        f"   measure pi's digits and 3 random ones (auto, {sizes.pi_samples} samples): {time.perf_counter() - t0:.0f} s"
+    )
     for c, r in zip(canaries, results):
         rank = r.rank if r.rank is not None else f"~2^{np.log2(r.space_size) - r.exposure:.1f}"
-        what = "pi" if c.secret == PI_DIGITS else "random"
+        what = "pi" if c.secret == pi_digits else "random"
         print(
             f"      {c.secret} ({what:6})  log-ppl {r.log_perplexity:6.2f}  rank {rank!s:>8}  "
             f"exposure {r.exposure:5.2f} of {r.exposure_max:.2f}  {r.method}"
@@ -247,10 +298,11 @@ def bare_steps(model, fmt: Format, rows: int, seconds: float = 3.0) -> float:
     return rows * k / (time.perf_counter() - t0)
 
 
-def part_d(model, label: str, fmt_source: str, steps: int, canary: str) -> None:
+def part_d(model, label: str, fmt_source: str, steps: int, canary: str, sizes: Sizes = Sizes()) -> None:
     """Steps/s against the matmul roof measured in the same run: bare steps, extract, measure."""
     fmt = Format.parse(fmt_source)
-    roof32, roof16 = matmul_roof(torch.float32), matmul_roof(torch.bfloat16)
+    roof32 = matmul_roof(torch.float32, sizes.matmul_n, sizes.seconds)
+    roof16 = matmul_roof(torch.bfloat16, sizes.matmul_n, sizes.seconds)
     flop = step_gflop(model)
     print(f"   {label}: {flop:.3f} GFLOP per step; matmul roof fp32 {roof32:.0f} GFLOP/s, bf16 {roof16:.0f} GFLOP/s")
     print(f"      fp32 roof = {roof32 / flop:,.0f} steps/s, bf16 roof = {roof16 / flop:,.0f} steps/s")
@@ -261,7 +313,7 @@ def part_d(model, label: str, fmt_source: str, steps: int, canary: str) -> None:
         )
 
     for rows in (64, 256, 1024):
-        line(f"bare step, {rows} rows", bare_steps(model, fmt, rows))
+        line(f"bare step, {rows} rows", bare_steps(model, fmt, rows, 1.5 * sizes.seconds))
     t0 = time.perf_counter()
     ex = best_first(model, fmt, top=1, max_steps=steps)
     line(f"extract ({ex.model_steps:,} steps)", ex.model_steps / (time.perf_counter() - t0))
@@ -281,7 +333,7 @@ def part_d(model, label: str, fmt_source: str, steps: int, canary: str) -> None:
     line(f"measure, pruned ({r.model_steps:,} steps)", r.model_steps / (time.perf_counter() - t0))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smollm2", action="store_true", help="also run part (c) on SmolLM2-135M")
     ap.add_argument("--skip-small", action="store_true", help="only part (c)")
@@ -289,8 +341,12 @@ def main() -> None:
     ap.add_argument("--roof-steps", type=int, default=4000, help="model steps of part (d)'s extract and measure")
     ap.add_argument("--dtype", default="float32", help="part (d) on SmolLM2: float32 or bfloat16")
     ap.add_argument("--no-small", action="store_true", help="part (d) without the random Llama")
-    args = ap.parse_args()
+    ap.add_argument("--tiny", action="store_true", help="every part in seconds, on tiny random Llamas")
+    args = ap.parse_args(argv)
     torch.set_num_threads(2)
+    if args.tiny:
+        tiny(min(args.roof_steps, 200))
+        return
     if args.roof:
         print("== (d) steps/s against the matmul roof measured in this run (2 threads)")
         if not args.no_small:
@@ -313,6 +369,25 @@ def main() -> None:
     if args.smollm2:
         print("== (c) SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized to float32, CPU)")
         part_c()
+
+
+def tiny(roof_steps: int) -> None:
+    """Parts (a)-(d) at ``TINY`` sizes on 2x32 random Llamas; a third stands in for SmolLM2."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import _tiny
+
+    with tempfile.TemporaryDirectory() as tmp:
+        models = {d: _tiny.hf_model(Path(tmp) / d, digits=d) for d in ("split", "merged")}
+        print(f"== (a) {TINY.five!r}, |R| = 10^3: tree walk vs whole strings (random 2x32 Llama, tiny BPE)")
+        for d, m in models.items():
+            part_a(m, f"{d} digits", TINY)
+        print(f"== (b) {TINY.nine!r}, |R| = 10^3: pruned exact rank at the top")
+        for d, m in models.items():
+            part_b(m, f"{d} digits", TINY)
+        print("== (c) a random 2x32 Llama in SmolLM2's place")
+        part_c(_tiny.hf_model(Path(tmp) / "pi", seed=1), TINY)
+        print("== (d) steps/s against the matmul roof measured in this run (2 threads)")
+        part_d(models["split"], "random 2x32 Llama", TINY.nine, roof_steps, "123", TINY)
 
 
 if __name__ == "__main__":

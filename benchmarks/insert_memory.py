@@ -6,6 +6,8 @@ Writes a synthetic UTF-8 corpus of the given size (random words, 40-120 characte
 --format jsonl, records {"id", "source", "text"} of 1-4 such lines each), runs `exposure-audit
 insert` on it in a child process, and prints its wall time and peak resident memory (from the
 kernel's rusage of the child). The corpus lives in a temporary folder, deleted at the end. Not a test.
+
+    .venv/bin/python benchmarks/insert_memory.py --tiny   # seconds: a 2 MB corpus
 """
 
 from __future__ import annotations
@@ -49,12 +51,15 @@ def make_corpus(path: Path, size: int, seed: int = 0, fmt: str = "txt") -> None:
             written += len(piece)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gigabytes", type=float, default=1.0)
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()))
     ap.add_argument("--format", choices=["txt", "jsonl"], default="txt")
-    args = ap.parse_args()
+    ap.add_argument("--tiny", action="store_true", help="a 2 MB corpus (--gigabytes 0.002)")
+    args = ap.parse_args(argv)
+    if args.tiny:
+        args.gigabytes = min(args.gigabytes, 0.002)
     size = int(args.gigabytes * 1e9)
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         corpus = Path(tmp) / f"corpus.{args.format}"

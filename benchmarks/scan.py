@@ -10,6 +10,8 @@ process, `exposure-audit scan --corpus FILE` and the peer scanner's own CLI `det
 FILE` on the same file, and prints wall time, MB/s and peak resident memory (the kernel's rusage
 of each child) side by side, with the ratio. The corpus lives in a temporary folder, deleted at
 the end. Not a test; run it under the heavy-work lock.
+
+    .venv/bin/python benchmarks/scan.py --tiny   # seconds: a corpus of about 40 KB
 """
 
 from __future__ import annotations
@@ -79,12 +81,12 @@ def iban_ok(iban: str) -> bool:
     return int("".join(str(int(c, 36)) for c in moved)) % 97 == 1
 
 
-def make_corpus(path: Path, size: int, seed: int = 0) -> None:
+def make_corpus(path: Path, size: int, seed: int = 0, records_per_chunk: int = 8_000) -> None:
     rng = random.Random(seed)
     prose = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(6, 20))) for _ in range(20_000)]
     secrets = _secret_lines(rng, 5_000)
     records = []
-    for i in range(8_000):
+    for i in range(records_per_chunk):
         lines = [rng.choice(prose) for _ in range(rng.randint(1, 4))]
         if i % 20 == 0:
             lines.insert(rng.randrange(len(lines) + 1), rng.choice(secrets).replace("\\n", "\n"))
@@ -110,17 +112,20 @@ def run_child(argv: list[str], stdout, cwd: str) -> tuple[float, float, int]:
     return wall, usage.ru_maxrss / 1024, proc.returncode
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--megabytes", type=float, default=1024.0)
     ap.add_argument("--workdir", type=str, default=None)
     ap.add_argument("--no-peer", action="store_true", help="Skip detect-secrets' CLI.")
-    args = ap.parse_args()
+    ap.add_argument("--tiny", action="store_true", help="a corpus of about 40 KB (200 records)")
+    args = ap.parse_args(argv)
+    if args.tiny:
+        args.megabytes = min(args.megabytes, 0.03)
     bindir = Path(sys.executable).parent
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         corpus = Path(tmp) / "corpus.jsonl"
         t0 = time.perf_counter()
-        make_corpus(corpus, int(args.megabytes * 1e6))
+        make_corpus(corpus, int(args.megabytes * 1e6), records_per_chunk=200 if args.tiny else 8_000)
         mb = corpus.stat().st_size / 1e6
         print(f"corpus: {mb:.1f} MB JSONL, written in {time.perf_counter() - t0:.1f} s", flush=True)
         rows = []

@@ -19,6 +19,11 @@ reference corpus, and the finding's table.
         not be revealed) with their copies in the training split, and exposure, reference exposure,
         gain and extraction by copies, as Markdown.
 
+    --tiny
+        All three in a temporary folder, in seconds: a corpus of 1 and 4 copies with 30 filler
+        records, `exposure-audit scan --reveal` under a tiny random char-LSTM (its reference: a
+        second one), refill, and the table (the corpus itself standing in for the training split).
+
 The values are fake but valid-looking: card numbers pass the Luhn check, phone numbers are NANP
 numbers with area and exchange codes 2-9, AWS key ids are AKIA + 16 base32 characters.
 """
@@ -134,17 +139,17 @@ def filler(rng: random.Random, n: int, length: int = 300) -> list[str]:
     return out[:n]
 
 
-def make(out_dir: Path, seed: int) -> None:
+def make(out_dir: Path, seed: int, copies_list=COPIES, per_context: int = PER_CONTEXT, fillers: int = FILLER) -> None:
     rng = random.Random(seed)
     records: list[str] = []
     planted: list[dict] = []
-    for copies in COPIES:
+    for copies in copies_list:
         for build in (config_record, email_record, chat_record):
-            for _ in range(PER_CONTEXT):
+            for _ in range(per_context):
                 text, values = build(rng)
                 records += [text] * copies
                 planted += [{"kind": k, "value": v, "copies": copies, "context": build.__name__} for k, v in values]
-    records += filler(rng, FILLER)
+    records += filler(rng, fillers)
     rng.shuffle(records)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "corpus.jsonl").write_text("".join(json.dumps({"text": r}) + "\n" for r in records), encoding="utf-8")
@@ -233,9 +238,40 @@ def table(scan_json: Path, planted_path: Path, train_jsonl: Path) -> None:
         )
 
 
-def main() -> None:
+def tiny() -> None:
+    """make, scan (a tiny random char-LSTM, a second one as the reference), refill and table."""
+    import tempfile
+
+    import torch
+
+    from exposure_audit.cli import main as cli
+    from exposure_audit.models import CharLSTM, CharLSTMConfig, Vocabulary, save_checkpoint
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        make(root / "corpus", 0, copies_list=(1, 4), per_context=1, fillers=30)
+        corpus = root / "corpus" / "corpus.jsonl"
+        chars = sorted(set(corpus.read_text(encoding="utf-8")) | set(string.printable))
+        for name, seed in (("model", 0), ("reference", 1)):
+            torch.manual_seed(seed)
+            net = CharLSTM(Vocabulary.from_chars(chars), CharLSTMConfig(embedding=8, hidden=16, layers=1))
+            (root / name).mkdir()
+            save_checkpoint(net.eval(), root / name, {})
+        argv = ["scan", "--corpus", str(corpus), "--out", str(root / "scan"), "--reveal", "-q"]
+        argv += ["--model", str(root / "model"), "--reference", str(root / "reference")]
+        argv += ["--max-secrets", "4", "--max-steps", "2000", "--samples", "50", "--extract-max-steps", "200"]
+        argv += ["--context-chars", "64"]
+        code = cli(argv)
+        if code != 0:
+            raise SystemExit(f"scan failed (exit {code})")
+        refill(root / "scan" / "scan.json", corpus, root / "reference.jsonl", 0)
+        table(root / "scan" / "scan.json", root / "corpus" / "planted.json", corpus)
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="cmd", required=True)
+    parser.add_argument("--tiny", action="store_true", help="make, scan, refill and table on a tiny corpus")
+    sub = parser.add_subparsers(dest="cmd")
     m = sub.add_parser("make")
     m.add_argument("out_dir", type=Path)
     m.add_argument("--seed", type=int, default=0)
@@ -248,13 +284,17 @@ def main() -> None:
     t.add_argument("scan_json", type=Path)
     t.add_argument("planted", type=Path)
     t.add_argument("train_jsonl", type=Path)
-    args = parser.parse_args()
-    if args.cmd == "make":
+    args = parser.parse_args(argv)
+    if args.tiny:
+        tiny()
+    elif args.cmd == "make":
         make(args.out_dir, args.seed)
     elif args.cmd == "refill":
         refill(args.scan_json, args.corpus, args.out, args.seed)
-    else:
+    elif args.cmd == "table":
         table(args.scan_json, args.planted, args.train_jsonl)
+    else:
+        parser.error("give a command (make, refill, table) or --tiny")
 
 
 if __name__ == "__main__":

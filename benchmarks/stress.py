@@ -7,6 +7,8 @@ loops keep every core occupied, and count the runs that did not end cleanly.
 A clean run exits 0 on every rank and prints nothing on stderr that names an abort
 (``terminate called``, ``Aborted``, a signal, ``Traceback``). The figures go in the closing note
 of the teardown issue and docs/distributed.md; nothing is asserted.
+
+    python benchmarks/stress.py --tiny   # 1 round at 2 ranks, no busy loops: each command once
 """
 
 from __future__ import annotations
@@ -103,12 +105,15 @@ def busy() -> None:
         pass
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--load", type=int, default=os.cpu_count() or 2, help="busy-loop processes beside the runs")
     ap.add_argument("--world", type=int, default=2)
-    a = ap.parse_args()
+    ap.add_argument("--tiny", action="store_true", help="--rounds 1 --load 0 --world 2")
+    a = ap.parse_args(argv)
+    if a.tiny:
+        a.rounds, a.load, a.world = 1, 0, 2
     sys.path.insert(0, str(ROOT))
     import torch
 
