@@ -35,6 +35,7 @@ from ..data.records import data_sha256
 from ..errors import AuditError
 from ..files import atomic_write_bytes, atomic_write_json, atomic_write_text, output_dir, read_json, staging_path
 from ..models.training import Tokenization, Trainee, tokenize, trainee
+from ..models.training import identity as model_identity
 from ..progress import Progress
 from .metrics import METRICS, Hook, MetricsLog, read_metrics
 
@@ -360,7 +361,7 @@ def _identity(data: TrainData, model_cfg: ModelConfig, cfg: TrainConfig, seed: i
     return canonical_sha256(
         {
             "data": data.info,
-            "model": asdict(model_cfg),
+            "model": model_identity(model_cfg),  # flat, as before model.char_lstm
             "train": settings,
             "seed": seed,
             "tokens": data.tok.fingerprint,
