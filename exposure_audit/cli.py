@@ -372,7 +372,7 @@ def train(
         "train.dp.max_grad_norm": max_grad_norm,
         "train.track.enabled": track_exposure or None,
         "train.track.every": track_every,
-        "model.kind": "transformer" if base and kind is None else kind,
+        "model.kind": model_kinds.kind_for(kind, base),
         "model.base": base,
         "model.lora.enabled": lora or None,
         "model.lora.r": lora_r,

@@ -168,3 +168,24 @@ def test_built_in_kinds_are_the_registry_s():
         apply_overrides(cfg, {"model.base": "somewhere"})
     with pytest.raises(AuditError, match=r"LoRA needs model.kind: transformer \(the char-LSTM has no layers"):
         apply_overrides(cfg, {"model.lora.enabled": True})
+
+
+def test_cli_choices_are_the_library_s():
+    import click
+
+    from exposure_audit import distributed
+    from exposure_audit.cli import cli
+    from exposure_audit.data import records
+    from exposure_audit.models import registry
+
+    def choices(command, name):
+        (opt,) = [p for p in cli.commands[command].params if p.name == name]
+        assert isinstance(opt.type, click.Choice)
+        return tuple(opt.type.choices)
+
+    assert choices("train", "kind") == registry.trainable()
+    assert choices("train", "backend") == distributed.BACKENDS
+    assert choices("measure", "device") == registry.DEVICES and choices("measure", "dtype") == registry.DTYPES
+    assert choices("insert", "corpus_format") == records.FORMATS == choices("scan", "corpus_format")
+    assert choices("insert", "placement") == records.PLACEMENTS
+    assert registry.kind_for(None, "some/base") == "transformer" and registry.kind_for(None, None) is None

@@ -287,7 +287,9 @@ def tokenize(model_cfg: Any, pieces: Callable[[], Iterator[str]], *, chars: set[
             pos += len(piece)
         return out
 
-    return Tokenization("char-lstm", "characters", vocab, canonical_sha256(list(vocab.chars)), encode_chars)
+    tok = Tokenization("char-lstm", "characters", vocab, canonical_sha256(list(vocab.chars)), encode_chars)
+    tok.fresh_ids = tuple(vocab.id(c) for c in fresh)
+    return tok
 
 
 def trainee(model_cfg: Any, tok: Any, *, dp: bool, seq_len: int) -> CharLSTMTrainee:
@@ -350,6 +352,7 @@ KIND = registry.register(
         trainee=trainee,
         describe=_describe,
         default=True,
+        fresh="new-char",
     )
 )
 

@@ -12,7 +12,8 @@ imports every module of the folder), so a new kind is one new file and nothing e
   asked in ``priority`` order; ``fallback`` loads what no kind claims, and names what is wrong);
 - ``tokenize`` and ``trainee`` (``models/training.py``'s contract): a kind ``train`` can build
   (``model.kind``); ``fine_tunes`` when it can start from ``model.base``, ``adaptable`` when
-  peft can train a LoRA adapter on it (``model.lora``);
+  peft can train a LoRA adapter on it (``model.lora``), ``fresh`` the dp-audit canary design
+  whose fresh symbols it takes (``new-char``: characters, ``new-token``: tokenizer entries);
 - ``describe(model_cfg)``: the one-line description of such a model in an audit's report.
 
 This module imports nothing of torch or of the kinds, so the config schema can ask it.
@@ -55,6 +56,7 @@ class Kind:
     trainee: Callable[..., Any] | None = None
     fine_tunes: bool = False  # trains from model.base
     adaptable: bool = False  # peft can put LoRA layers on it (model.lora)
+    fresh: str = ""  # dp-audit's fresh-symbol design for it: new-char (characters) or new-token (tokens)
     describe: Callable[[Any], str] | None = None  # (model_cfg) -> the audit's one-line description
     default: bool = False  # the kind model.kind names by default
 
@@ -101,6 +103,14 @@ def kinds() -> list[Kind]:
 def trainable() -> tuple[str, ...]:
     """The kinds ``train`` can build (``model.kind``, ``--kind``), in registration order."""
     return tuple(k.name for k in _KINDS.values() if k.trainee is not None)
+
+
+def kind_for(kind: str | None, base: str | None) -> str | None:
+    """``train``'s kind: as asked, else with a base model the first kind that fine-tunes one
+    (None: the config's)."""
+    if kind is None and base:
+        return next((k.name for k in _KINDS.values() if k.fine_tunes), None)
+    return kind
 
 
 def default_kind() -> str:
@@ -201,6 +211,7 @@ __all__ = [
     "describe_config",
     "detect",
     "get",
+    "kind_for",
     "kinds",
     "model_config_class",
     "register",

@@ -36,7 +36,8 @@ class Tokenization:
     fingerprint: str  # changes with the tokenization (part of a resumable run's identity)
     encode: Callable[[Callable[[], Iterator[str]], int], np.ndarray]  # (text pieces, characters) -> ids
     base: tuple[torch.nn.Module, int | None] | None = None  # a base model to fine-tune, and its context
-    # dp-audit's fresh tokens: their ids, and whether they start alike (one shared initial row)
+    # dp-audit's fresh tokens: their ids (set by the kind's tokenize), and whether they start
+    # alike (one shared initial row; set by the training data's design)
     fresh_ids: tuple[int, ...] = ()
     fresh_alike: bool = False
 

@@ -267,7 +267,9 @@ def tokenize(model_cfg: Any, pieces: Callable[[], Iterator[str]], *, chars: set[
         return encode(tokenizer, _lines(text))
 
     fingerprint = canonical_sha256(tokenizer.backend_tokenizer.to_str())
-    return Tokenization("transformer", "tokens", tokenizer, fingerprint, encode_tokens, base)
+    tok = Tokenization("transformer", "tokens", tokenizer, fingerprint, encode_tokens, base)
+    tok.fresh_ids = tuple(tokenizer.convert_tokens_to_ids(list(fresh))) if fresh else ()
+    return tok
 
 
 def trainee(model_cfg: Any, tok: Any, *, dp: bool, seq_len: int) -> TransformerTrainee:
@@ -375,6 +377,7 @@ KIND = registry.register(
         trainee=trainee,
         fine_tunes=True,
         adaptable=True,
+        fresh="new-token",
         describe=_describe,
     )
 )
