@@ -2,8 +2,9 @@
 lm-eval-harness's ``api/registry.py``).
 
 A kind's own module in ``models/`` registers it when ``models/`` is imported (``models/__init__``
-imports every module of the folder), so a new kind is one new file and nothing else. A
-:class:`Kind` says what it is; every part is optional:
+imports every module of the folder), so a new kind is one new file and nothing else (it imports
+its optional packages inside functions, so importing it never fails). A :class:`Kind` says what
+it is; every part is optional:
 
 - its config section ``model.<section>`` (a dataclass; a field's ``metadata["range"]`` bounds it),
   ``legacy`` keys of ``model:`` that moved into that section (still read, with a note), and
