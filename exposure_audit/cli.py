@@ -16,7 +16,12 @@ from typing import Any
 import click
 
 from . import __version__
+from .audits.scan import METHODS as SCAN_METHODS
+from .audits.scan import TERMINATORS
 from .config import AuditConfig, apply_overrides, load_config
+from .data.records import FORMATS as CORPUS_FORMATS
+from .data.records import PLACEMENTS
+from .distributed import BACKENDS
 from .errors import (
     EXIT_GATE_FAILED,
     EXIT_INTERNAL,
@@ -29,12 +34,12 @@ from .errors import (
 )
 from .exposure.measure import ESTIMATORS, METHODS, PREFER
 from .memory import DEFAULT_MAX_MEMORY
-from .models.training import KINDS
+from .models import registry as model_kinds
 
 distributed_options = [
     click.option(
         "--backend",
-        type=click.Choice(["auto", "gloo", "nccl"]),
+        type=click.Choice(BACKENDS),
         default="auto",
         show_default=True,
         help="torchrun: the process group's backend (auto: NCCL where CUDA computes, else gloo).",
@@ -59,16 +64,16 @@ def _join(backend: str, timeout: float, *, uses_cuda: bool = True):
 
 def _rank_zero_only(command: str) -> None:
     """The pipeline commands run on rank 0 alone under torchrun; the other ranks leave at once."""
-    from .distributed import env_rank, launched
+    from .distributed import env_rank, env_world, launched
 
     if not launched():
         return
     if env_rank() != 0:
         sys.exit(EXIT_OK)
-    world = os.environ.get("WORLD_SIZE", "1")
-    if world != "1":
+    world = env_world()
+    if world != 1:
         click.echo(
-            f"note: {command} runs on rank 0 only under torchrun (the other {int(world) - 1} ranks exit); "
+            f"note: {command} runs on rank 0 only under torchrun (the other {world - 1} ranks exit); "
             "run train and measure under torchrun to spread the work (docs/distributed.md)",
             err=True,
         )
@@ -116,14 +121,14 @@ def _context(value: str | None) -> str | None:
 model_options = [
     click.option(
         "--device",
-        type=click.Choice(["auto", "cpu", "cuda"]),
+        type=click.Choice(model_kinds.DEVICES),
         default="auto",
         show_default=True,
         help="Where a Hugging Face model runs.",
     ),
     click.option(
         "--dtype",
-        type=click.Choice(["float32", "bfloat16", "float16"]),
+        type=click.Choice(model_kinds.DTYPES),
         default=None,
         help="Weights' dtype for a Hugging Face model (default float32 on CPU).",
     ),
@@ -161,7 +166,7 @@ def _with(options):
 )
 @click.option(
     "--corpus-format",
-    type=click.Choice(["txt", "folder", "jsonl", "csv", "tsv", "parquet"]),
+    type=click.Choice(CORPUS_FORMATS),
     default=None,
     help="The corpus's format (default: from its extension; a folder is a folder).",
 )
@@ -173,7 +178,7 @@ def _with(options):
 )
 @click.option(
     "--placement",
-    type=click.Choice(["record", "line"]),
+    type=click.Choice(PLACEMENTS),
     default=None,
     help="Canaries as new records, or as lines inside records (default: record for JSONL and tables, line otherwise).",
 )
@@ -254,7 +259,7 @@ def insert(
 @click.option("--max-chars", type=int, default=None, help="Characters per epoch (default: all).")
 @click.option(
     "--kind",
-    type=click.Choice(list(KINDS)),
+    type=click.Choice(model_kinds.trainable()),
     default=None,
     help="Model family (default char-lstm; transformer settings come from the config's model.transformer).",
 )
@@ -347,6 +352,7 @@ def train(
     """
     from .distributed import is_main
     from .training import run_training
+    from .training.metrics import training_summary
 
     _join(backend, dist_timeout, uses_cuda=False)
     overrides = {
@@ -366,7 +372,7 @@ def train(
         "train.dp.max_grad_norm": max_grad_norm,
         "train.track.enabled": track_exposure or None,
         "train.track.every": track_every,
-        "model.kind": "transformer" if base and kind is None else kind,
+        "model.kind": model_kinds.kind_for(kind, base),
         "model.base": base,
         "model.lora.enabled": lora or None,
         "model.lora.r": lora_r,
@@ -374,9 +380,9 @@ def train(
         "model.lora.dropout": lora_dropout,
         "model.lora.target_modules": lora_target and [t.strip() for t in lora_target.split(",") if t.strip()],
         "model.lora.merge": merge or None,
-        "model.embedding": embedding,
-        "model.hidden": hidden,
-        "model.layers": layers,
+        "model.char_lstm.embedding": embedding,
+        "model.char_lstm.hidden": hidden,
+        "model.char_lstm.layers": layers,
         "model.dropout": dropout,
     }
     if resume is not None:
@@ -392,17 +398,7 @@ def train(
         result = run_training(Path(data), Path(out), _config(config_path, overrides), force=force, quiet=quiet)
     if not is_main():
         return
-    last = [m for m in result.metrics if m.get("event", "epoch") == "epoch"][-1]
-    valid = f"{last['valid_bpc']:.3f}" if last["valid_bpc"] is not None else "n/a"
-    privacy = (
-        f"; DP-SGD epsilon {result.privacy['epsilon']:.3g} at delta {result.privacy['delta']:g}"
-        if result.privacy
-        else ""
-    )
-    click.echo(
-        f"{out}: {last['epoch']} epochs, {last['step']} steps in {result.seconds:.0f}s; "
-        f"train {last['train_bpc']:.3f} bits/char, validation {valid} bits/char{privacy}"
-    )
+    click.echo(training_summary(out, result.metrics, result.seconds, result.privacy))
 
 
 measure_options = [
@@ -946,7 +942,7 @@ def memorization(
 @click.option(
     "--corpus", required=True, type=str, help="Text file, JSONL (text or chat messages), CSV/TSV, Parquet or folder."
 )
-@click.option("--corpus-format", type=click.Choice(["txt", "folder", "jsonl", "csv", "tsv", "parquet"]), default=None)
+@click.option("--corpus-format", type=click.Choice(CORPUS_FORMATS), default=None)
 @click.option("--text-field", type=str, default=None, help="JSONL: the field holding the text (messages = chat).")
 @click.option("--text-column", type=str, default=None, help="CSV/TSV/Parquet: the column holding the text.")
 @click.option("--out", "out", type=str, default=None, help="Output folder (default: runs/scan-<time>).")
@@ -957,16 +953,14 @@ def memorization(
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
     "--terminator",
-    type=click.Choice(["next", "none"]),
+    type=click.Choice(TERMINATORS),
     default="next",
     show_default=True,
     help="What follows a value when it is scored: the record's next character, or nothing.",
 )
 @click.option("--min-space-bits", type=float, default=None, help="Smaller format spaces are listed, not ranked (10).")
 @click.option("--context-chars", type=int, default=256, show_default=True, help="Context window before a value.")
-@click.option(
-    "--method", type=click.Choice(["auto", "enumerate", "pruned", "estimate"]), default="auto", show_default=True
-)
+@click.option("--method", type=click.Choice(SCAN_METHODS), default="auto", show_default=True)
 @click.option("--max-steps", type=int, default=2_000_000, show_default=True, help="Model-step budget per value.")
 @click.option("--samples", type=int, default=2_000, show_default=True, help="Importance samples per value.")
 @click.option("--extract-top", type=int, default=1, show_default=True, help="Extracted = in the model's top K.")

@@ -17,27 +17,14 @@ import yaml
 
 from .errors import AuditError
 from .memory import DEFAULT_MAX_MEMORY, parse_size
-from .models.adapter import LoraSettings
-from .models.training import KINDS
-from .models.transformer import TransformerConfig
+from .models import registry as model_kinds
 
-# (min, max) bounds, inclusive unless noted, per "section.key"
+# (min, max) bounds, inclusive unless noted, per "section.key" (or a field's metadata["range"]:
+# model: and its kinds' sections are bounded so, in models/)
 _BOUNDS: dict[str, tuple[float | None, float | None]] = {
     "seed": (0, 2**63 - 1),
     "insert.per_count": (1, 100_000),
     "insert.valid_fraction": (0.0, 0.9),
-    "model.embedding": (1, 4096),
-    "model.hidden": (1, 8192),
-    "model.layers": (1, 16),
-    "model.dropout": (0.0, 0.95),
-    "model.transformer.layers": (1, 128),
-    "model.transformer.width": (1, 65536),
-    "model.transformer.heads": (1, 1024),
-    "model.transformer.context": (2, 1 << 20),
-    "model.transformer.vocab_size": (257, 1 << 20),
-    "model.lora.r": (1, 4096),
-    "model.lora.alpha": (1e-6, 1e6),
-    "model.lora.dropout": (0.0, 0.95),
     "train.epochs": (1, 100_000),
     "train.batch_size": (1, 65536),
     "train.seq_len": (2, 100_000),
@@ -197,20 +184,14 @@ class MemorizationConfig:
     fail_above_auc: float | None = None  # exit 1 when any membership attack's AUC is above this
 
 
-@dataclass
-class ModelConfig:
-    """The model to train. ``char-lstm``: the paper's character-level LSTM (embedding, hidden,
-    layers, dropout). ``transformer``: a small Llama-architecture model with a learned tokenizer
-    (``transformer:``), or with ``base`` a local Hugging Face model (folder or .gguf) to fine-tune."""
+def __getattr__(name: str) -> Any:
+    if name == "ModelConfig":  # model: -- its dataclass is the model registry's (each kind adds its section)
+        return model_kinds.model_config_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-    kind: str = "char-lstm"  # char-lstm | transformer
-    embedding: int = 64  # char-lstm
-    hidden: int = 200  # char-lstm
-    layers: int = 2  # char-lstm
-    dropout: float = 0.0  # char-lstm between layers; transformer attention dropout
-    transformer: TransformerConfig = field(default_factory=TransformerConfig)
-    base: str | None = None  # transformer: fine-tune this model instead of training a fresh one
-    lora: LoraSettings = field(default_factory=LoraSettings)  # transformer: train a LoRA adapter only
+
+def _model_config() -> Any:
+    return model_kinds.model_config_class()()
 
 
 @dataclass
@@ -218,7 +199,7 @@ class AuditConfig:
     seed: int = 0
     corpus: str | None = None  # a UTF-8 file; None = the built-in default corpus
     insert: InsertConfig = field(default_factory=InsertConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: Any = field(default_factory=_model_config, metadata={"schema": model_kinds.model_config_class})
     train: TrainConfig = field(default_factory=TrainConfig)
     measure: MeasureConfig = field(default_factory=MeasureConfig)
     extract: ExtractConfig = field(default_factory=ExtractConfig)
@@ -233,14 +214,14 @@ def _type_name(t: Any) -> str:
     return {int: "an integer", float: "a number", str: "text", bool: "true or false"}.get(t, str(t))
 
 
-def _check_value(value: Any, t: Any, key: str) -> Any:
+def _check_value(value: Any, t: Any, key: str, bounds: tuple[Any, Any] | None = None) -> Any:
     origin = typing.get_origin(t)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(t)
         if value is None and type(None) in args:
             return None
         (inner,) = [a for a in args if a is not type(None)]
-        return _check_value(value, inner, key)
+        return _check_value(value, inner, key, bounds)
     if origin is list:
         (inner,) = typing.get_args(t)
         if not isinstance(value, list):
@@ -263,7 +244,7 @@ def _check_value(value: Any, t: Any, key: str) -> Any:
     elif t is str:
         if not isinstance(value, str):
             raise AuditError(f"{key}: expected text, got {value!r}")
-    bounds = _BOUNDS.get(key.split("[")[0])
+    bounds = bounds or _BOUNDS.get(key.split("[")[0])
     if bounds and isinstance(value, (int, float)):
         lo, hi = bounds
         if (lo is not None and value < lo) or (hi is not None and value > hi):
@@ -276,23 +257,44 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     if not isinstance(data, dict):
         raise AuditError(f"{prefix or 'config'}: expected a mapping of keys, got {data!r}")
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         full = f"{prefix}.{key}" if prefix else str(key)
-        if key not in names:
-            raise AuditError(f"unknown key {full!r} (known: {', '.join(sorted(names))})")
-        t = hints[key]
+        if key not in fields:
+            raise AuditError(f"unknown key {full!r} (known: {', '.join(sorted(fields))})")
+        schema = fields[key].metadata.get("schema")
+        t = schema() if schema else hints[key]
         if dataclasses.is_dataclass(t):
             kwargs[key] = _build(t, value if value is not None else {}, full)
         else:
-            kwargs[key] = _check_value(value, t, full)
+            kwargs[key] = _check_value(value, t, full, fields[key].metadata.get("range"))
     return cls(**kwargs)
+
+
+_NOTED: set[str] = set()  # where the old model: layout was noted (once each)
+
+
+def _upgrade(data: Any, where: str) -> Any:
+    """``model:`` in the old flat layout (char-LSTM sizes at its top) read as the new one, with
+    a one-line note on stderr, once per file, naming it and where the keys live now."""
+    if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
+        return data
+    section, moved = model_kinds.upgrade(data["model"])
+    if not moved:
+        return data
+    if where not in _NOTED:
+        _NOTED.add(where)
+        old, new = ", ".join(o for o, _ in moved), ", ".join(n for _, n in moved)
+        from .distributed import note  # on stderr, from rank 0 only under torchrun
+
+        note(f"{where} uses the old flat model: layout; read {old} as {new}")
+    return {**data, "model": section}
 
 
 def config_from_dict(data: Any, where: str = "config") -> AuditConfig:
     try:
-        cfg = _build(AuditConfig, {} if data is None else data, "")
+        cfg = _build(AuditConfig, {} if data is None else _upgrade(data, where), "")
         validate(cfg)
         return cfg
     except AuditError as e:
@@ -324,21 +326,7 @@ def validate(cfg: AuditConfig) -> None:
     dp = cfg.train.dp
     if dp.enabled and (dp.noise_multiplier is None) == (dp.target_epsilon is None):
         raise AuditError("train.dp: give exactly one of noise_multiplier and target_epsilon")
-    m = cfg.model
-    if m.kind not in KINDS:
-        raise AuditError(f"model.kind: {m.kind!r} is not one of {', '.join(KINDS)}")
-    if m.base and m.kind != "transformer":
-        raise AuditError("model.base: fine-tuning a base model needs model.kind: transformer")
-    if m.lora.enabled and m.kind != "transformer":
-        raise AuditError("model.lora: LoRA needs model.kind: transformer (the char-LSTM has no layers peft can adapt)")
-    if m.lora.merge and not m.lora.enabled:
-        raise AuditError("model.lora.merge: only meaningful with model.lora.enabled (--lora)")
-    if m.lora.enabled and cfg.train.dp.enabled:
-        raise AuditError(
-            "model.lora with train.dp: DP-SGD on LoRA adapters is not supported yet (docs/models.md says why)"
-        )
-    if m.transformer.tokenizer not in ("bpe", "char"):
-        raise AuditError(f"model.transformer.tokenizer: {m.transformer.tokenizer!r} is not one of bpe, char")
+    model_kinds.check_config(cfg)  # the kind, its base, each kind's own section
     try:
         Format.parse(cfg.audit.format)
     except AuditError as e:

@@ -155,6 +155,14 @@ def env_rank() -> int:
         return 0
 
 
+def env_world() -> int:
+    """How many ranks the launcher started (1 outside one), before any group exists."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
+
+
 def _first_sentence(e: BaseException) -> str:
     """A backend's error as one short line (gloo prefixes its source file and adds advice)."""
     import re

@@ -136,7 +136,7 @@ def cases():
         (["train", "--data", "{root}/missing", "--out", "{root}/o", *TINY], "does not exist"),
         (["train", "--data", "{root}/a_file", "--out", "{root}/o", *TINY], "does not exist"),
         (["train", "--data", "{root}/data", "--out", "{root}/o", "--epochs", "-1"], "train.epochs"),
-        (["train", "--data", "{root}/data", "--out", "{root}/o", "--hidden", "0"], "model.hidden"),
+        (["train", "--data", "{root}/data", "--out", "{root}/o", "--hidden", "0"], "model.char_lstm.hidden"),
         (["train", "--data", "{root}/data", "--out", "{root}/o", "--dropout", "2"], "model.dropout"),
         (["train", "--data", "{root}/data", "--out", "{root}/model", *TINY], "--force"),
         (["train", "--data", "{root}/data"], "--out"),

@@ -9,6 +9,7 @@ import pytest
 import exposure_audit.training as train_mod
 from exposure_audit.cli import main
 from exposure_audit.config import AuditConfig, DPConfig
+from exposure_audit.models.charlstm import CharLSTMSettings
 
 from .conftest import make_data
 
@@ -150,7 +151,7 @@ def test_dp_target_epsilon_solves_the_noise(corpus, tmp_path):
 def test_dp_honours_max_chars_and_keeps_warning_filters(corpus):
     pytest.importorskip("opacus")
     cfg = AuditConfig()
-    model_cfg = dataclasses.replace(cfg.model, hidden=8, layers=1, embedding=8)
+    model_cfg = dataclasses.replace(cfg.model, char_lstm=CharLSTMSettings(hidden=8, layers=1, embedding=8))
     dp = DPConfig(enabled=True, noise_multiplier=1.0)
     train_cfg = dataclasses.replace(cfg.train, epochs=1, seq_len=30, batch_size=16, threads=2, dp=dp)
     data = train_mod.load_data(corpus / "data", model_cfg, train_cfg.seq_len)

@@ -129,7 +129,7 @@ def test_bad_transformer_requests(world, tmp_path, capsys, config, extra, match)
 
 
 def test_model_config_defaults_stay_the_paper_lstm():
-    assert ModelConfig().kind == "char-lstm" and ModelConfig().hidden == 200
+    assert ModelConfig().kind == "char-lstm" and ModelConfig().char_lstm.hidden == 200
 
 
 def test_base_loaded_from_gguf_saves_as_a_plain_float_model(tmp_path, monkeypatch):

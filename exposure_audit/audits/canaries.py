@@ -295,9 +295,11 @@ def run_audit(
     from ..exposure.extract import extraction_summary
     from ..files import atomic_write_json, atomic_write_text
     from ..models import load_model
+    from ..models.registry import describe_config
     from ..reports.plots import render_run
     from ..reports.report import extraction_summary_lines
     from ..training import train_folder
+    from ..training.metrics import last_epoch
 
     (tmp / "model").mkdir()
     atomic_write_text(tmp / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
@@ -308,9 +310,9 @@ def run_audit(
         insert_folder(data_dir, cfg.corpus, cfg.insert, cfg.seed)
     manifest = Manifest.read(data_dir / "canaries.json")
     dp = " with DP-SGD" if cfg.train.dp.enabled else ""
-    echo(f"[2/4] train: {describe_model(cfg)}, {cfg.train.epochs} epochs{dp}")
+    echo(f"[2/4] train: {describe_config(cfg.model)}, {cfg.train.epochs} epochs{dp}")
     result = train_folder(data_dir, tmp / "model", cfg, quiet=quiet)
-    last = [m for m in result.metrics if m.get("event", "epoch") == "epoch"][-1]
+    last = last_epoch(result.metrics)
     valid = f"{last['valid_bpc']:.3f} bits/char" if last["valid_bpc"] is not None else "n/a (no validation text)"
     echo(f"      validation {valid} after {result.seconds:.0f}s")
     model = load_model(tmp / "model")
@@ -396,16 +398,6 @@ def _memorization_section(cfg: AuditConfig, tmp: Path, data_dir: Path, report: d
     }
     report["table"] += "\n\n" + text
     return result.code
-
-
-def describe_model(cfg: AuditConfig) -> str:
-    m = cfg.model
-    if m.kind == "char-lstm":
-        return f"{m.layers}x{m.hidden} LSTM"
-    if m.base:
-        return f"fine-tuning {m.base}"
-    t = m.transformer
-    return f"{t.layers}x{t.width} transformer ({t.tokenizer} tokenizer)"
 
 
 def run_sweep(

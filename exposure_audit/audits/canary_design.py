@@ -43,7 +43,6 @@ FRESH_INITS = ("random", "alike")
 # Where fresh symbols come from: the private-use areas (never assigned a meaning by Unicode).
 PRIVATE_USE = ((0xE000, 0xF8FF), (0xF0000, 0xFFFFD), (0x100000, 0x10FFFD))
 MAX_FRESH = sum(hi - lo + 1 for lo, hi in PRIVATE_USE)
-TOKEN_MODELS = ("transformer",)  # kinds with a tokenizer (new tokens); the char-LSTM has none
 
 
 @dataclass(frozen=True)
@@ -110,15 +109,18 @@ def resolve(
         raise AuditError(f"audit.canary: {name!r} is not one of {', '.join(DESIGNS)}")
     if name == "random":
         return Design("random", fmt, "", bool(one_window), window_fill)
-    if name == "new-token" and model_kind not in TOKEN_MODELS:
+    from ..models import registry  # which kinds take which fresh symbols (Kind.fresh)
+
+    fits = {k.name: k.fresh for k in registry.kinds()}
+    if name == "new-token" and fits.get(model_kind) != "new-token":
+        token_kinds = ", ".join(k for k, f in fits.items() if f == "new-token")
         raise AuditError(
-            f"audit.canary: new-token needs a model with a tokenizer (model.kind: {', '.join(TOKEN_MODELS)}); "
+            f"audit.canary: new-token needs a model with a tokenizer (model.kind: {token_kinds}); "
             f"a {model_kind} has none: its counterpart is new-char (characters absent from the corpus)"
         )
-    if name == "new-char" and model_kind != "char-lstm":
-        raise AuditError(
-            f"audit.canary: new-char is the char-LSTM's design; a {model_kind} reads tokens: use new-token"
-        )
+    if name == "new-char" and fits.get(model_kind) != "new-char":
+        owner = " or ".join(k.label for k in registry.kinds() if k.fresh == "new-char")
+        raise AuditError(f"audit.canary: new-char is the {owner}'s design; a {model_kind} reads tokens: use new-token")
     if canary_length < 1:
         raise AuditError(f"audit.canary_length: {canary_length} is not a positive length")
     k = fresh_tokens if fresh_tokens is not None else canaries * canary_length

@@ -232,8 +232,8 @@ def run_dp_audit(
     from ..exposure.engine import score
     from ..files import atomic_write_json, atomic_write_text
     from ..models import load_model
+    from ..models.registry import describe_config
     from ..training import train_folder
-    from .canaries import describe_model
     from .privacy_audit import audit_bounds
 
     design = check_dp_audit(cfg)
@@ -267,7 +267,7 @@ def run_dp_audit(
         if dp.enabled and dp.broken_no_noise
         else (" with DP-SGD" if dp.enabled else "")
     )
-    echo(f"[2/3] train: {describe_model(cfg)}, {cfg.train.epochs} epochs{mode}")
+    echo(f"[2/3] train: {describe_config(cfg.model)}, {cfg.train.epochs} epochs{mode}")
     result = train_folder(data_dir, tmp / "model", cfg, quiet=quiet)
     echo(f"      {result.seconds:.0f}s")
     echo(f"[3/3] score {len(manifest.canaries)} canaries and bound epsilon")

@@ -29,6 +29,7 @@ KIND = "exposure-audit/scan"
 MIN_SPACE_BITS = 10.0  # below this, every filling is found in about a thousand guesses: no rank means much
 SHA_PREFIX = 16  # hex characters of the value's SHA-256 in reports
 TERMINATORS = ("next", "none")
+METHODS = ("auto", "enumerate", "pruned", "estimate")  # measure's, less brute force
 PRIOR_NOTE = (
     "No reference model was given: the exposure of a real secret mixes memorization with the "
     "model's prior (a famous test card number or a common area code ranks high in any model). "

@@ -34,6 +34,7 @@ from typing import Any
 
 from ..errors import AuditError
 from ..files import read_json, sha256_file
+from . import registry
 from .hf import LOAD_ERRORS, PICKLE_SUFFIXES, TOKENIZER_FILES, TRAINING_RECORD, HFModel, load_hf
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -45,9 +46,9 @@ class LoraSettings:
     """``model.lora`` in the YAML config (``train --lora``): train a LoRA adapter instead of every weight."""
 
     enabled: bool = False
-    r: int = 8  # rank of each low-rank update
-    alpha: float = 16.0  # the update is scaled by alpha / r
-    dropout: float = 0.0  # dropout on the adapter's input
+    r: int = field(default=8, metadata={"range": (1, 4096)})  # rank of each low-rank update
+    alpha: float = field(default=16.0, metadata={"range": (1e-6, 1e6)})  # the update is scaled by alpha / r
+    dropout: float = field(default=0.0, metadata={"range": (0.0, 0.95)})  # dropout on the adapter's input
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     merge: bool = False  # write a merged model instead of an adapter folder
 
@@ -234,6 +235,40 @@ def load_adapter(
         adapter=info,
     )
 
+
+# -- the kind (models/registry.py) --------------------------------------------------------
+def _load(path: Path, *, device: str = "auto", dtype: str | None = None, base: Path | str | None = None):
+    return load_adapter(path, base=base, device=device, dtype=dtype)
+
+
+def _check(cfg: Any) -> None:
+    """``model.lora``: training a LoRA adapter needs a kind built of layers peft adapts."""
+    m, lora = cfg.model, cfg.model.lora
+    if lora.enabled and not registry.get(m.kind).adaptable:
+        names = " or ".join(k.name for k in registry.kinds() if k.adaptable)
+        label = registry.get(m.kind).label
+        raise AuditError(f"model.lora: LoRA needs model.kind: {names} (the {label} has no layers peft can adapt)")
+    if lora.merge and not lora.enabled:
+        raise AuditError("model.lora.merge: only meaningful with model.lora.enabled (--lora)")
+    if lora.enabled and cfg.train.dp.enabled:
+        raise AuditError(
+            "model.lora with train.dp: DP-SGD on LoRA adapters is not supported yet (docs/models.md says why)"
+        )
+
+
+KIND = registry.register(
+    registry.Kind(
+        "peft-lora",
+        title="PEFT LoRA adapter",
+        section="lora",  # model.lora: train a LoRA adapter (a transformer's) instead of every weight
+        settings=LoraSettings,
+        check=_check,
+        detect=is_adapter_folder,
+        load=_load,
+        priority=10,
+        takes_base=True,  # load_adapter says what to install when peft is missing
+    )
+)
 
 __all__ = [
     "ADAPTER_CONFIG",

@@ -17,8 +17,9 @@ the state before any text is all zeros.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,8 @@ from torch import nn
 
 from ..errors import AuditError
 from ..files import atomic_write_bytes, atomic_write_json, canonical_sha256, sha256_file
-from .base import NEWLINE, check_finite, pad_rows
+from . import registry
+from .base import NEWLINE, LanguageModel, check_finite, pad_rows
 from .vocab import Vocabulary
 
 CHECKPOINT_FORMAT = "exposure-audit/char-lstm"
@@ -43,6 +45,15 @@ class CharLSTMConfig:
     hidden: int = 200
     layers: int = 2
     dropout: float = 0.0
+
+
+@dataclass
+class CharLSTMSettings:
+    """``model.char_lstm`` in the YAML config (dropout is ``model.dropout``, shared by the kinds)."""
+
+    embedding: int = field(default=64, metadata={"range": (1, 4096)})
+    hidden: int = field(default=200, metadata={"range": (1, 8192)})
+    layers: int = field(default=2, metadata={"range": (1, 16)})
 
 
 class CharLSTM(nn.Module):
@@ -232,4 +243,125 @@ def load_checkpoint(folder: Path) -> tuple[CharLSTM, dict[str, Any]]:
     return model, config
 
 
-__all__ = ["CharLSTM", "CharLSTMConfig", "load_checkpoint", "save_checkpoint", "read_checkpoint_config"]
+# -- the kind (models/registry.py) --------------------------------------------------------
+def _is_checkpoint(path: Path) -> bool:
+    """A folder whose config.json names this format (read strictly: a damaged config.json is left
+    to the fallback, :func:`load_checkpoint`, which names the problem)."""
+    from ..files import read_json
+
+    if not path.is_dir():
+        return False
+    try:
+        config = read_json(path / CONFIG, "checkpoint config")
+    except AuditError:
+        return False
+    return isinstance(config, dict) and config.get("format") == CHECKPOINT_FORMAT
+
+
+def _load(path: Path, *, device: str = "auto", dtype: str | None = None, base: Any = None) -> CharLSTM:
+    if device == "cuda" or dtype not in (None, "float32"):
+        raise AuditError("char-LSTM checkpoints are scored on the CPU in float32 (leave out device and dtype)")
+    return load_checkpoint(path)[0]
+
+
+def tokenize(model_cfg: Any, pieces: Callable[[], Iterator[str]], *, chars: set[str], fresh: str = "", seed: int = 0):
+    """Every character of the training text and of the canary formats is a token (``chars``
+    holds dp-audit's fresh symbols already)."""
+    import numpy as np
+
+    from . import training
+    from .training import Tokenization
+
+    vocab = Vocabulary.from_chars(chars)
+
+    def encode_chars(text: Callable[[], Iterator[str]], count: int) -> np.ndarray:
+        dtype = np.uint16 if len(vocab) < 65536 else np.int32
+        if count <= training.IN_MEMORY_IDS:
+            out = np.empty(count, dtype=dtype)
+        else:
+            tmp = tempfile.TemporaryFile(prefix="exposure-audit-ids-")
+            out = np.memmap(tmp, dtype=dtype, mode="w+", shape=(count,))
+        pos = 0
+        for piece in text():
+            out[pos : pos + len(piece)] = vocab.encode(piece)
+            pos += len(piece)
+        return out
+
+    tok = Tokenization("char-lstm", "characters", vocab, canonical_sha256(list(vocab.chars)), encode_chars)
+    tok.fresh_ids = tuple(vocab.id(c) for c in fresh)
+    return tok
+
+
+def trainee(model_cfg: Any, tok: Any, *, dp: bool, seq_len: int) -> CharLSTMTrainee:
+    from .training import start_alike
+
+    s = model_cfg.char_lstm
+    arch = CharLSTMConfig(embedding=s.embedding, hidden=s.hidden, layers=s.layers, dropout=model_cfg.dropout)
+    net = CharLSTM(tok.tokens, arch, dp=dp)
+    if tok.fresh_alike:
+        start_alike([net.embed.weight, net.head.weight, net.head.bias], tok.fresh_ids)
+    return CharLSTMTrainee(net)
+
+
+class CharLSTMTrainee:
+    """The char-LSTM as the training loop sees it (``models/training.py``'s Trainee)."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.module = module
+
+    @staticmethod
+    def logits(net: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+        return net(ids)[0]
+
+    def view(self, private: bool) -> LanguageModel:
+        return self.eval_module(private)
+
+    def eval_module(self, private: bool) -> torch.nn.Module:
+        if private:
+            return plain_copy(self.module)  # Opacus' LSTM and hooks: score a plain copy
+        return self.module.eval()
+
+    def describe(self) -> str:
+        c = self.module.config
+        return f"{c.layers}x{c.hidden} LSTM"
+
+    def optimizer(self, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.module.parameters(), lr=lr, weight_decay=weight_decay)
+
+    def save(self, folder: Path, record: dict[str, Any]) -> None:
+        save_checkpoint(plain_copy(self.module), folder, record)
+
+
+def _describe(model_cfg: Any) -> str:
+    s = model_cfg.char_lstm
+    return f"{s.layers}x{s.hidden} LSTM"
+
+
+KIND = registry.register(
+    registry.Kind(
+        "char-lstm",
+        title="char-LSTM",
+        section="char_lstm",
+        settings=CharLSTMSettings,
+        legacy=("embedding", "hidden", "layers"),  # the flat layout of model: before model.char_lstm
+        detect=_is_checkpoint,
+        load=_load,
+        priority=20,
+        fallback=True,
+        tokenize=tokenize,
+        trainee=trainee,
+        describe=_describe,
+        default=True,
+        fresh="new-char",
+    )
+)
+
+__all__ = [
+    "CharLSTM",
+    "CharLSTMConfig",
+    "CharLSTMSettings",
+    "CharLSTMTrainee",
+    "load_checkpoint",
+    "save_checkpoint",
+    "read_checkpoint_config",
+]

@@ -54,6 +54,7 @@ from safetensors import SafetensorError
 
 from ..errors import AuditError
 from ..files import read_json, sha256_file
+from . import registry
 from .base import NEWLINE, check_finite, pad_rows, spell
 
 if TYPE_CHECKING:  # transformers is imported only when a model is loaded: it takes seconds
@@ -67,8 +68,8 @@ SAFETENSORS = "model.safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 # A fast tokenizer can be built from any of these (tokenizer.json directly, the others converted).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json", "vocab.txt")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-DEVICES = ("auto", "cpu", "cuda")
+DTYPES = {name: getattr(torch, name) for name in registry.DTYPES}  # float32, bfloat16, float16
+DEVICES = registry.DEVICES
 BYTE_FALLBACK = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 # Errors transformers raises for configs, tokenizers and weights it cannot read.
 # What the loaders raise for a damaged or foreign file: transformers' own (OSError, ValueError,
@@ -570,5 +571,36 @@ def load_hf(path: Path | str, *, device: str = "auto", dtype: str | None = None)
         raise AuditError(f"model {path}: the tokenizer has {len(tokenizer)} tokens but the model only {hf.vocab_size}")
     return hf
 
+
+# -- the kind (models/registry.py) --------------------------------------------------------
+def _is_hf(path: Path) -> bool:
+    """A ``.gguf`` file, or a folder whose config.json names a Hugging Face ``model_type`` (read
+    strictly: a damaged config.json is left to the fallback loader, which names the problem)."""
+    if path.is_file():
+        return path.suffix.lower() == ".gguf"
+    if not path.is_dir():
+        return False
+    try:
+        config = read_json(path / CONFIG, "checkpoint config")
+    except AuditError:
+        return False
+    return isinstance(config, dict) and "model_type" in config
+
+
+def _load(path: Path, *, device: str = "auto", dtype: str | None = None, base: Any = None) -> HFModel:
+    return load_hf(path, device=device, dtype=dtype)
+
+
+KIND = registry.register(
+    registry.Kind(
+        "hf",
+        title="Hugging Face",
+        detect=_is_hf,
+        load=_load,
+        priority=30,
+        requires=("transformers",),
+        install="Hugging Face models need transformers: pip install 'exposure-audit[hf]' torch==2.13.0",
+    )
+)
 
 __all__ = ["HFModel", "KVState", "is_hf_checkpoint", "load_hf"]

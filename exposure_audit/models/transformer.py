@@ -22,8 +22,8 @@ training settings, privacy, the context.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,9 @@ import numpy as np
 import torch
 
 from ..errors import AuditError
-from ..files import atomic_write_json
+from ..files import atomic_write_json, canonical_sha256
+from . import registry
+from .base import LanguageModel
 from .hf import TRAINING_RECORD, HFModel, load_hf
 
 SPECIALS = ["<|endoftext|>"]  # end of text; also the padding token. Never inside the training text.
@@ -42,12 +44,13 @@ CONTEXT = "\n"  # what a line of the training text follows, so what canaries are
 class TransformerConfig:
     """``model.transformer`` in the YAML config: the small transformer trained from scratch."""
 
-    layers: int = 4
-    width: int = 128  # hidden size
-    heads: int = 4
-    context: int = 256  # most tokens the model takes (train.seq_len must fit)
+    layers: int = field(default=4, metadata={"range": (1, 128)})
+    width: int = field(default=128, metadata={"range": (1, 65536)})  # hidden size
+    heads: int = field(default=4, metadata={"range": (1, 1024)})
+    context: int = field(default=256, metadata={"range": (2, 1 << 20)})  # most tokens (train.seq_len must fit)
     tokenizer: str = "bpe"  # bpe | char
-    vocab_size: int = 1024  # bpe only: tokens, the byte alphabet and the special token included
+    # bpe only: tokens, the byte alphabet and the special token included
+    vocab_size: int = field(default=1024, metadata={"range": (257, 1 << 20)})
     split_digits: bool = True  # bpe only: one token per digit (Llama 3 / SmolLM2 style)
 
 
@@ -243,9 +246,147 @@ def save_adapter(folder: Path, peft_model: Any, tokenizer: Any, record: dict[str
     atomic_write_json(folder / TRAINING_RECORD, record)
 
 
+# -- the kind (models/registry.py) --------------------------------------------------------
+TOKENIZERS = ("bpe", "char")
+
+
+def tokenize(model_cfg: Any, pieces: Callable[[], Iterator[str]], *, chars: set[str], fresh: str = "", seed: int = 0):
+    """A tokenizer learned on the training text, or the base model's (its fresh tokens added)."""
+    from .training import Tokenization, _lines
+
+    base = None
+    if model_cfg.base:
+        module, tokenizer, context = load_base(Path(model_cfg.base))
+        if fresh:
+            add_fresh_tokens(module, tokenizer, fresh, seed=seed, where=f"base model {model_cfg.base}")
+        base = (module, context)
+    else:
+        tokenizer = learn_tokenizer(_lines(pieces), model_cfg.transformer, fresh)
+
+    def encode_tokens(text: Callable[[], Iterator[str]], count: int) -> np.ndarray:
+        return encode(tokenizer, _lines(text))
+
+    fingerprint = canonical_sha256(tokenizer.backend_tokenizer.to_str())
+    tok = Tokenization("transformer", "tokens", tokenizer, fingerprint, encode_tokens, base)
+    tok.fresh_ids = tuple(tokenizer.convert_tokens_to_ids(list(fresh))) if fresh else ()
+    return tok
+
+
+def trainee(model_cfg: Any, tok: Any, *, dp: bool, seq_len: int) -> TransformerTrainee:
+    from .training import start_alike
+
+    if tok.base is not None:
+        module, context = tok.base
+        where = f"base model {model_cfg.base}"
+    else:
+        module = build(tok.tokens, model_cfg.transformer, dropout=model_cfg.dropout)
+        context, where = model_cfg.transformer.context, "model.transformer.context"
+    if context is not None and seq_len + 1 > context:
+        raise AuditError(f"train.seq_len: windows of {seq_len + 1} tokens do not fit the {where} of {context} tokens")
+    if tok.fresh_alike:
+        out = module.get_output_embeddings()
+        start_alike([module.get_input_embeddings().weight, *([out.weight] if out is not None else [])], tok.fresh_ids)
+    if model_cfg.lora.enabled:
+        from .adapter import wrap_lora
+
+        module = wrap_lora(module, model_cfg.lora, f"model {model_cfg.base or 'model.transformer'}")
+    return TransformerTrainee(module, tok.tokens, model_cfg)
+
+
+class TransformerTrainee:
+    """A transformer (fresh, a base, or either with LoRA) as the training loop sees it."""
+
+    def __init__(self, module: torch.nn.Module, tokenizer: Any, model_cfg: Any) -> None:
+        self.module = module
+        self.tokenizer = tokenizer
+        self.model_cfg = model_cfg
+
+    @staticmethod
+    def logits(net: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+        return net(input_ids=ids).logits
+
+    @property
+    def lora(self) -> bool:
+        return bool(self.model_cfg.lora.enabled)
+
+    def _record(self) -> dict[str, Any]:
+        cfg: dict[str, Any] = {"kind": "transformer", "base": self.model_cfg.base}
+        if not self.model_cfg.base:
+            cfg["transformer"] = asdict(self.model_cfg.transformer)
+        if self.lora:
+            cfg["lora"] = asdict(self.model_cfg.lora)
+        return {"format": "exposure-audit/hf-training", "context": CONTEXT, "model": cfg}
+
+    def _net(self) -> torch.nn.Module:
+        """The causal LM itself: with LoRA, the base with its (unmerged) LoRA layers injected."""
+        return self.module.get_base_model() if self.lora else self.module
+
+    def view(self, private: bool) -> LanguageModel:
+        return scoring_view(self._net(), self.tokenizer, self._record())
+
+    def eval_module(self, private: bool) -> torch.nn.Module:
+        return self.module.eval()  # Opacus' hooks record nothing in eval mode
+
+    def describe(self) -> str:
+        c = self._net().config
+        what = f"fine-tuning {self.model_cfg.base}" if self.model_cfg.base else "transformer"
+        if self.lora:
+            lo = self.model_cfg.lora
+            what += f" with LoRA r={lo.r} alpha={lo.alpha:g} on {','.join(lo.target_modules)}"
+        return f"{what} ({c.num_hidden_layers}x{c.hidden_size}, {len(self.tokenizer)} tokens)"
+
+    def optimizer(self, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+        # decoupled weight decay, as transformers are trained and fine-tuned; with LoRA only the adapter trains
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+    def save(self, folder: Path, record: dict[str, Any]) -> None:
+        self.module.eval()
+        record = {**self._record(), **record}
+        if not self.lora:
+            save(folder, self.module, self.tokenizer, record)
+        elif self.model_cfg.lora.merge:
+            import copy
+
+            merged = copy.deepcopy(self.module).merge_and_unload()  # the trained module stays as it is
+            save(folder, merged, self.tokenizer, record)
+        else:
+            save_adapter(folder, self.module, self.tokenizer, record, base=self.model_cfg.base)
+
+
+def _describe(model_cfg: Any) -> str:
+    if model_cfg.base:
+        return f"fine-tuning {model_cfg.base}"
+    t = model_cfg.transformer
+    return f"{t.layers}x{t.width} transformer ({t.tokenizer} tokenizer)"
+
+
+def _check(cfg: Any) -> None:
+    t = cfg.model.transformer
+    if t.tokenizer not in TOKENIZERS:
+        raise AuditError(f"model.transformer.tokenizer: {t.tokenizer!r} is not one of {', '.join(TOKENIZERS)}")
+
+
+KIND = registry.register(
+    registry.Kind(
+        "transformer",
+        section="transformer",
+        settings=TransformerConfig,
+        check=_check,
+        tokenize=tokenize,
+        trainee=trainee,
+        fine_tunes=True,
+        adaptable=True,
+        fresh="new-token",
+        describe=_describe,
+    )
+)
+
+
 __all__: Sequence[str] = [
     "CONTEXT",
     "TransformerConfig",
+    "TransformerTrainee",
     "build",
     "encode",
     "learn_tokenizer",

@@ -83,11 +83,7 @@ def load_data(folder: Path, model_cfg: ModelConfig, seq_len: int) -> TrainData:
         if repeat:  # the canary's window: its line over and over (after a newline, as it is scored)
             windows_text = ["\n" + w[w.rindex("\n", 0, len(w) - 1) + 1 :] * (seq_len + 1) for w in windows_text]
     tok = tokenize(model_cfg, text, chars=chars, fresh=fresh, seed=_seed_of(folder))
-    if fresh:
-        if tok.kind == "char-lstm":
-            tok.fresh_ids = tuple(tok.tokens.id(c) for c in fresh)
-        else:
-            tok.fresh_ids = tuple(tok.tokens.convert_tokens_to_ids(list(fresh)))
+    if fresh:  # the kind's tokenize set tok.fresh_ids
         tok.fresh_alike = bool(isinstance(design, dict) and design.get("fresh_init") == "alike")
     if spec.chat and getattr(tok.tokens, "chat_template", None):
         # chat records through the tokenizer's chat template, as TRL trains on them (bits per

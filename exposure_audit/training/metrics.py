@@ -43,6 +43,24 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return records
 
 
+def last_epoch(metrics: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The last epoch record of a run's metrics (its final figures)."""
+    return [m for m in metrics if m.get("event", "epoch") == "epoch"][-1]
+
+
+def training_summary(
+    out: Any, metrics: Sequence[dict[str, Any]], seconds: float, privacy: dict[str, Any] | None
+) -> str:
+    """``train``'s closing line: epochs, steps, time, the last epoch's bits/char and the privacy bought."""
+    last = last_epoch(metrics)
+    valid = f"{last['valid_bpc']:.3f}" if last["valid_bpc"] is not None else "n/a"
+    dp = f"; DP-SGD epsilon {privacy['epsilon']:.3g} at delta {privacy['delta']:g}" if privacy else ""
+    return (
+        f"{out}: {last['epoch']} epochs, {last['step']} steps in {seconds:.0f}s; "
+        f"train {last['train_bpc']:.3f} bits/char, validation {valid} bits/char{dp}"
+    )
+
+
 class MetricsLog:
     """Appends records to ``metrics.jsonl`` as training goes, so an interrupted run keeps what it
     measured (``path`` None: only in memory)."""

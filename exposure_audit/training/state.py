@@ -152,12 +152,13 @@ def strategy_state(saved: tuple[dict[str, Any], bytes]) -> StrategyState | None:
 def run_identity(data: TrainData, model_cfg: ModelConfig, cfg: TrainConfig, seed: int) -> str:
     """The run's identity: a saved state resumes only a run of the same data and settings."""
     from ..files import canonical_sha256
+    from ..models.training import identity as model_identity
 
     settings = {k: v for k, v in asdict(cfg).items() if k not in ("threads", "checkpoint_every")}
     return canonical_sha256(
         {
             "data": data.info,
-            "model": asdict(model_cfg),
+            "model": model_identity(model_cfg),  # flat, as before model.char_lstm
             "train": settings,
             "seed": seed,
             "tokens": data.tok.fingerprint,
