@@ -41,7 +41,7 @@ def load_models(opts: ScanOptions) -> Models:
 
     assert opts.model is not None
     device = model_device(opts.device)
-    model = load_model(Path(opts.model), device=device, dtype=opts.dtype)
+    model = load_model(Path(opts.model), device=device, dtype=opts.dtype, base=opts.base)
     ref = None
     if opts.reference is not None:
         ref = load_model(Path(opts.reference), device=device, dtype=opts.dtype)
