@@ -16,8 +16,10 @@ reference corpus, and the finding's table.
         value, so the corpus keeps its repetition; drawn with the seed). Longer values first.
     table SCAN_JSON PLANTED TRAIN_JSONL
         Recall of the planted values (matched on the report's SHA-256 prefix, so SCAN_JSON need
-        not be revealed) with their copies in the training split, and exposure, reference exposure,
-        gain and extraction by copies, as Markdown.
+        not be revealed) with their copies in the training split; then mean exposure, reference
+        exposure and gain, extraction (the real value the model's top-1 completion of its format in
+        its context) and whether that search was proven within its step budget, by kind and by
+        planted copy count (1, 4, 16, 64; the training split's count beside it), as Markdown.
 
     --tiny
         All three in a temporary folder, in seconds: a corpus of 1 and 4 copies with 30 filler
@@ -123,9 +125,9 @@ def filler(rng: random.Random, n: int, length: int = 300) -> list[str]:
     import pydoc_data.topics as topics
 
     text = " ".join(" ".join(topics.topics[k].split()) for k in sorted(topics.topics))
-    # quotes dropped: scan reports every quoted word of the reference text ("with", "class") as
-    # a base64-high-entropy finding (detect-secrets' entropy limit is not applied; see the
-    # finding in docs/experiments.md), hundreds of values the finding is not about
+    # quotes dropped: before the fix of issue #22 scan reported every quoted word of the reference
+    # text ("with", "class") as a base64-high-entropy finding (docs/experiments.md); kept dropped
+    # so that the corpus of the finding stays the one its figures were measured on
     text = text.translate(str.maketrans("", "", "\"'`"))
     out, at = [], 0
     while at + length < len(text):
@@ -193,6 +195,16 @@ def _mean(xs: list) -> str:
     return f"{statistics.mean(xs):.1f}" if xs else "-"
 
 
+def _proven(fs: list) -> str:
+    """How many extraction searches proved their top-1 within the step budget (the rest ran out
+    of budget first: their top-1, if any, is the best found, not a proof)."""
+    return f"{sum(1 for f in fs if f['proven'])} of {len(fs)}"
+
+
+def _methods(fs: list) -> str:
+    return ", ".join(f"{m} ({n})" for m, n in sorted(Counter(f["method"] for f in fs).items()))
+
+
 def table(scan_json: Path, planted_path: Path, train_jsonl: Path) -> None:
     report = json.loads(scan_json.read_text(encoding="utf-8"))
     found = {f["sha256"]: f for f in report["findings"]}
@@ -212,30 +224,32 @@ def table(scan_json: Path, planted_path: Path, train_jsonl: Path) -> None:
     mine = {_sha(p["value"]) for p in planted}
     extra = Counter(f["kind"] for f in report["findings"] if f["sha256"] not in mine)
     print(f"\nfindings that are not planted values: {dict(extra) or 'none'}\n")
-    print("| planted kind | copies in training | values | exposure (bits) | reference | gain | extracted (top-1) |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    groups: dict[tuple, list] = defaultdict(list)
-    for p in present:
-        if p["finding"] and p["finding"]["exposure"] is not None:
-            groups[(p["kind"], p["train_copies"])].append(p["finding"])
-    for (kind, copies), fs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1])):
-        ext = sum(1 for f in fs if f["extracted_position"] == 1)
-        print(
-            f"| {kind} | {copies} | {len(fs)} | {_mean([f['exposure'] for f in fs])} "
-            f"| {_mean([f['reference_exposure'] for f in fs])} | {_mean([f['exposure_gain'] for f in fs])} | {ext} of {len(fs)} |"
-        )
-    print(
-        "\n| copies in training | values | exposure | reference | gain | extracted (top-1) |\n| --- | --- | --- | --- | --- | --- |"
-    )
+    unranked = [p for p in present if p["finding"] and p["finding"]["exposure"] is None]
+    print(f"found but not ranked: {[(p['kind'], p['finding']['method']) for p in unranked] or 'none'}\n")
+    ranked = [p for p in present if p["finding"] and p["finding"]["exposure"] is not None]
+    by_kind: dict[tuple, list] = defaultdict(list)
     by_copies: dict[int, list] = defaultdict(list)
-    for (kind, copies), fs in groups.items():
-        by_copies[copies] += fs
-    for copies, fs in sorted(by_copies.items()):
-        ext = sum(1 for f in fs if f["extracted_position"] == 1)
-        print(
-            f"| {copies} | {len(fs)} | {_mean([f['exposure'] for f in fs])} | {_mean([f['reference_exposure'] for f in fs])} "
-            f"| {_mean([f['exposure_gain'] for f in fs])} | {ext} of {len(fs)} |"
-        )
+    for p in ranked:  # grouped by the planted copy count; the training split's count shown beside
+        by_kind[(p["kind"], p["copies"])].append(p)
+        by_copies[p["copies"]].append(p)
+    head = "| copies planted | in training | values | exposure (bits) | reference | gain | extracted (top-1) | search proven |"
+    print("| planted kind " + head + " method |\n" + "| --- " * 10 + "|")
+    for (kind, copies), ps in sorted(by_kind.items()):
+        print(f"| {kind} {_row(copies, ps)} {_methods([p['finding'] for p in ps])} |")
+    print("\n" + head + "\n" + "| --- " * 8 + "|")
+    for copies, ps in sorted(by_copies.items()):
+        print(_row(copies, ps))
+
+
+def _row(copies: int, ps: list) -> str:
+    fs = [p["finding"] for p in ps]
+    train = sorted(p["train_copies"] for p in ps)
+    span = f"{train[0]}" if train[0] == train[-1] else f"{train[0]}-{train[-1]}"
+    ext = sum(1 for f in fs if f["extracted_position"] == 1)
+    return (
+        f"| {copies} | {span} | {len(fs)} | {_mean([f['exposure'] for f in fs])} | {_mean([f['reference_exposure'] for f in fs])} "
+        f"| {_mean([f['exposure_gain'] for f in fs])} | {ext} of {len(fs)} | {_proven(fs)} |"
+    )
 
 
 def tiny() -> None:

@@ -138,7 +138,7 @@ model_options = [
         default=None,
         help="Text before each canary line (\\n = newline). Default: the model's BOS token, else a newline.",
     ),
-    click.option(
+    base_option := click.option(
         "--base",
         "base_path",
         type=str,
@@ -872,6 +872,7 @@ def report(path) -> None:
 @click.option("--junit", "junit_path", type=str, default=None)
 @click.option("--device", type=str, default="auto", show_default=True)
 @click.option("--dtype", type=str, default=None)
+@base_option
 @force_option
 @quiet_option
 def memorization(
@@ -898,6 +899,7 @@ def memorization(
     junit_path,
     device,
     dtype,
+    base_path,
     force,
     quiet,
 ) -> int:
@@ -927,6 +929,7 @@ def memorization(
         reveal=reveal,
         device=device,
         dtype=dtype,
+        base=as_path(base_path),
     )
     outputs = Outputs(
         json=as_path(json_path), markdown=as_path(markdown_path), html=as_path(html_path), junit=as_path(junit_path)
@@ -968,6 +971,7 @@ def memorization(
 @click.option("--fail-above", type=float, default=None, help="Exit 1 if an exposure (gain, with --reference) is above.")
 @click.option("--fail-if-extracted", is_flag=True, help="Exit 1 if a value is extracted from its context.")
 @_with(model_options[:2])
+@base_option
 @force_option
 @quiet_option
 def scan(
@@ -993,6 +997,7 @@ def scan(
     fail_if_extracted,
     device,
     dtype,
+    base_path,
     force,
     quiet,
 ) -> int:
@@ -1019,6 +1024,7 @@ def scan(
         fail_if_extracted=fail_if_extracted,
         device=device,
         dtype=dtype,
+        base=base_path,
         quiet=quiet,
     )
     out = out or _default_out("scan")

@@ -102,6 +102,42 @@ def test_private_key_block_is_one_unmeasurable_finding():
     assert derive_format("private-key", hits[0].value) is None
 
 
+# a 40-character base64 string of Shannon entropy 4.70 bits (detect-secrets' base64 limit: 4.5)
+BLOB = "riGp/58WAm+dX3a5IDnOdcdbWB2dC4/DSDC6Lc1m"
+
+
+def test_quoted_ordinary_words_are_not_high_entropy_strings():
+    # detect-secrets' analyze_string yields every quoted string; its entropy limit (applied in
+    # analyze_line) must hold here too: short words, identifiers, low-entropy hex and digits
+    prose = 'Use the "with" statement, not "class" or "self"; see "__all__", "deadbeef" and "12345678".'
+    assert detect(prose) == []
+    hits = detect(f'{prose}\nthe blob "{BLOB}" and the digest "d41d8cd98f00b204e9800998ecf8427e"')
+    assert [(h.kind, h.value) for h in hits] == [
+        ("base64-high-entropy", BLOB),
+        ("hex-high-entropy", "d41d8cd98f00b204e9800998ecf8427e"),
+    ]
+
+
+def test_later_occurrences_only_where_the_value_stands_alone(tmp_path):
+    # the value again inside longer tokens (a letter, a base64 character, a digit next to it) is
+    # not an occurrence; standing alone (quotes, spaces, a full stop around it) it is
+    text = f'blob "{BLOB}" then {BLOB}x, y{BLOB}, {BLOB}+A and 7{BLOB}; again {BLOB}. and ({BLOB})'
+    hits = detect(text)
+    assert {h.value for h in hits} == {BLOB}
+    assert [h.start for h in hits] == [
+        text.index(f'"{BLOB}"') + 1,
+        text.index(f"again {BLOB}") + 6,
+        text.index(f"({BLOB})") + 1,
+    ]
+    for h in hits:
+        assert text[h.start : h.start + len(h.value)] == BLOB
+    got = collect(ScanInput(_write_jsonl(tmp_path / "c.jsonl", [text])))
+    assert [(f.kind, f.occurrences) for f in got.findings] == [("base64-high-entropy", 3)]
+    # the same for a keyword assignment: the value's first standalone place on its line
+    line = f"pw{PASSWORD}x = 1; password = {PASSWORD}"
+    assert [(h.kind, h.start) for h in detect(line)] == [("keyword-secret", line.rindex(PASSWORD))]
+
+
 def test_contexts_are_the_text_before_the_value(tmp_path):
     recs = ["first line\nmail jane.doe@example.com now", "x" * 300 + " ssn 123-45-6789"]
     got = collect(ScanInput(_write_jsonl(tmp_path / "c.jsonl", recs), context_chars=64))

@@ -148,3 +148,93 @@ def test_fail_if_extracted_gate(hf, tmp_path, capsys):
         x["extracted_position"]
         == json.loads((tmp_path / "all" / "scan.json").read_text())["summary"]["per_finding"][0]["rank"]
     )  # the exact order of best-first search is the rank's order
+
+
+@pytest.fixture(scope="module")
+def adapter_pair(tmp_path_factory):
+    """A tiny LoRA adapter whose config names a hub base (so the base must be given with --base),
+    its base, and the merged model saved as a plain folder."""
+    pytest.importorskip("peft")
+    from exposure_audit.models.adapter import load_adapter
+
+    from .test_adapter import _copy_adapter, make_adapter
+
+    root = tmp_path_factory.mktemp("scan-adapter")
+    base = tiny_model(root / "base", arch="llama", tokenizer="split-digits")
+    lora = make_adapter(base, root / "lora")
+    merged = load_adapter(lora, device="cpu")
+    merged.model.save_pretrained(root / "merged", safe_serialization=True)
+    merged.tokenizer.save_pretrained(root / "merged")
+    hub = _copy_adapter(lora, root / "hub", base_model_name_or_path="HuggingFaceTB/SmolLM2-135M")
+    return base, hub, root / "merged"
+
+
+def test_scan_base_of_an_adapter_equals_the_merged_model(adapter_pair, tmp_path, capsys):
+    base, adapter, merged = adapter_pair
+    corpus = _corpus(tmp_path / "c.jsonl", [f"host {IP}\nup"])
+    # without --base the adapter's hub base is never downloaded: one line, exit 2, nothing written
+    code, _, err = _scan(capsys, "--corpus", corpus, "--model", adapter, "--out", tmp_path / "none")
+    assert code == 2 and err.startswith("error: ") and "pass --base" in err and not (tmp_path / "none").exists()
+    figures = []
+    for name, extra in (("a", ["--model", adapter, "--base", base]), ("m", ["--model", merged])):
+        code, _, err = _scan(capsys, "--corpus", corpus, *extra, "--method", "enumerate", "--out", tmp_path / name)
+        assert code == 0, err
+        _, x, d = _one(tmp_path / name)
+        figures.append((d["rank"], x["exposure"], d["log_perplexity"], x["extracted_position"]))
+    (ra, ea, la, xa), (rm, em, lm, xm) = figures
+    assert ra == rm and xa == xm and la == pytest.approx(lm, abs=1e-3) and ea == pytest.approx(em, abs=1e-6)
+    # the adapter moves the figures: the base alone ranks the value elsewhere
+    code, _, _ = _scan(capsys, "--corpus", corpus, "--model", base, "--method", "enumerate", "--out", tmp_path / "b")
+    assert code == 0 and _one(tmp_path / "b")[2]["log_perplexity"] != pytest.approx(la, abs=1e-3)
+
+
+def test_memorization_base_of_an_adapter_equals_the_merged_model(adapter_pair, tmp_path, capsys):
+    from .hf_models import corpus as numbers
+
+    base, adapter, merged = adapter_pair
+    lines = numbers(80, seed=3)
+    members, others = tmp_path / "members.txt", tmp_path / "others.txt"
+    members.write_text("\n".join(lines[:40]) + "\n")
+    others.write_text("\n".join(lines[40:]) + "\n")
+    common = ["memorization", "--members", members, "--non-members", others, "--prefix-tokens", "4"]
+    common += ["--suffix-tokens", "4", "--device", "cpu", "-q"]
+    code = main([str(a) for a in [*common, "--model", adapter, "--json", tmp_path / "x.json"]])
+    assert code == 2 and "pass --base" in capsys.readouterr().err and not (tmp_path / "x.json").exists()
+    reports = []
+    for name, extra in (("a", ["--model", adapter, "--base", base]), ("m", ["--model", merged])):
+        assert main([str(a) for a in [*common, *extra, "--json", tmp_path / f"{name}.json"]]) == 0
+        reports.append(json.loads((tmp_path / f"{name}.json").read_text()))
+    a, m = reports
+    assert a["discoverable"]["exact_match_rate"] == m["discoverable"]["exact_match_rate"]
+    assert a["discoverable"]["token_match_mean"] == pytest.approx(m["discoverable"]["token_match_mean"], abs=1e-9)
+    for attack in ("loss", "zlib", "min_k"):
+        assert a["mia"]["attacks"][attack]["auc"] == pytest.approx(m["mia"]["attacks"][attack]["auc"], abs=1e-9)
+
+
+def test_a_format_the_engine_cannot_index_is_listed_not_ranked(hf, tmp_path, capsys, monkeypatch):
+    # The finding's run (docs/experiments.md) met it: a BPE token spanning more than 2^63 fillings
+    # of a 40-character key's format overflows the engine's 64-bit index (a ValueError from
+    # torch.as_tensor). Raised here where it arises, in measure_with: for 1.2.3.4 under the
+    # model, for 5.6.7.8 under the reference only (its second scoring).
+    import exposure_audit.exposure.measure as em
+
+    real, calls = em.measure_with, []
+
+    def overflowing(model, canaries, opts):
+        calls.append(canaries[0].secret)
+        if canaries[0].secret == SECRET or calls.count("5678") == 2:
+            raise ValueError("Overflow when unpacking long long")
+        return real(model, canaries, opts)
+
+    monkeypatch.setattr(em, "measure_with", overflowing)
+    corpus = _corpus(tmp_path / "c.jsonl", [f"host {IP}\nup", "gw 5.6.7.8\n"])
+    code, _, err = _scan(capsys, "--corpus", corpus, "--model", hf, "--reference", hf, "--out", tmp_path / "o")
+    assert code == 0, err
+    findings = json.loads((tmp_path / "o" / "scan.json").read_text())["findings"]
+    wide, ref_wide = sorted(findings, key=lambda x: x["locations"][0]["record"])
+    assert wide["exposure"] is None and wide["method"].startswith("not measurable") and "2^63" in wide["method"]
+    assert ref_wide["exposure"] is not None and ref_wide["reference_exposure"] is None
+    assert ref_wide["exposure_gain"] is None
+    # any other ValueError is still a bug, not a finding's property
+    monkeypatch.setattr(em, "measure_with", lambda *a: (_ for _ in ()).throw(ValueError("something else")))
+    assert _scan(capsys, "--corpus", corpus, "--model", hf, "--out", tmp_path / "b")[0] == 70

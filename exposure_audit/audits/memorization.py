@@ -59,6 +59,7 @@ class MemorizationOptions:
     reveal: bool = False
     device: str = "auto"
     dtype: str | None = None
+    base: Path | None = None  # the base of a PEFT adapter --model (as measure's --base)
 
     def check(self) -> None:
         self.check_settings()
@@ -312,7 +313,7 @@ def run_memorization(
     copies = Counter(member_texts)
     unique_members = list(copies)
     non_unique = [t for t in dict.fromkeys(non_texts) if t not in copies]
-    model = load_model(opts.model, device=opts.device, dtype=opts.dtype)
+    model = load_model(opts.model, device=opts.device, dtype=opts.dtype, base=opts.base)
     P, S = opts.prefix_tokens, opts.suffix_tokens
     need = P + S
     if (limit := _max_len(model)) is not None and need + 1 > limit:

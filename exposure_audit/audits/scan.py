@@ -57,6 +57,7 @@ class ScanOptions:
     fail_if_extracted: bool = False
     device: str = "auto"
     dtype: str | None = None
+    base: str | None = None  # the base of a PEFT adapter --model (as measure's --base)
     quiet: bool = True
 
     def check(self) -> None:

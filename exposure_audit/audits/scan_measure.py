@@ -41,7 +41,7 @@ def load_models(opts: ScanOptions) -> Models:
 
     assert opts.model is not None
     device = model_device(opts.device)
-    model = load_model(Path(opts.model), device=device, dtype=opts.dtype)
+    model = load_model(Path(opts.model), device=device, dtype=opts.dtype, base=opts.base)
     ref = None
     if opts.reference is not None:
         ref = load_model(Path(opts.reference), device=device, dtype=opts.dtype)
@@ -73,7 +73,19 @@ def _measure_one(model: Any, f: Finding, opts: ScanOptions) -> Any:
         terminator=terminator_of(f, opts),
         quiet=True,
     )
-    return measure_with(model, [canary], mopts)[0]
+    try:
+        return measure_with(model, [canary], mopts)[0]
+    except ValueError as e:  # torch.as_tensor of an edge multiplicity over 2^63 (exposure/tree.py)
+        if "Overflow" not in str(e):
+            raise
+        raise TooWide(
+            "a token of this model spans more than 2^63 fillings of the format "
+            "(the engine indexes fillings in 64-bit integers)"
+        ) from None
+
+
+class TooWide(AuditError):
+    """The engine cannot index this format under this model's tokens: listed, not ranked."""
 
 
 def check_spells(model: Any, findings: list[Finding], opts: ScanOptions, what: str) -> None:
@@ -141,6 +153,8 @@ def measure_findings(models: Models, findings: list[Finding], opts: ScanOptions)
             if models.reference is not None:
                 try:
                     m.reference_exposure = _measure_one(models.reference, f, opts).exposure
+                except TooWide:
+                    pass  # no reference figure for this value (so no gain); the model's stand
                 except AuditError as e:
                     raise AuditError(f"reference model {models.reference_path}: {_scrub(str(e), f)}") from None
             out[f.sha256] = m

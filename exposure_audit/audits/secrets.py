@@ -189,6 +189,7 @@ def _kind_of(secret_type: str) -> str:
 @dataclass
 class _DetectSecrets:
     plugins: list[Any]  # every default plugin but the keyword one, run over a whole text
+    entropy_plugin: type  # detect-secrets' HighEntropyStringsPlugin: its limit applies here too
     keyword: Any  # the keyword plugin, run per line on lines naming a keyword
     keyword_regexes: dict[Any, int]  # its config-file rules: `password = x`, quotes optional
     keyword_trigger: re.Pattern[str]
@@ -203,6 +204,7 @@ def _detect_secrets() -> _DetectSecrets:
     try:
         from detect_secrets.core.scan import get_filters_with_parameter
         from detect_secrets.plugins import keyword
+        from detect_secrets.plugins.high_entropy_strings import HighEntropyStringsPlugin
         from detect_secrets.settings import default_settings, get_plugins, get_settings
         from detect_secrets.util.inject import call_function_with_arguments
     except ImportError:
@@ -214,6 +216,7 @@ def _detect_secrets() -> _DetectSecrets:
     kw = next(p for p in plugins if p.secret_type == "Secret Keyword")
     return _DetectSecrets(
         plugins=[p for p in plugins if p is not kw],
+        entropy_plugin=HighEntropyStringsPlugin,
         keyword=kw,
         keyword_regexes=keyword.CONFIG_DENYLIST_REGEX_TO_GROUP,
         keyword_trigger=re.compile("|".join(keyword.DENYLIST), re.IGNORECASE),
@@ -260,12 +263,44 @@ def _line_at(text: str, pos: int) -> str:
     return text[a : b if b >= 0 else len(text)]
 
 
+def _reported(ds: _DetectSecrets, plugin: Any, text: str) -> set[str]:
+    """What a plugin reports in a text. A high-entropy plugin's ``analyze_string`` yields every
+    quoted string of its charset (``"with"``); detect-secrets applies the entropy limit in
+    ``analyze_line``, so it is applied here the same way: Shannon entropy strictly above the
+    plugin's limit (base64 4.5, hex 3.0 by default, the hex figure lowered for all-digit strings)."""
+    values = {v for v in plugin.analyze_string(text) if v}
+    if isinstance(plugin, ds.entropy_plugin):
+        values = {v for v in values if plugin.calculate_shannon_entropy(v) > plugin.entropy_limit}
+    return values
+
+
+def _continues(c: str, value: str, plugin: Any) -> bool:
+    """Whether ``c``, next to an occurrence of ``value``, could be part of the same token: a
+    letter, digit or underscore, a character of the plugin's charset (high-entropy strings), or a
+    punctuation character the value itself holds (``+`` and ``/`` in a base64 key)."""
+    if c.isalnum() or c == "_":
+        return True
+    if c.isspace() or c in "\"'":
+        return False
+    return c in value or c in getattr(plugin, "charset", "")
+
+
+def _standalone(text: str, at: int, whole: str, plugin: Any) -> bool:
+    """The occurrence at ``at`` is a token of its own, not part of a longer word (``with`` inside
+    ``without``)."""
+    end = at + len(whole)
+    before = at > 0 and _continues(text[at - 1], whole, plugin)
+    after = end < len(text) and _continues(text[end], whole, plugin)
+    return not (before or after)
+
+
 def credential_hits(text: str) -> Iterator[Hit]:
-    """detect-secrets' findings in a text (a record's text, any number of lines)."""
+    """detect-secrets' findings in a text (a record's text, any number of lines). Every
+    occurrence of a reported value is a hit where it stands as a token of its own."""
     ds = _detect_secrets()
     found: list[tuple[Any, str, int]] = []  # (plugin, value, where to look from)
     for plugin in ds.plugins:
-        found.extend((plugin, v, 0) for v in set(plugin.analyze_string(text)) if v)
+        found.extend((plugin, v, 0) for v in _reported(ds, plugin, text))
     if ds.keyword_trigger.search(text):
         pos = 0
         for line in text.split("\n"):
@@ -279,14 +314,15 @@ def credential_hits(text: str) -> Iterator[Hit]:
         kind = _kind_of(plugin.secret_type)
         start = text.find(value, origin)
         while start >= 0:
-            if not _filtered(ds, plugin, value, _line_at(text, start)):
-                at, whole = _whole(kind, text, start, value)
+            at, whole = _whole(kind, text, start, value)
+            alone = kind == "private-key" or _standalone(text, at, whole, plugin)  # a key: its markers
+            if alone and not _filtered(ds, plugin, value, _line_at(text, start)):
                 if (whole, at) not in seen:
                     seen.add((whole, at))
                     yield Hit(kind, whole, at, "detect-secrets")
+                if plugin is ds.keyword:
+                    break  # a keyword value is the one on its own line
             start = text.find(value, start + len(value))
-            if plugin is ds.keyword:
-                break  # a keyword value is the one on its own line
 
 
 # ---------------------------------------------------------------- one text
