@@ -54,11 +54,12 @@ def corpus(lines: int = 400, seed: int = 0) -> list[str]:
     return out
 
 
-def train_tokenizer(kind: str, folder: Path, bos: bool = True) -> PreTrainedTokenizerFast:
+def train_tokenizer(kind: str, folder: Path, bos: bool = True, extra: tuple[str, ...] = ()) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE on :func:`corpus` and save it in ``folder``.
 
     ``merged-digits``: GPT-2 style, digits merge into multi-digit tokens. ``split-digits``: digits are
-    split before BPE (Llama-3 / SmolLM2 style), so every digit is its own token.
+    split before BPE (Llama-3 / SmolLM2 style), so every digit is its own token. ``extra``: more
+    training lines (repeat one to make it a single long token).
     """
     if kind not in TOKENIZER_KINDS:
         raise ValueError(f"tokenizer kind {kind!r}: expected one of {TOKENIZER_KINDS}")
@@ -76,7 +77,7 @@ def train_tokenizer(kind: str, folder: Path, bos: bool = True) -> PreTrainedToke
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # every byte is encodable
         show_progress=False,
     )
-    tok.train_from_iterator(corpus(), trainer)
+    tok.train_from_iterator([*corpus(), *extra], trainer)
     wrapped = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS if bos else None, eos_token=EOS)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -92,13 +93,14 @@ def tiny_model(
     seed: int = 0,
     peaky: bool = True,
     pad_vocab: int = 0,
+    extra: tuple[str, ...] = (),
 ) -> Path:
     """A random-weight 2-layer causal LM of width 32 and its tokenizer, saved in ``folder``.
 
     ``pad_vocab`` extra logit rows that no token stands for (as in models padded to a multiple of 64).
     """
     folder = Path(folder)
-    tok = train_tokenizer(tokenizer, folder, bos=bos)
+    tok = train_tokenizer(tokenizer, folder, bos=bos, extra=extra)
     ids = {"vocab_size": len(tok) + pad_vocab, "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id}
     torch.manual_seed(seed)
     model: PreTrainedModel

@@ -233,3 +233,23 @@ def test_cli_refuses_pickle_weights_and_writes_nothing(tmp_path, capsys):
     _, err = capsys.readouterr()
     assert code == 2 and "pickle weights" in err and err.count("\n") == 1
     assert not out.exists()
+
+
+def test_a_token_spanning_more_than_2_to_the_63_fillings_compiles_and_scores(tmp_path):
+    """A tokenizer learned on data that repeats a long key has a token spelling most of it: on a
+    format of 10^25 fillings that one token steps over 10^20+ of them, past int64. The format
+    still compiles (index arithmetic is off beyond 2^62 fillings, where it is unused), and the
+    canonical path of the key costs what a plain forward pass says."""
+    key = "1234567890123456789012345"
+    folder = tiny_model(tmp_path / "m", extra=(f"key {key}",) * 300)
+    model = load_model(folder)
+    fmt = Format.parse("key {d:25}")
+    assert any(len(t) >= 20 for t in model.tokenizer.tokenize(f" {key}")), "expected one long token"
+    scorer = Scorer(model)
+    cf = engine.compile_format(scorer, fmt, canaries=[key])
+    assert not cf.track_index
+    assert max(max(len(s) for s in model.tokenizer.convert_ids_to_tokens(e.ids.tolist())) for e in cf.edges) >= 20
+    (canonical,) = cf.line_ids([key])
+    (cost,) = engine._score_paths(scorer, cf.state, cf.logp, cf.base_cost, [canonical], 8)
+    (px,) = engine.score(model, [fmt.render(key)])
+    assert px == pytest.approx(cost, abs=1e-3)

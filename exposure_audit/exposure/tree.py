@@ -221,9 +221,13 @@ def _slots(fmt: Format, lead: str, terminator: str = NEWLINE) -> list[_Slot]:
     return out
 
 
-def _build_edges(trie: _Trie, slots: list[_Slot], first: int, lead: int) -> tuple[list[Edges], int, list[int]]:
+def _build_edges(
+    trie: _Trie, slots: list[_Slot], first: int, lead: int, track: bool
+) -> tuple[list[Edges], int, list[int]]:
     """Positions reachable from slot ``first`` and the tokens leaving each (depth-first over the
-    trie). Slots before ``lead`` are the context's: a token ending there costs nothing."""
+    trie). Slots before ``lead`` are the context's: a token ending there costs nothing. ``track``:
+    keep each edge's index arithmetic (``mult``, ``add``); without it (a space of 2^62 or more
+    fillings) they are zeros, as a token spanning many slots can step over more than 2^63."""
     n = len(slots)
     index: dict[tuple[int, bytes], int] = {(first, b""): 0}
     order: list[tuple[int, bytes]] = [(first, b"")]
@@ -268,8 +272,8 @@ def _build_edges(trie: _Trie, slots: list[_Slot], first: int, lead: int) -> tupl
         edges[new[old]] = Edges(
             ids=torch.as_tensor([e[0] for e in found], dtype=torch.long),
             next=torch.as_tensor(nxt, dtype=torch.long),
-            mult=torch.as_tensor([e[2] for e in found], dtype=torch.long),
-            add=torch.as_tensor([e[3] for e in found], dtype=torch.long),
+            mult=torch.as_tensor([e[2] if track else 0 for e in found], dtype=torch.long),
+            add=torch.as_tensor([e[3] if track else 0 for e in found], dtype=torch.long),
             free=torch.as_tensor(free, dtype=torch.bool) if any(free) else None,
         )
     radices = [s.radix for s in slots]
@@ -384,7 +388,8 @@ def compile_format(
         )
     lead = len(ctx_text)
     first = len(head.decode("utf-8"))
-    edges, end, leaves_below = _build_edges(trie, slots, first, lead)
+    track_index = fmt.space_size < INDEX_LIMIT
+    edges, end, leaves_below = _build_edges(trie, slots, first, lead, track_index)
 
     steps0 = scorer.steps
     state, logp = scorer.start(shared[:in_context])
@@ -409,7 +414,7 @@ def compile_format(
         prefix_steps=scorer.steps - steps0,
         path_tokens=len(fulls[0]) - len(shared),
         ambiguous=not trie.one_char_each,
-        track_index=fmt.space_size < INDEX_LIMIT,
+        track_index=track_index,
         terminator=terminator,
     )
     _check_paths(compiled, [f[len(shared) :] for f in fulls], texts)
