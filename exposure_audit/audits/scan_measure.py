@@ -1,6 +1,6 @@
 """``scan --model``: each found value ranked in its own context, extracted, set against a reference.
 
-Every value goes through the functions ``measure`` and ``extract`` use (``measure_with``,
+Every value goes through the functions ``measure`` and ``extract`` use (``measure``,
 ``best_first``), with its first occurrence's context and terminator (docs/method.md, "Real
 secrets in the data"), so a found secret and a canary of the same value, format and context get
 the same exposure. The model is loaded by ``models.load_model``, the loader of ``measure``.
@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from ..data.formats import Format
+from ..data.manifest import Canary
 from ..errors import AuditError
 from ..progress import Progress
 from .findings import ChatRenderer, Finding
@@ -53,15 +53,20 @@ def terminator_of(f: Finding, opts: ScanOptions) -> str:
     return (f.terminator or "") if opts.terminator == "next" else ""
 
 
-def _canary(f: Finding) -> tuple[Format, Any]:
+def _canary(f: Finding) -> tuple[Format, Canary]:
+    """The found value as a canary of its format, inserted as often as it occurs."""
     assert f.format is not None
     fmt = Format.parse(f.format)
     secret = fmt.secret_of(f.value)
-    return fmt, SimpleNamespace(format=f.format, secret=secret, insertions=f.occurrences, id=f.sha256[:SHA_PREFIX])
+    canary = Canary(
+        id=f.sha256[:SHA_PREFIX], format=f.format, secret=secret, text=fmt.render(secret), insertions=f.occurrences
+    )
+    return fmt, canary
 
 
 def _measure_one(model: Any, f: Finding, opts: ScanOptions) -> Any:
-    from ..exposure.measure import MeasureOptions, measure_with
+    from ..exposure.measure import measure
+    from ..exposure.options import MeasureOptions
 
     _, canary = _canary(f)
     mopts = MeasureOptions(
@@ -73,7 +78,7 @@ def _measure_one(model: Any, f: Finding, opts: ScanOptions) -> Any:
         terminator=terminator_of(f, opts),
         quiet=True,
     )
-    return measure_with(model, [canary], mopts)[0]
+    return measure(model, [canary], mopts)[0]
 
 
 def check_spells(model: Any, findings: list[Finding], opts: ScanOptions, what: str) -> None:
