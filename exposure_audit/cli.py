@@ -511,7 +511,9 @@ def measure(
 ) -> None:
     """Log-perplexity, rank and exposure of every canary. Under torchrun the ranks share the
     work and the report is the one a single process gives (docs/distributed.md)."""
-    from .audits.canaries import Outputs, check_model_data, measure_and_report
+    from dataclasses import replace
+
+    from .audits.canaries import Outputs, Target, check_model_data, measure_and_report
     from .data.manifest import Manifest
     from .distributed import model_device
     from .files import check_writable_file
@@ -537,17 +539,11 @@ def measure(
         redact=redact,
     )
     code, _ = measure_and_report(
-        model,
-        manifest,
-        cfg,
-        model_ref=model_path,
+        Target(model, manifest, model_ref=model_path, link_checked=linked, data_folder=Path(canaries_path).parent),
+        replace(cfg.measure, seed=cfg.seed, context=_context(context), quiet=quiet),
         outputs=outputs,
-        context=_context(context),
-        quiet=quiet,
         emit=click.echo,
-        link_checked=linked,
         context_role=context_role,
-        data_folder=Path(canaries_path).parent,
     )
     return code
 
@@ -737,6 +733,7 @@ def extract(
     """Recover the most likely secrets of a format by shortest-path search over its prefix tree.
     Under torchrun the ranks step slices of every batch of frontier nodes (same order and proof)."""
     from .audits.canaries import extract_and_report
+    from .exposure.options import ExtractOptions
     from .data.manifest import Manifest
     from .distributed import model_device
     from .files import check_writable_file
@@ -751,16 +748,13 @@ def extract(
     model = load_model(Path(model_path), device=model_device(device), dtype=dtype, base=base_path)
     extract_and_report(
         model,
+        ExtractOptions(
+            top=top, max_steps=max_steps, beam=beam, context=_context(context), max_memory=max_memory, quiet=quiet
+        ),
         format_source=format_source,
         manifest=manifest,
-        top=top,
-        max_steps=max_steps,
-        context=_context(context),
-        beam=beam,
         redact=redact,
         json_path=json_path and Path(json_path),
-        max_memory=max_memory,
-        quiet=quiet,
         emit=click.echo,
         context_role=context_role,
         data_folder=Path(canaries_path).parent if canaries_path else None,

@@ -6,6 +6,7 @@ the key (``train.epochs``) and the file.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -16,6 +17,7 @@ from typing import Any
 import yaml
 
 from .errors import AuditError
+from .exposure.options import ESTIMATORS, MeasureOptions, config_fields
 from .memory import DEFAULT_MAX_MEMORY, parse_size
 from .models import registry as model_kinds
 
@@ -143,20 +145,6 @@ class TrainConfig:
 
 
 @dataclass
-class MeasureConfig:
-    method: str = "auto"
-    max_steps: int = 20_000_000
-    samples: int = 10_000
-    estimator: str = "importance"  # importance | uniform | skewnorm (docs/method.md)
-    prefer: str = "exact"  # auto: exact | fast
-    batch: int = 1024
-    confidence: float = 0.9
-    bootstrap: int = 100
-    fail_above: float | None = None
-    max_memory: str = DEFAULT_MAX_MEMORY  # search state (KV caches, frontier) a walk may hold: "4GB", "512MB"
-
-
-@dataclass
 class ExtractConfig:
     """Extraction in `audit`: best-first search for each format's most likely secrets."""
 
@@ -201,13 +189,22 @@ class AuditConfig:
     insert: InsertConfig = field(default_factory=InsertConfig)
     model: Any = field(default_factory=_model_config, metadata={"schema": model_kinds.model_config_class})
     train: TrainConfig = field(default_factory=TrainConfig)
-    measure: MeasureConfig = field(default_factory=MeasureConfig)
+    # exposure/options.py; the API's max_memory None (a Scorer's own budget) is the default size here
+    measure: MeasureOptions = field(default_factory=lambda: MeasureOptions(max_memory=DEFAULT_MAX_MEMORY))
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     audit: DPAuditConfig = field(default_factory=DPAuditConfig)
     memorization: MemorizationConfig = field(default_factory=MemorizationConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return _as_dict(self)
+
+
+def _as_dict(obj: Any) -> dict[str, Any]:
+    """``dataclasses.asdict`` over the config keys only (a section's per-run fields are not keys)."""
+    return {
+        f.name: _as_dict(v) if dataclasses.is_dataclass(v := getattr(obj, f.name)) else copy.deepcopy(v)
+        for f in config_fields(obj)
+    }
 
 
 def _type_name(t: Any) -> str:
@@ -253,23 +250,27 @@ def _check_value(value: Any, t: Any, key: str, bounds: tuple[Any, Any] | None = 
     return value
 
 
-def _build(cls: type, data: Any, prefix: str) -> Any:
+def _build(cls: type, data: Any, prefix: str, default: Any = None) -> Any:
+    """``cls`` from ``data``; keys not given keep ``default``'s values (the section's default in
+    its parent, e.g. ``measure.max_memory: 4GB``), else the class's own defaults."""
     if not isinstance(data, dict):
         raise AuditError(f"{prefix or 'config'}: expected a mapping of keys, got {data!r}")
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    keys = {f.name: f for f in config_fields(cls)}
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         full = f"{prefix}.{key}" if prefix else str(key)
-        if key not in fields:
-            raise AuditError(f"unknown key {full!r} (known: {', '.join(sorted(fields))})")
-        schema = fields[key].metadata.get("schema")
+        if key not in keys:
+            raise AuditError(f"unknown key {full!r} (known: {', '.join(sorted(keys))})")
+        schema = keys[key].metadata.get("schema")
         t = schema() if schema else hints[key]
         if dataclasses.is_dataclass(t):
-            kwargs[key] = _build(t, value if value is not None else {}, full)
+            factory = keys[key].default_factory
+            section = factory() if factory is not dataclasses.MISSING else None
+            kwargs[key] = _build(t, value if value is not None else {}, full, section)
         else:
-            kwargs[key] = _check_value(value, t, full, fields[key].metadata.get("range"))
-    return cls(**kwargs)
+            kwargs[key] = _check_value(value, t, full, keys[key].metadata.get("range"))
+    return dataclasses.replace(default, **kwargs) if default is not None else cls(**kwargs)
 
 
 _NOTED: set[str] = set()  # where the old model: layout was noted (once each)
@@ -304,7 +305,6 @@ def config_from_dict(data: Any, where: str = "config") -> AuditConfig:
 def validate(cfg: AuditConfig) -> None:
     """Checks across keys and of the values' meaning."""
     from .data.formats import Format
-    from .exposure.measure import ESTIMATORS, METHODS, PREFER
 
     for i, f in enumerate(cfg.insert.formats):
         try:
@@ -344,16 +344,9 @@ def validate(cfg: AuditConfig) -> None:
         raise AuditError(f"audit.window_fill: {cfg.audit.window_fill!r} is not one of {', '.join(WINDOW_FILLS)}")
     if dp.broken_no_noise and not dp.enabled:
         raise AuditError("train.dp.broken_no_noise: only meaningful with train.dp.enabled (an auditor check)")
-    if cfg.measure.method not in METHODS:
-        raise AuditError(f"measure.method: {cfg.measure.method!r} is not one of {', '.join(METHODS)}")
-    for key, value in (
-        ("measure.estimator", cfg.measure.estimator),
-        ("train.track.estimator", cfg.train.track.estimator),
-    ):
-        if value not in ESTIMATORS:
-            raise AuditError(f"{key}: {value!r} is not one of {', '.join(ESTIMATORS)}")
-    if cfg.measure.prefer not in PREFER:
-        raise AuditError(f"measure.prefer: {cfg.measure.prefer!r} is not one of {', '.join(PREFER)}")
+    cfg.measure.check("measure.")
+    if cfg.train.track.estimator not in ESTIMATORS:
+        raise AuditError(f"train.track.estimator: {cfg.train.track.estimator!r} is not one of {', '.join(ESTIMATORS)}")
     if cfg.memorization.enabled:
         from .audits.memorization import options_from_config
 
@@ -362,7 +355,6 @@ def validate(cfg: AuditConfig) -> None:
         except AuditError as e:
             raise AuditError(f"memorization: {e}") from None
     for key, value in (
-        ("measure.max_memory", cfg.measure.max_memory),
         ("extract.max_memory", cfg.extract.max_memory),
         ("train.track.max_memory", cfg.train.track.max_memory),
     ):

@@ -181,3 +181,35 @@ def test_character_outside_vocabulary_is_an_error(tiny_model):
 
     with pytest.raises(AuditError, match="vocabulary"):
         measure(tiny_model, [C()])
+
+
+def test_one_options_object_for_measure_and_the_config(tiny_model):
+    """measure() takes MeasureOptions (its fields by name replace the object's); results point to
+    the one Canary type; the YAML measure: section is the same object, without the per-run fields."""
+    from dataclasses import replace
+
+    from exposure_audit.config import config_from_dict
+    from exposure_audit.data.manifest import Canary
+    from exposure_audit.exposure.options import MeasureOptions
+
+    c = Canary(id="c0", format="id {d:3}", secret="042", text="id 042", insertions=2)
+    opts = MeasureOptions(method="enumerate", seed=3)
+    (a,) = measure(tiny_model, [c], opts)
+    (b,) = measure(tiny_model, [c], method="enumerate", seed=3)
+    (d,) = measure(tiny_model, [c], replace(opts, method="brute"), method="enumerate")
+    assert a.rank == b.rank == d.rank and a.canary is c and (a.id, a.text, a.insertions) == ("c0", "id 042", 2)
+    assert a.to_json()["id"] == "c0" and a.to_json()["secret"] == "042"
+    with pytest.raises(TypeError):
+        measure(tiny_model, [c], no_such_option=1)
+    with pytest.raises(AuditError, match="method: 'fast' is not one of auto"):
+        measure(tiny_model, [c], method="fast")
+
+    cfg = config_from_dict({"measure": {"method": "pruned", "samples": 50}})
+    assert isinstance(cfg.measure, MeasureOptions) and cfg.measure.method == "pruned"
+    keys = list(cfg.to_dict()["measure"])
+    assert keys == list(cfg.measure.settings()) and "seed" not in keys and "context" not in keys
+    assert cfg.to_dict()["measure"]["max_memory"] == "4GB"  # the config's default size, as before
+    with pytest.raises(AuditError, match="unknown key 'measure.seed'"):
+        config_from_dict({"measure": {"seed": 1}})
+    with pytest.raises(AuditError, match="measure.prefer: 'soon' is not one of exact, fast"):
+        config_from_dict({"measure": {"prefer": "soon"}})

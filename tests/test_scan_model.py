@@ -209,32 +209,3 @@ def test_memorization_base_of_an_adapter_equals_the_merged_model(adapter_pair, t
     assert a["discoverable"]["token_match_mean"] == pytest.approx(m["discoverable"]["token_match_mean"], abs=1e-9)
     for attack in ("loss", "zlib", "min_k"):
         assert a["mia"]["attacks"][attack]["auc"] == pytest.approx(m["mia"]["attacks"][attack]["auc"], abs=1e-9)
-
-
-def test_a_format_the_engine_cannot_index_is_listed_not_ranked(hf, tmp_path, capsys, monkeypatch):
-    # The finding's run (docs/experiments.md) met it: a BPE token spanning more than 2^63 fillings
-    # of a 40-character key's format overflows the engine's 64-bit index (a ValueError from
-    # torch.as_tensor). Raised here where it arises, in measure_with: for 1.2.3.4 under the
-    # model, for 5.6.7.8 under the reference only (its second scoring).
-    import exposure_audit.exposure.measure as em
-
-    real, calls = em.measure_with, []
-
-    def overflowing(model, canaries, opts):
-        calls.append(canaries[0].secret)
-        if canaries[0].secret == SECRET or calls.count("5678") == 2:
-            raise ValueError("Overflow when unpacking long long")
-        return real(model, canaries, opts)
-
-    monkeypatch.setattr(em, "measure_with", overflowing)
-    corpus = _corpus(tmp_path / "c.jsonl", [f"host {IP}\nup", "gw 5.6.7.8\n"])
-    code, _, err = _scan(capsys, "--corpus", corpus, "--model", hf, "--reference", hf, "--out", tmp_path / "o")
-    assert code == 0, err
-    findings = json.loads((tmp_path / "o" / "scan.json").read_text())["findings"]
-    wide, ref_wide = sorted(findings, key=lambda x: x["locations"][0]["record"])
-    assert wide["exposure"] is None and wide["method"].startswith("not measurable") and "2^63" in wide["method"]
-    assert ref_wide["exposure"] is not None and ref_wide["reference_exposure"] is None
-    assert ref_wide["exposure_gain"] is None
-    # any other ValueError is still a bug, not a finding's property
-    monkeypatch.setattr(em, "measure_with", lambda *a: (_ for _ in ()).throw(ValueError("something else")))
-    assert _scan(capsys, "--corpus", corpus, "--model", hf, "--out", tmp_path / "b")[0] == 70

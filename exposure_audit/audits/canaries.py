@@ -10,7 +10,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from ..data.formats import Format
 from ..data.manifest import Manifest
 from ..distributed import is_main
 from ..errors import AuditError, gate_exit
+from ..exposure.options import ExtractOptions, MeasureOptions
 
 Emit = Callable[[str], None]
 
@@ -54,70 +55,68 @@ def check_model_data(model: Any, manifest: Manifest, *, any_model: bool) -> bool
     return trained_on == manifest.train.get("sha256")
 
 
-def measure_and_report(
-    model: Any,
-    manifest: Manifest,
-    cfg: AuditConfig,
-    *,
-    model_ref: str | Path,
-    outputs: Outputs = Outputs(),
-    context: str | None = None,
-    quiet: bool = True,
-    emit: Emit = _silent,
-    link_checked: bool = True,
-    extra: dict[str, Any] | None = None,
-    collect: dict[str, Any] | None = None,
-    context_role: str | None = None,
-    data_folder: Path | None = None,
-) -> tuple[int, dict[str, Any]]:
-    """Measure every canary of ``manifest``; write the reports asked for; emit the table and,
-    with a threshold, the verdict. Returns the exit code and the report.
+@dataclass(frozen=True)
+class Target:
+    """What ``measure`` reports on: a model against a manifest's canaries, and how the report names them."""
 
-    Each canary is scored after the context :func:`~.contexts.resolve_contexts` gives it
-    (``data_folder`` holds the manifest's training data, for chat canaries' as-trained context)."""
+    model: Any
+    manifest: Manifest
+    model_ref: str | Path  # the model's path, as the report names it
+    link_checked: bool = True  # the model's own record says it was trained on the manifest's data
+    data_folder: Path | None = None  # the manifest's training data (chat canaries' as-trained context)
+
+
+def measure_and_report(
+    target: Target,
+    options: MeasureOptions,
+    *,
+    outputs: Outputs = Outputs(),
+    emit: Emit = _silent,
+    context_role: str | None = None,
+    collect: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> tuple[int, dict[str, Any]]:
+    """Measure every canary of ``target.manifest``; write the reports asked for; emit the table
+    and, with a threshold (``options.fail_above``), the verdict. Returns the exit code and the report.
+
+    Each canary is scored after the context :func:`~.contexts.resolve_contexts` gives it, from
+    ``options.context`` and ``context_role``. ``collect`` receives the samples for the report's
+    histogram (see :func:`~.measure.measure`); ``extra`` is added to the report's ``model``."""
     from ..exposure.contexts import resolve_contexts
-    from ..exposure.measure import MeasureOptions, measure_with
+    from ..exposure.measure import measure
     from ..files import atomic_write_json, atomic_write_text
     from ..reports.report import junit_xml, passed, report_json, table
     from ..reports.review import markdown
 
-    m = cfg.measure
+    model, manifest, context = target.model, target.manifest, options.context
     t0 = time.perf_counter()
-    contexts = resolve_contexts(model, manifest, data_folder, context=context, context_role=context_role)
-    opts = MeasureOptions(
-        method=m.method,
-        max_steps=m.max_steps,
-        samples=m.samples,
-        seed=cfg.seed,
-        batch=m.batch,
-        confidence=m.confidence,
-        bootstrap=m.bootstrap,
-        context=contexts.default,
-        quiet=quiet,
-        estimator=m.estimator,
-        prefer=m.prefer,
-        max_memory=m.max_memory,
-    )
+    contexts = resolve_contexts(model, manifest, target.data_folder, context=context, context_role=context_role)
     plans: dict[str, Any] = {}
     memory: dict[str, Any] = {}
-    results = measure_with(
-        model, manifest.canaries, opts, collect=collect, plans=plans, contexts=contexts.per_canary, memory=memory
+    results = measure(
+        model,
+        manifest.canaries,
+        replace(options, context=contexts.default),
+        collect=collect,
+        plans=plans,
+        contexts=contexts.per_canary,
+        memory=memory,
     )
-    threshold = m.fail_above
+    threshold = options.fail_above
     ok = passed(results, threshold)
     described = model.describe()
     privacy = described.get("privacy")
     info = {
-        "model_path": str(model_ref),
+        "model_path": str(target.model_ref),
         "model_description": described.get("description"),
         "privacy": privacy,
-        "seed": cfg.seed,
-        "measure": asdict(m),
+        "seed": options.seed,
+        "measure": options.settings(),
         "context": context,
         "context_used": contexts.to_json(),  # which context each canary was scored after
         "seconds": round(time.perf_counter() - t0, 3),
         "details": described,
-        "trained_on_manifest_data": link_checked,
+        "trained_on_manifest_data": target.link_checked,
         "plan": plans,  # per format: what auto chose, predicted and actual model steps
         "search_memory": memory["budget"].to_json(),  # the budget (--max-memory) and the peak held
         **(extra or {}),
@@ -135,7 +134,7 @@ def measure_and_report(
         )
     elif contexts.mode == "role":
         text += f"\n\ncontext: the chat template's header of a fresh {contexts.role!r} message"
-    if not link_checked:
+    if not target.link_checked:
         text += "\n\nnote: the model carries no record of its training data; its link to this manifest was not checked"
     data = {
         "corpus_source": manifest.corpus.get("source"),
@@ -165,69 +164,54 @@ def measure_and_report(
     return code, report
 
 
-def run_extractions(
-    model: Any,
-    formats: Sequence[Format],
-    *,
-    top: int,
-    max_steps: int,
-    context: str | None = None,
-    beam: int | None = None,
-    quiet: bool = True,
-    max_memory: str | int | None = None,
-) -> dict[str, Any]:
-    """Extract each format's ``top`` most likely secrets (best-first, or beam search if ``beam``),
-    each search holding at most ``max_memory`` of state (``memory.DEFAULT_MAX_MEMORY``)."""
-    from ..exposure.extract import beam_search, best_first, check_extraction
+def run_extractions(model: Any, formats: Sequence[Format], options: ExtractOptions) -> dict[str, Any]:
+    """Extract each format's ``options.top`` most likely secrets (best-first, or beam search with
+    ``options.beam``), each search holding at most ``options.max_memory`` of state."""
+    from ..exposure.extract import beam_search, best_first
     from ..exposure.tree import check_format
     from ..memory import MemoryBudget
     from ..progress import Progress
 
-    check_extraction(top=top, max_steps=max_steps, beam=beam)
-    MemoryBudget.of(max_memory)  # a bad size fails before any work
+    o = options
+    o.check()
     for fmt in formats:  # every format checked before a progress bar is drawn
         check_format(model, fmt)
-    model.context_ids(context)
+    model.context_ids(o.context)
     out = {}
     for fmt in formats:
-        if beam is not None:
+        if o.beam is not None:
             out[fmt.source] = beam_search(
-                model, fmt, width=beam, top=top, max_steps=max_steps, context=context, max_memory=max_memory
+                model, fmt, width=o.beam, top=o.top, max_steps=o.max_steps, context=o.context, max_memory=o.max_memory
             )
             continue
-        with Progress(total=max_steps, desc=f"extract {fmt.source}", quiet=quiet, unit="step") as bar:
+        with Progress(total=o.max_steps, desc=f"extract {fmt.source}", quiet=o.quiet, unit="step") as bar:
             out[fmt.source] = best_first(
                 model,
                 fmt,
-                top=top,
-                max_steps=max_steps,
-                context=context,
+                top=o.top,
+                max_steps=o.max_steps,
+                context=o.context,
                 progress=bar.update,
-                max_memory=MemoryBudget.of(max_memory),  # a fresh budget per format: its own peak
+                max_memory=MemoryBudget.of(o.max_memory),  # a fresh budget per format: its own peak
             )
     return out
 
 
 def extract_and_report(
     model: Any,
+    options: ExtractOptions,
     *,
-    format_source: str | None,
-    manifest: Manifest | None,
-    top: int,
-    max_steps: int,
-    context: str | None,
-    beam: int | None,
-    redact: bool,
-    json_path: Path | None,
-    quiet: bool,
-    emit: Emit,
+    format_source: str | None = None,
+    manifest: Manifest | None = None,
+    redact: bool = False,
+    json_path: Path | None = None,
+    emit: Emit = _silent,
     context_role: str | None = None,
     data_folder: Path | None = None,
-    max_memory: str | int | None = None,
 ) -> dict[str, Any]:
     """``extract``: one format, or every format of a manifest with where each canary landed.
 
-    The context: ``context``, else the chat template's header of a fresh ``context_role``
+    The context: ``options.context``, else the chat template's header of a fresh ``context_role``
     message; for a manifest of chat canaries and a model with a chat template, the header of a
     fresh message of the role the canaries were planted in (a search is per format, so it cannot
     follow each canary's own conversation as ``measure`` does)."""
@@ -243,23 +227,14 @@ def extract_and_report(
         formats = [Format.parse(f) for f in dict.fromkeys(c.format for c in manifest.canaries)]
     else:
         formats = [Format.parse(format_source)]
-    contexts = resolve_contexts(model, manifest, data_folder, context=context, context_role=context_role)
+    contexts = resolve_contexts(model, manifest, data_folder, context=options.context, context_role=context_role)
     used = contexts.to_json()
     if contexts.mode == "as-trained":
         roles = [w["role"] for w in contexts.where.values()]
         role = max(set(roles), key=roles.count) if roles else (contexts.role or "user")
         contexts.default = role_context(chat_tokenizer(model), role)
         used = {"mode": "role", "text": contexts.default, "role": role, "from": "the canaries' role"}
-    results = run_extractions(
-        model,
-        formats,
-        top=top,
-        max_steps=max_steps,
-        context=contexts.default,
-        beam=beam,
-        quiet=quiet,
-        max_memory=max_memory,
-    )
+    results = run_extractions(model, formats, replace(options, context=contexts.default))
     if not is_main():  # under torchrun rank 0 prints and writes
         return {}
     for ex in results.values():
@@ -267,7 +242,7 @@ def extract_and_report(
     if manifest is None:
         payload = next(iter(results.values())).to_json(redact)
     else:
-        payload = extraction_summary(results, manifest.canaries, top=top, redact=redact)
+        payload = extraction_summary(results, manifest.canaries, top=options.top, redact=redact)
         emit("\n".join(extraction_summary_lines(payload, redact)))
     if contexts.mode != "default":
         payload["context_used"] = used
@@ -319,27 +294,20 @@ def run_audit(
     echo("[3/4] measure")
     samples: dict[str, Any] = {}
     code, report = measure_and_report(
-        model,
-        manifest,
-        cfg,
-        model_ref=final / "model",
+        # chat canaries in their trained context (data_dir) where the model has a chat template
+        Target(model, manifest, model_ref=final / "model", data_folder=data_dir),
+        replace(cfg.measure, seed=cfg.seed, quiet=quiet),
         outputs=Outputs(junit=tmp / "report.junit.xml", redact=redact),
-        quiet=quiet,
         emit=emit,
         extra={"training": {"seconds": round(result.seconds, 3), "final": last}},
         collect=samples,
-        data_folder=data_dir,  # chat canaries in their trained context where the model has a chat template
     )
     if cfg.extract.enabled:
         echo(f"[4/4] extract: best-first top {cfg.extract.top} per format")
         formats = [Format.parse(src) for src in dict.fromkeys(c.format for c in manifest.canaries)]
+        e = cfg.extract
         extractions = run_extractions(
-            model,
-            formats,
-            top=cfg.extract.top,
-            max_steps=cfg.extract.max_steps,
-            quiet=quiet,
-            max_memory=cfg.extract.max_memory,
+            model, formats, ExtractOptions(top=e.top, max_steps=e.max_steps, max_memory=e.max_memory, quiet=quiet)
         )
         summary = extraction_summary(extractions, manifest.canaries, top=cfg.extract.top, redact=redact)
         lines = extraction_summary_lines(summary, redact)

@@ -1,6 +1,6 @@
 """``scan --model``: each found value ranked in its own context, extracted, set against a reference.
 
-Every value goes through the functions ``measure`` and ``extract`` use (``measure_with``,
+Every value goes through the functions ``measure`` and ``extract`` use (``measure``,
 ``best_first``), with its first occurrence's context and terminator (docs/method.md, "Real
 secrets in the data"), so a found secret and a canary of the same value, format and context get
 the same exposure. The model is loaded by ``models.load_model``, the loader of ``measure``.
@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from ..data.formats import Format
+from ..data.manifest import Canary
 from ..errors import AuditError
 from ..progress import Progress
 from .findings import ChatRenderer, Finding
@@ -53,15 +53,20 @@ def terminator_of(f: Finding, opts: ScanOptions) -> str:
     return (f.terminator or "") if opts.terminator == "next" else ""
 
 
-def _canary(f: Finding) -> tuple[Format, Any]:
+def _canary(f: Finding) -> tuple[Format, Canary]:
+    """The found value as a canary of its format, inserted as often as it occurs."""
     assert f.format is not None
     fmt = Format.parse(f.format)
     secret = fmt.secret_of(f.value)
-    return fmt, SimpleNamespace(format=f.format, secret=secret, insertions=f.occurrences, id=f.sha256[:SHA_PREFIX])
+    canary = Canary(
+        id=f.sha256[:SHA_PREFIX], format=f.format, secret=secret, text=fmt.render(secret), insertions=f.occurrences
+    )
+    return fmt, canary
 
 
 def _measure_one(model: Any, f: Finding, opts: ScanOptions) -> Any:
-    from ..exposure.measure import MeasureOptions, measure_with
+    from ..exposure.measure import measure
+    from ..exposure.options import MeasureOptions
 
     _, canary = _canary(f)
     mopts = MeasureOptions(
@@ -73,19 +78,7 @@ def _measure_one(model: Any, f: Finding, opts: ScanOptions) -> Any:
         terminator=terminator_of(f, opts),
         quiet=True,
     )
-    try:
-        return measure_with(model, [canary], mopts)[0]
-    except ValueError as e:  # torch.as_tensor of an edge multiplicity over 2^63 (exposure/tree.py)
-        if "Overflow" not in str(e):
-            raise
-        raise TooWide(
-            "a token of this model spans more than 2^63 fillings of the format "
-            "(the engine indexes fillings in 64-bit integers)"
-        ) from None
-
-
-class TooWide(AuditError):
-    """The engine cannot index this format under this model's tokens: listed, not ranked."""
+    return measure(model, [canary], mopts)[0]
 
 
 def check_spells(model: Any, findings: list[Finding], opts: ScanOptions, what: str) -> None:
@@ -153,8 +146,6 @@ def measure_findings(models: Models, findings: list[Finding], opts: ScanOptions)
             if models.reference is not None:
                 try:
                     m.reference_exposure = _measure_one(models.reference, f, opts).exposure
-                except TooWide:
-                    pass  # no reference figure for this value (so no gain); the model's stand
                 except AuditError as e:
                     raise AuditError(f"reference model {models.reference_path}: {_scrub(str(e), f)}") from None
             out[f.sha256] = m

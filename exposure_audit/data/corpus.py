@@ -13,12 +13,13 @@ import hashlib
 import io
 import random
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import AuditError
 from .formats import Format
+from .manifest import Canary
 
 DEFAULT_CORPUS = "<default>"
 DEFAULT_SCHEDULE = (0, 1, 2, 4, 8, 16, 32)
@@ -116,25 +117,16 @@ def scan(source: str | Path, progress: Callable[[int], None] | None = None) -> C
 
 
 @dataclass
-class PlannedCanary:
-    format: str
-    secret: str
-    text: str
-    insertions: int
-    positions: list[int] = field(default_factory=list)
-
-
-@dataclass
 class InsertionResult:
     stats: CorpusStats
-    canaries: list[PlannedCanary]
+    canaries: list[Canary]
     train_lines: int
     valid_lines: int
 
 
-def draw_canaries(formats: Sequence[Format], schedule: Sequence[int], per_count: int, seed: int) -> list[PlannedCanary]:
+def draw_canaries(formats: Sequence[Format], schedule: Sequence[int], per_count: int, seed: int) -> list[Canary]:
     """Secrets for every format x insertion count, distinct within a format, uniform over R."""
-    out: list[PlannedCanary] = []
+    out: list[Canary] = []
     for k, fmt in enumerate(formats):
         rng = random.Random(f"exposure-audit:{seed}:secrets:{k}:{fmt.source}")
         need = per_count * len(schedule)
@@ -146,7 +138,7 @@ def draw_canaries(formats: Sequence[Format], schedule: Sequence[int], per_count:
         for n in schedule:
             for _ in range(per_count):
                 s = next(secrets)
-                out.append(PlannedCanary(format=fmt.source, secret=s, text=fmt.render(s), insertions=n))
+                out.append(Canary(id=None, format=fmt.source, secret=s, text=fmt.render(s), insertions=n))
     return out
 
 
@@ -170,7 +162,7 @@ def insert_canaries(
     seed: int = 0,
     valid_fraction: float = 0.1,
     progress: Callable[[int], None] | None = None,
-    canaries: list[PlannedCanary] | None = None,
+    canaries: list[Canary] | None = None,
 ) -> InsertionResult:
     """Write ``train_path`` (corpus + canaries) and ``valid_path`` (held-out corpus lines only).
 
@@ -306,7 +298,7 @@ def scan_records(source: Path, spec, seed: int, fraction: float, progress=None) 
 @dataclass
 class RecordInsertion:
     stats: RecordStats
-    canaries: list[PlannedCanary]
+    canaries: list[Canary]
     locations: list[list[dict]]  # per canary: {"record": index in the training output, "line": ...}
     train_records: int  # records written to the training output (canary records included)
     valid_records: int

@@ -20,7 +20,10 @@ KIND = "exposure-audit/canaries"
 
 @dataclass
 class Canary:
-    id: str
+    """A planted secret, from the draw (``corpus.draw_canaries``) through the manifest to
+    ``measure`` (whose results point to it) and extraction."""
+
+    id: str | None  # c0, c1, ... in a manifest; None while only drawn, or as handed to measure without one
     format: str
     secret: str  # the hole characters, concatenated
     text: str  # the canary line as inserted (format with the secret filled in)
@@ -39,6 +42,21 @@ class Canary:
     @property
     def space_size(self) -> int:
         return self.fmt.space_size
+
+    @classmethod
+    def of(cls, c: Any) -> Canary:
+        """``c`` itself, or a Canary of anything with a ``format``, ``secret`` and ``insertions``
+        (and an ``id``): what ``measure`` accepts."""
+        if isinstance(c, Canary):
+            return c
+        fmt = Format.parse(c.format)
+        return cls(
+            id=getattr(c, "id", None),
+            format=c.format,
+            secret=c.secret,
+            text=fmt.render(c.secret),
+            insertions=c.insertions,
+        )
 
 
 @dataclass

@@ -32,10 +32,10 @@ from ..data.formats import Format
 from ..errors import AuditError, memory_errors_as_audit_errors
 from ..memory import nbytes
 from ..models.base import Scorer, State
+from .options import DEFAULT_BATCH  # candidates or nodes per model call (MeasureOptions.batch's default)
 from .tree import CompiledFormat, compile_format
 
 TIE_TOLERANCE = 1e-4  # bits
-DEFAULT_BATCH = 1024
 
 __all__ = [
     "DEFAULT_BATCH",

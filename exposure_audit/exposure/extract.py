@@ -33,10 +33,11 @@ import torch
 
 from .. import distributed
 from ..data.formats import Format
-from ..errors import AuditError, memory_errors_as_audit_errors
+from ..errors import memory_errors_as_audit_errors
 from ..memory import nbytes
 from ..models.base import Scorer, State
 from .engine import DEFAULT_BATCH, Nodes, children, state_size
+from .options import check_extraction
 from .tree import CompiledFormat, compile_format
 
 
@@ -139,15 +140,6 @@ def _extraction(cf: CompiledFormat, candidates: list[Candidate], steps: int, t0:
         prefix_cost=cf.base_cost,
         **fields,
     )
-
-
-def check_extraction(*, top: int, max_steps: int, beam: int | None = None) -> None:
-    if top < 1:
-        raise AuditError("the number of candidates to extract (top) must be at least 1")
-    if max_steps < 1:
-        raise AuditError("the model-step budget (max_steps) must be at least 1")
-    if beam is not None and beam < 1:
-        raise AuditError("the beam width must be at least 1")
 
 
 BATCH_RAGGED = 256  # entries popped per round where rows of any length share a call (char-LSTM)
@@ -347,163 +339,218 @@ def _best_first(
     progress: Callable[[int], None] | None,
     terminator: str = "\n",
 ) -> Extraction:
-    team = distributed.team()
     t0 = time.perf_counter()
     cf = compile_format(scorer, fmt, context, terminator=terminator)
-    edges, end = cf.edges, cf.end
-    budget = scorer.budget
-    size = state_size(scorer, cf)
-    # one call's gathered input, its output and log-probabilities, beside the root's state
-    working = batch * size.call + size.whole
-    budget.require(
-        working + size.whole + ENTRY_BYTES * size.fanout, f"extraction of {fmt.source!r} in batches of {batch}"
-    )
-    inner = [int((e.next != end).sum()) for e in edges]  # children of a position that are not leaves
-    # node 0 is the root (after the shared tokens); every other node is one token longer than its parent
-    parent: list[int] = [-1]
-    token: list[int] = [-1]
-    node_pos: list[int] = [0]
-    node_depth: list[int] = [0]
-    owner = array("i", [-1])  # the rank holding each node's state (-1: every rank, the root)
-    dealt = 0  # children of the root handed out so far (round-robin over ranks)
-    store = _Store(scorer, cf.state)
-    tie = itertools.count()
-    frontier: list[tuple[float, int, int, int]] = []  # (cost, tiebreak, node, edge)
-    horizon = float("inf")  # the cheapest entry dropped from the frontier to stay in the budget
-    peak_store = peak_frontier = 0
+    search = _Search(scorer, cf, batch, progress)
+    proven = search.run(top, max_steps)
+    return search.extraction(top, proven, t0)
 
-    def child_costs(cost: float, node_position: int, logp_row: torch.Tensor) -> list[float]:
-        return (cost + edges[node_position].bits(logp_row)[0]).tolist()
 
-    def push(node: int, costs: list[float]) -> None:
+Entry = tuple[float, int, int, int]  # a frontier entry: (cost, tiebreak, node, edge)
+
+
+class _Search:
+    """One best-first search (see :func:`best_first`): the node table, the frontier, the completed
+    candidates and the state store. Node 0 is the root (after the shared tokens); every other node
+    is one token longer than its parent."""
+
+    def __init__(self, scorer: Scorer, cf: CompiledFormat, batch: int, progress: Callable[[int], None] | None):
+        self.team = distributed.team()
+        self.scorer, self.cf, self.batch, self.progress = scorer, cf, batch, progress
+        self.edges, self.end = cf.edges, cf.end
+        self.budget = scorer.budget
+        self.size = state_size(scorer, cf)
+        # one call's gathered input, its output and log-probabilities, beside the root's state
+        self.working = batch * self.size.call + self.size.whole
+        self.budget.require(
+            self.working + self.size.whole + ENTRY_BYTES * self.size.fanout,
+            f"extraction of {cf.fmt.source!r} in batches of {batch}",
+        )
+        self.inner = [int((e.next != self.end).sum()) for e in self.edges]  # children that are not leaves
+        self.parent: list[int] = [-1]
+        self.token: list[int] = [-1]
+        self.node_pos: list[int] = [0]
+        self.node_depth: list[int] = [0]
+        self.owner = array("i", [-1])  # the rank holding each node's state (-1: every rank, the root)
+        self.dealt = 0  # children of the root handed out so far (round-robin over ranks)
+        self.store = _Store(scorer, cf.state)
+        self.tie = itertools.count()
+        self.frontier: list[Entry] = []
+        self.horizon = float("inf")  # the cheapest entry dropped from the frontier to stay in the budget
+        self.peak_store = self.peak_frontier = 0
+        self.done: list[Entry] = []  # completed canonical candidates not yet proven
+        self.found: list[tuple[float, int, int]] = []  # proven, in order: (cost, node, edge)
+        self.noncanonical = 0
+        self.steps = 0  # model steps of the search (every rank's together)
+        self.push(0, self.child_costs(cf.base_cost, 0, cf.logp))
+
+    def child_costs(self, cost: float, node_position: int, logp_row: torch.Tensor) -> list[float]:
+        return (cost + self.edges[node_position].bits(logp_row)[0]).tolist()
+
+    def push(self, node: int, costs: list[float]) -> None:
+        frontier, tie = self.frontier, self.tie
         for j, c in enumerate(costs):
             heapq.heappush(frontier, (c, next(tie), node, j))
 
-    def path_of(node: int, j: int) -> list[int]:
-        ids = [int(edges[node_pos[node]].ids[j])]
+    def path_of(self, node: int, j: int) -> list[int]:
+        ids = [int(self.edges[self.node_pos[node]].ids[j])]
         while node > 0:
-            ids.append(token[node])
-            node = parent[node]
+            ids.append(self.token[node])
+            node = self.parent[node]
         return ids[::-1]
 
-    push(0, child_costs(cf.base_cost, 0, cf.logp))
-    done: list[tuple[float, int, int, int]] = []  # completed canonical candidates not yet proven
-    found: list[tuple[float, int, int]] = []  # proven, in order: (cost, node, edge)
-    proven = False
-    noncanonical = 0
-    steps = 0  # model steps of the search (every rank's together)
-    while True:
-        # Emit completed candidates that no frontier entry (nor a dropped one) can beat.
-        bound = min(frontier[0][0] if frontier else float("inf"), horizon)
-        while done and done[0][0] <= bound and len(found) < top:
-            c, _, node, j = heapq.heappop(done)
-            found.append((c, node, j))
-        if len(found) >= top or not frontier:
-            proven = len(found) >= top or horizon == float("inf")
-            break
-        if frontier[0][0] > horizon:
-            break  # what is left may be beaten by a dropped entry: not provable within the budget
+    def run(self, top: int, max_steps: int) -> bool:
+        """Search until ``top`` candidates are proven (True), or the frontier, the budget or the
+        memory's horizon ends it first (proven only if nothing was dropped and the frontier ran out)."""
+        frontier, done, found = self.frontier, self.done, self.found
+        while True:
+            # Emit completed candidates that no frontier entry (nor a dropped one) can beat.
+            bound = min(frontier[0][0] if frontier else float("inf"), self.horizon)
+            while done and done[0][0] <= bound and len(found) < top:
+                c, _, node, j = heapq.heappop(done)
+                found.append((c, node, j))
+            if len(found) >= top or not frontier:
+                return len(found) >= top or self.horizon == float("inf")
+            if frontier[0][0] > self.horizon:
+                return False  # what is left may be beaten by a dropped entry: not provable within the budget
+            popped = self._pop()
+            if not popped:
+                continue
+            if self.steps + len(popped) > max_steps:
+                for item in popped:
+                    heapq.heappush(frontier, item)
+                return False
+            self._expand(popped)
+
+    def _pop(self) -> list[Entry]:
+        """Up to ``batch`` entries to step; complete candidates met on the way go to ``done``."""
+        edges, node_pos, end = self.edges, self.node_pos, self.end
         popped, completed = [], []
-        while frontier and len(popped) < batch:
-            item = heapq.heappop(frontier)
+        while self.frontier and len(popped) < self.batch:
+            item = heapq.heappop(self.frontier)
             if int(edges[node_pos[item[2]]].next[item[3]]) == end:
                 completed.append(item)  # a complete candidate: its cost is final
             else:
                 popped.append(item)
         if completed:
-            ok = cf.canonical_mask([path_of(item[2], item[3]) for item in completed])
-            noncanonical += int((~ok).sum())
+            ok = self.cf.canonical_mask([self.path_of(item[2], item[3]) for item in completed])
+            self.noncanonical += int((~ok).sum())
             for item, keep in zip(completed, ok):
                 if keep:
-                    heapq.heappush(done, item)
-        if not popped:
-            continue
-        if steps + len(popped) > max_steps:
-            for item in popped:
-                heapq.heappush(frontier, item)
-            break
-        # who steps each entry: the rank holding its parent's state
-        by: list[int] = []
+                    heapq.heappush(self.done, item)
+        return popped
+
+    def _expand(self, popped: list[Entry]) -> None:
+        """Step ``popped`` (each by the rank holding its parent's state), share the children's costs
+        and record the new nodes: every rank pushes the same entries in the same order."""
+        team = self.team
+        by: list[int] = []  # who steps each entry: the rank holding its parent's state
         for item in popped:
-            o = owner[item[2]]
+            o = self.owner[item[2]]
             if o < 0:
-                o, dealt = dealt % team.world, dealt + 1
+                o, self.dealt = self.dealt % team.world, self.dealt + 1
             by.append(o)
         # a model whose rows must share a length (a KV cache) steps each depth separately
-        groups = [list(range(len(popped)))] if scorer.model.ragged else _by_depth(popped, node_depth)
-        mine: dict[int, list[float]] = {}  # entry -> its children's costs, for the entries this rank steps
-        states: dict[int, State] = {}  # group -> the new states of the entries this rank stepped
-        stepped: dict[int, list[int]] = {}  # group -> the entries its state's rows belong to
+        groups = [list(range(len(popped)))] if self.scorer.model.ragged else _by_depth(popped, self.node_depth)
+        mine, states, stepped = self._step(popped, by, groups)
+        if team.world > 1:
+            for part in team.exchange(mine):
+                mine.update(part)
+        self.steps += len(popped)
+        self._record(popped, by, groups, mine, states, stepped)
+        store, frontier = self.store, self.frontier
+        for item in popped:
+            store.release(item[2])
+        limit = self.budget.limit - self.working
+        store.shrink(limit - ENTRY_BYTES * len(frontier), set())
+        if ENTRY_BYTES * len(frontier) > FRONTIER_SHARE * limit:
+            self.horizon = min(self.horizon, _halve(frontier, store, self.edges, self.node_pos, self.end))
+        self.budget.note(store.used + ENTRY_BYTES * len(frontier))
+        self.peak_store, self.peak_frontier = max(self.peak_store, store.used), max(self.peak_frontier, len(frontier))
+
+    def _step(
+        self, popped: list[Entry], by: list[int], groups: list[list[int]]
+    ) -> tuple[dict[int, list[float]], dict[int, State], dict[int, list[int]]]:
+        """Step this rank's entries of every group: (entry -> its children's costs, group -> the
+        new states, group -> the entries its state's rows belong to)."""
+        edges, node_pos, node_depth, store = self.edges, self.node_pos, self.node_depth, self.store
+        mine: dict[int, list[float]] = {}
+        states: dict[int, State] = {}
+        stepped: dict[int, list[int]] = {}
         for g, group in enumerate(groups):
-            sel = [i for i in group if by[i] == team.rank]
+            sel = [i for i in group if by[i] == self.team.rank]
             if sel:
-                limit = budget.limit - working - ENTRY_BYTES * len(frontier)
-                store.restore([popped[i][2] for i in sel], parent, token, node_depth, limit)
+                limit = self.budget.limit - self.working - ENTRY_BYTES * len(self.frontier)
+                store.restore([popped[i][2] for i in sel], self.parent, self.token, node_depth, limit)
                 # rows ordered as their parents' states are stored: gathering them copies once
                 sel.sort(key=lambda i: store.sort_key(popped[i][2]))
                 parents = [popped[i][2] for i in sel]
                 ids = torch.as_tensor([int(edges[node_pos[popped[i][2]]].ids[popped[i][3]]) for i in sel])
-                states[g], logp = scorer.step(store.gather(parents), ids)
+                states[g], logp = self.scorer.step(store.gather(parents), ids)
                 stepped[g] = sel  # the state's rows are these entries, in this order
                 # beside the store: the new states, their gathered input and the call's cache in full
-                full = len(sel) * size.spelled(node_depth[parents[0]] + 1)
-                budget.note(store.used + 2 * nbytes(states[g]) + nbytes(logp) + full + ENTRY_BYTES * len(frontier))
+                full = len(sel) * self.size.spelled(node_depth[parents[0]] + 1)
+                self.budget.note(
+                    store.used + 2 * nbytes(states[g]) + nbytes(logp) + full + ENTRY_BYTES * len(self.frontier)
+                )
                 for r, i in enumerate(sel):
                     nxt = int(edges[node_pos[popped[i][2]]].next[popped[i][3]])
-                    mine[i] = child_costs(popped[i][0], nxt, logp[r : r + 1])
-            if progress is not None:
-                progress(len(group))
-        if team.world > 1:
-            for part in team.exchange(mine):
-                mine.update(part)
-        steps += len(popped)
-        # every rank records the new nodes and pushes their children in the same order
+                    mine[i] = self.child_costs(popped[i][0], nxt, logp[r : r + 1])
+            if self.progress is not None:
+                self.progress(len(group))
+        return mine, states, stepped
+
+    def _record(
+        self,
+        popped: list[Entry],
+        by: list[int],
+        groups: list[list[int]],
+        mine: dict[int, list[float]],
+        states: dict[int, State],
+        stepped: dict[int, list[int]],
+    ) -> None:
+        """Every rank records the new nodes and pushes their children in the same order."""
+        edges, end, store, parent = self.edges, self.end, self.store, self.parent
         for g, group in enumerate(groups):
             node_of: dict[int, int] = {}  # entry -> its new node
             for i in group:
                 cost, _, node, j = popped[i]
-                e = edges[node_pos[node]]
+                e = edges[self.node_pos[node]]
                 nxt = int(e.next[j])
                 parent.append(node)
-                token.append(int(e.ids[j]))
-                node_pos.append(nxt)
-                node_depth.append(node_depth[node] + 1)
-                owner.append(by[i])
+                self.token.append(int(e.ids[j]))
+                self.node_pos.append(nxt)
+                self.node_depth.append(self.node_depth[node] + 1)
+                self.owner.append(by[i])
                 costs = mine[i]
                 waiting = [c for c, q in zip(costs, edges[nxt].next.tolist()) if q != end]
-                store.node(inner[nxt], min(waiting, default=float("inf")))
-                if by[i] == team.rank:
+                store.node(self.inner[nxt], min(waiting, default=float("inf")))
+                if by[i] == self.team.rank:
                     node_of[i] = len(parent) - 1
-                push(len(parent) - 1, costs)
+                self.push(len(parent) - 1, costs)
             if g in states:
                 store.add(states.pop(g), [node_of[i] for i in stepped[g]])
-        for item in popped:
-            store.release(item[2])
-        store.shrink(budget.limit - working - ENTRY_BYTES * len(frontier), set())
-        if ENTRY_BYTES * len(frontier) > FRONTIER_SHARE * (budget.limit - working):
-            horizon = min(horizon, _halve(frontier, store, edges, node_pos, end))
-        budget.note(store.used + ENTRY_BYTES * len(frontier))
-        peak_store, peak_frontier = max(peak_store, store.used), max(peak_frontier, len(frontier))
 
-    if not proven:
-        # Best found so far: proven ones, then the cheapest completed ones (order not proven).
-        while done and len(found) < top:
-            c, _, node, j = heapq.heappop(done)
-            found.append((c, node, j))
-
-    candidates = [_candidate(cf, path_of(node, j), c) for c, node, j in found]
-    details = {
-        "expanded_nodes": len(parent),
-        "noncanonical_completions": noncanonical,
-        "recomputed_steps": store.recomputed,
-        **budget.to_json(),
-        "peak_state_bytes": peak_store,
-        "peak_frontier_entries": peak_frontier,
-        "working_bytes": working,
-    }
-    if horizon < float("inf"):
-        details["frontier_horizon"] = horizon
-    return _extraction(cf, candidates, steps, t0, proven=proven, method="best-first", details=details)
+    def extraction(self, top: int, proven: bool, t0: float) -> Extraction:
+        found = self.found
+        if not proven:
+            # Best found so far: proven ones, then the cheapest completed ones (order not proven).
+            while self.done and len(found) < top:
+                c, _, node, j = heapq.heappop(self.done)
+                found.append((c, node, j))
+        candidates = [_candidate(self.cf, self.path_of(node, j), c) for c, node, j in found]
+        details = {
+            "expanded_nodes": len(self.parent),
+            "noncanonical_completions": self.noncanonical,
+            "recomputed_steps": self.store.recomputed,
+            **self.budget.to_json(),
+            "peak_state_bytes": self.peak_store,
+            "peak_frontier_entries": self.peak_frontier,
+            "working_bytes": self.working,
+        }
+        if self.horizon < float("inf"):
+            details["frontier_horizon"] = self.horizon
+        return _extraction(self.cf, candidates, self.steps, t0, proven=proven, method="best-first", details=details)
 
 
 def _halve(frontier: list, store: _Store, edges: list, node_pos: list[int], end: int) -> float:

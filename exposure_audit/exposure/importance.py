@@ -46,8 +46,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import distributed
 from ..models.base import Scorer
+from . import sharded
 from .engine import DEFAULT_BATCH, TIE_TOLERANCE
 from .math import Estimate, clamp_exposure, log2_int
 from .tree import CompiledFormat
@@ -211,9 +211,8 @@ def importance_samples(
     canonical = np.ones(m, dtype=bool)
     nodes: list[list[tuple[float, float]]] = [[] for _ in range(m)]
     noncanonical = 0
-    team = distributed.team()
     done = []
-    for lo in list(range(0, m, batch))[team.rank :: team.world]:
+    for lo in sharded.my_batches(m, batch):  # under torchrun: every world-th batch, as in one process
         chunk = rows[lo : lo + batch]
         gen = torch.Generator().manual_seed(
             random.Random(f"exposure-audit:{seed}:importance:{fmt.source}:{lo // batch}").getrandbits(63)
@@ -225,8 +224,7 @@ def importance_samples(
             ok = cf.canonical_mask([paths[i] for i in sampled])
             ok_rows[sampled] = ok
         done.append((lo, cost, lq, nd, ok_rows))
-    done, steps = team.gather_chunks(done, scorer.steps - s0)
-    scorer.steps = s0 + steps
+    done = sharded.gather_batches(scorer, done, s0)
     for lo, cost, lq, nd, ok_rows in done:
         px[lo : lo + len(cost)] = cost
         logq[lo : lo + len(cost)] = lq
@@ -257,7 +255,7 @@ def importance_samples(
         node_cost=node_cost,
         node_log2_paths=node_paths,
         components=counts,
-        steps=steps,
+        steps=scorer.steps - s0,
         seconds=time.perf_counter() - t0,
         noncanonical=noncanonical,
         proposal=proposal,

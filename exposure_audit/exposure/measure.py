@@ -23,17 +23,17 @@ import random
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from .. import distributed
 from ..data.formats import Format
+from ..data.manifest import Canary
 from ..errors import AuditError
-from ..memory import MemoryBudget
 from ..models.base import Scorer
 from ..progress import Progress
-from . import engine
+from . import engine, sharded
 from .importance import ImportanceSamples, importance_samples
 from .math import (
     SKEWNORM_MAX_SKEWNESS,
@@ -43,27 +43,15 @@ from .math import (
     sampling_estimate,
     skewnorm_exposure,
 )
+from .options import DEFAULT_MAX_STEPS, DEFAULT_SAMPLES, ESTIMATORS, METHODS, PREFER, MeasureOptions
 from .tree import CompiledFormat
-
-METHODS = ("auto", "enumerate", "pruned", "estimate", "brute")
-ESTIMATORS = ("importance", "uniform", "skewnorm")
-PREFER = ("exact", "fast")
-DEFAULT_MAX_STEPS = 20_000_000
-DEFAULT_SAMPLES = 10_000
-
-
-class CanaryLike(Protocol):
-    format: str
-    secret: str
-    insertions: int
 
 
 @dataclass
 class CanaryResult:
-    format: str
-    secret: str
-    text: str
-    insertions: int
+    """What ``measure`` found about one canary (which it points to, as it was handed in)."""
+
+    canary: Canary
     space_size: int
     log_perplexity: float
     rank: int | None
@@ -74,8 +62,27 @@ class CanaryResult:
     model_steps: int
     seconds: float
     exposure_ci: tuple[float, float] | None = None
-    id: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str | None:
+        return self.canary.id
+
+    @property
+    def format(self) -> str:
+        return self.canary.format
+
+    @property
+    def secret(self) -> str:
+        return self.canary.secret
+
+    @property
+    def text(self) -> str:
+        return self.canary.text
+
+    @property
+    def insertions(self) -> int:
+        return self.canary.insertions
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -111,55 +118,19 @@ class FormatSamples:
     skewnorm: dict[str, Any] | str  # {"fit", "point", "ci"} or why no fit was possible
 
 
-@dataclass(frozen=True)
-class MeasureOptions:
-    """How ``measure`` ranks (see the module docstring); one object instead of a dozen arguments."""
-
-    method: str = "auto"
-    max_steps: int = DEFAULT_MAX_STEPS
-    samples: int = DEFAULT_SAMPLES
-    seed: int = 0
-    batch: int = engine.DEFAULT_BATCH
-    confidence: float = 0.9
-    bootstrap: int = 100
-    context: str | None = None  # text before each canary line; None = the model's default
-    quiet: bool = True
-    estimator: str = "importance"  # the estimate reported where a rank is not exact
-    prefer: str = "exact"  # auto: exact ranks wherever the budget allows, or "fast"
-    terminator: str = "\n"  # what closes each candidate (scan: the value's next character, or "")
-    max_memory: str | int | None = None  # bytes of search state ("4GB"); None = memory.DEFAULT_MAX_MEMORY
-
-    def check(self) -> None:
-        MemoryBudget.of(self.max_memory)  # a bad size fails before any work
-        if self.method not in METHODS:
-            raise AuditError(f"unknown method {self.method!r} (choose from {', '.join(METHODS)})")
-        if self.estimator not in ESTIMATORS:
-            raise AuditError(f"unknown estimator {self.estimator!r} (choose from {', '.join(ESTIMATORS)})")
-        if self.prefer not in PREFER:
-            raise AuditError(f"unknown preference {self.prefer!r} (choose from {', '.join(PREFER)})")
-        if self.max_steps < 1:
-            raise AuditError("the model-step budget (max_steps) must be at least 1")
-        if self.samples < 1:
-            raise AuditError("the number of samples must be at least 1")
-
-
-def _result(c: CanaryLike, fmt: Format, px: float, **fields: Any) -> CanaryResult:
+def _result(c: Canary, fmt: Format, px: float, **fields: Any) -> CanaryResult:
     """A canary's result: what every method reports about the canary itself, plus ``fields``."""
     return CanaryResult(
-        format=c.format,
-        secret=c.secret,
-        text=fmt.render(c.secret),
-        insertions=c.insertions,
+        canary=c,
         space_size=fmt.space_size,
         log_perplexity=px,
         exposure_max=log2_int(fmt.space_size),
-        id=getattr(c, "id", None),
         **fields,
     )
 
 
 def _exact(
-    c: CanaryLike, fmt: Format, px: float, rank: int, method: str, steps: int, seconds: float, **details: Any
+    c: Canary, fmt: Format, px: float, rank: int, method: str, steps: int, seconds: float, **details: Any
 ) -> CanaryResult:
     rank = min(rank, fmt.space_size)
     return _result(
@@ -178,64 +149,34 @@ def _exact(
 
 def measure(
     model: Any,
-    canaries: Sequence[CanaryLike],
-    *,
-    method: str = "auto",
-    max_steps: int = DEFAULT_MAX_STEPS,
-    samples: int = DEFAULT_SAMPLES,
-    seed: int = 0,
-    batch: int = engine.DEFAULT_BATCH,
-    confidence: float = 0.9,
-    bootstrap: int = 100,
-    context: str | None = None,
-    quiet: bool = True,
-    estimator: str = "importance",
-    prefer: str = "exact",
-    collect: dict[str, Any] | None = None,
-    plans: dict[str, Any] | None = None,
-    max_memory: str | int | None = None,
-) -> list[CanaryResult]:
-    """Measure every canary; results come back in the order given.
-
-    ``collect``, if given, receives per format the uniform samples' log-perplexities and the
-    skew-normal fit (``{"scores": [...], "fit": {...}}``), for the report's histogram.
-    """
-    opts = MeasureOptions(
-        method=method,
-        max_steps=max_steps,
-        samples=samples,
-        seed=seed,
-        batch=batch,
-        confidence=confidence,
-        bootstrap=bootstrap,
-        context=context,
-        quiet=quiet,
-        estimator=estimator,
-        prefer=prefer,
-        max_memory=max_memory,
-    )
-    return measure_with(model, canaries, opts, collect=collect, plans=plans)
-
-
-def measure_with(
-    model: Any,
-    canaries: Sequence[CanaryLike],
-    opts: MeasureOptions,
+    canaries: Sequence[Any],
+    options: MeasureOptions | None = None,
     *,
     collect: dict[str, Any] | None = None,
     plans: dict[str, Any] | None = None,
     contexts: Mapping[str, str] | None = None,
     memory: dict[str, Any] | None = None,
+    **settings: Any,
 ) -> list[CanaryResult]:
-    """:func:`measure` with its options as one object. ``plans``, if given, receives per format
-    what ``auto`` chose and why (:class:`Plan`), for the report's ``model.plan``; ``memory`` the
-    search-memory budget and the peak the walks reached.
+    """Measure every canary; results come back in the order given.
+
+    ``canaries``: :class:`~exposure_audit.data.manifest.Canary` objects, or anything with their
+    ``format``, ``secret`` and ``insertions`` (and ``id``), made into one. ``options`` says how
+    (default :class:`MeasureOptions`); ``settings`` are its fields by name (``method="enumerate"``),
+    replacing those of ``options``.
+
+    ``collect``, if given, receives per format the uniform samples' log-perplexities and the
+    skew-normal fit (``{"scores": [...], "fit": {...}}``), for the report's histogram. ``plans``
+    receives per format what ``auto`` chose and why (:class:`Plan`), for the report's
+    ``model.plan``; ``memory`` the search-memory budget and the peak the walks reached.
 
     ``contexts`` maps canary ids to their own context (a chat canary's rendered conversation up
-    to it); the others use ``opts.context``. A rank compares candidates in one context, so the
+    to it); the others use ``options.context``. A rank compares candidates in one context, so the
     canaries of a format are measured in one group per distinct context (plans and collected
     samples of the extra groups are keyed ``"FORMAT @ context N"``)."""
+    opts = replace(options or MeasureOptions(), **settings)
     opts.check()
+    canaries = [Canary.of(c) for c in canaries]
     distributed.team().exchange()  # under torchrun: every rank got this far (or all stop with the error)
     scorer = Scorer.of(model, opts.max_memory)
     if memory is not None:
@@ -243,7 +184,7 @@ def measure_with(
     results: list[CanaryResult | None] = [None] * len(canaries)
     groups: dict[tuple[str, str | None], list[int]] = {}
     for i, c in enumerate(canaries):
-        own = (contexts or {}).get(getattr(c, "id", None) or "")
+        own = (contexts or {}).get(c.id or "")
         groups.setdefault((c.format, own if own is not None else opts.context), []).append(i)
     seen: dict[str, int] = {}
     for (source, context), idxs in groups.items():
@@ -332,7 +273,7 @@ def _estimate_steps(cf: CompiledFormat, opts: MeasureOptions) -> int:
 
 
 def _plan(
-    cf: CompiledFormat, group: Sequence[CanaryLike], px: np.ndarray, draws: FormatDraws, opts: MeasureOptions
+    cf: CompiledFormat, group: Sequence[Canary], px: np.ndarray, draws: FormatDraws, opts: MeasureOptions
 ) -> Plan:
     """Choose by predicted model steps (docs/method.md, ``auto``).
 
@@ -396,7 +337,7 @@ def _plan(
 
 
 def _measure_format(
-    scorer: Scorer, fmt: Format, group: list[CanaryLike], opts: MeasureOptions, want_uniform: bool = False
+    scorer: Scorer, fmt: Format, group: list[Canary], opts: MeasureOptions, want_uniform: bool = False
 ) -> tuple[list[CanaryResult], CompiledFormat, FormatDraws | None, Plan | None]:
     t0 = time.perf_counter()
     s0 = scorer.steps
@@ -448,9 +389,13 @@ def _measure_format(
             unit="step" if method == "enumerate" else "cand",
         ) as bar:
             if method == "enumerate":
-                counts = _enumerate(scorer, cf, px, opts, bar.update)
+                counts = sharded.enumerate_counts(
+                    scorer, cf, px, batch=opts.batch, progress=bar.update, quiet=opts.quiet
+                )
             else:
-                counts = _brute_force(scorer, cf, px, opts, bar.update)
+                counts = sharded.brute_force_counts(
+                    scorer, cf, px, context=opts.context, batch=opts.batch, progress=bar.update, quiet=opts.quiet
+                )
         steps = scorer.steps - s1 + setup_steps
         seconds = time.perf_counter() - t1 + setup_seconds
         results = [
@@ -475,7 +420,9 @@ def _measure_format(
         bounds: tuple[int, int] | None = None
         if try_pruned:
             with Progress(total=opts.max_steps, desc=f"pruned {fmt.source}", quiet=opts.quiet, unit="step") as bar:
-                pr = _pruned(scorer, cf, float(p), opts, bar.update)
+                pr = sharded.pruned_rank(
+                    scorer, cf, float(p), max_steps=opts.max_steps, batch=opts.batch, progress=bar.update
+                )
             if pr.rank is not None:
                 extra = {}
                 if draws is not None:
@@ -497,84 +444,6 @@ def _measure_format(
     return out, cf, draws, plan
 
 
-# -- the heavy parts, shared by the ranks of a torchrun job (docs/distributed.md) ----------
-# Each returns what one process would: counts are exact integer sums, and the model steps
-# reported are those of one walk of the whole tree (Scorer.steps is set to them), so the report
-# does not depend on the world size.
-
-
-def _subtree_align(fmt: Format, world: int) -> int:
-    """Candidates under one node after the first hole characters: shards made of whole such
-    subtrees share no node below them. Enough subtrees for every rank (4 each where |R| allows)."""
-    blocks, k = 1, 0
-    while k < len(fmt.radices) and blocks < 4 * world:
-        blocks *= len(fmt.radices[k])
-        k += 1
-    return max(1, fmt.space_size // blocks)
-
-
-def _shard(cf: CompiledFormat, align: int, opts: MeasureOptions) -> tuple[int, int]:
-    team = distributed.team()
-    size = cf.fmt.space_size
-    useful = -(-size // align)
-    if useful < team.world and not opts.quiet:
-        distributed.note(
-            f"format {cf.fmt.source!r}: {useful} shard(s) of work for {team.world} ranks; {team.world - useful} idle"
-        )
-    return team.split(size, align)
-
-
-def _enumerate(scorer: Scorer, cf: CompiledFormat, px: np.ndarray, opts: MeasureOptions, progress) -> np.ndarray:
-    team = distributed.team()
-    if team.world == 1 or not cf.track_index:
-        return engine.enumerate_counts(scorer, cf, px, batch=opts.batch, progress=progress)[0]
-    s0 = scorer.steps
-    lo, hi = _shard(cf, _subtree_align(cf.fmt, team.world), opts)
-    counts, res = engine.enumerate_counts(scorer, cf, px, batch=opts.batch, index_range=(lo, hi), progress=progress)
-    *total, steps = team.all_sum([*counts.tolist(), res.steps - res.foreign_steps])
-    scorer.steps = s0 + steps
-    return np.asarray(total, dtype=np.int64)
-
-
-def _brute_force(scorer: Scorer, cf: CompiledFormat, px: np.ndarray, opts: MeasureOptions, progress) -> np.ndarray:
-    team = distributed.team()
-    fmt = cf.fmt
-    if team.world == 1:
-        return engine.brute_force_counts(scorer, fmt, px, context=opts.context, batch=opts.batch, progress=progress)
-    s0 = scorer.steps
-    lo, hi = _shard(cf, opts.batch, opts)  # whole batches: every score as in one process
-    counts = engine.brute_force_counts(
-        scorer, fmt, px, context=opts.context, batch=opts.batch, progress=progress, index_range=(lo, hi)
-    )
-    *total, steps = team.all_sum([*counts.tolist(), scorer.steps - s0])
-    scorer.steps = s0 + steps
-    return np.asarray(total, dtype=np.int64)
-
-
-def _pruned(scorer: Scorer, cf: CompiledFormat, px: float, opts: MeasureOptions, progress) -> engine.PrunedRank:
-    """A pruned walk, its subtrees under the first hole characters shared by the ranks.
-
-    Within the budget the ranks' counts add up to the exact rank, and their steps (each node
-    once) to one walk's. Where the budget runs out, the proven bounds depend on the order in
-    which one walk met the nodes, so every rank then takes that one walk: the report stays the
-    single process's."""
-    team = distributed.team()
-    single = dict(max_steps=opts.max_steps, batch=opts.batch, progress=progress)
-    if team.world == 1 or not cf.track_index:
-        return engine.pruned_rank(scorer, cf, px, **single)
-    s0 = scorer.steps
-    lo, hi = team.split(cf.fmt.space_size, _subtree_align(cf.fmt, team.world))
-    pr = engine.pruned_rank(scorer, cf, px, index_range=(lo, hi), **single)
-    res = pr.result
-    found, steps, unfinished = team.all_sum([pr.found, res.steps - res.foreign_steps, 0 if res.complete else 1])
-    if not unfinished and steps <= opts.max_steps:
-        rank = max(1, found)
-        scorer.steps = s0 + steps
-        return engine.PrunedRank(rank, (rank, rank), res, found)
-    scorer.steps = s0
-    return engine.pruned_rank(scorer, cf, px, **single)
-
-
 def _finish(plan: Plan, steps: int, exact: int, seconds: float) -> None:
     plan.actual_steps, plan.exact, plan.seconds = steps, exact, round(seconds, 3)
 
@@ -589,8 +458,7 @@ def _sample_scores(scorer: Scorer, cf: CompiledFormat, px: Sequence[float], opts
     secrets = fmt.sample(rng, opts.samples, distinct=distinct)
     scores = np.empty(len(secrets))
     # under torchrun each rank scores every world-th batch; the batches are those of one process
-    team = distributed.team()
-    mine = list(range(0, len(secrets), opts.batch))[team.rank :: team.world]
+    mine = sharded.my_batches(len(secrets), opts.batch)
     done: list[tuple[int, np.ndarray]] = []
     share = sum(len(secrets[lo : lo + opts.batch]) for lo in mine)
     with Progress(total=share, desc=f"sample {fmt.source}", quiet=opts.quiet, unit="cand") as bar:
@@ -598,8 +466,8 @@ def _sample_scores(scorer: Scorer, cf: CompiledFormat, px: Sequence[float], opts
             chunk = secrets[lo : lo + opts.batch]
             done.append((lo, engine.score_secrets(scorer, cf, chunk, opts.batch)))
             bar.update(len(chunk))
-    done, steps = team.gather_chunks(done, scorer.steps - s0)
-    scorer.steps = s0 + steps
+    done = sharded.gather_batches(scorer, done, s0)
+    steps = scorer.steps - s0
     for lo, chunk_scores in done:
         scores[lo : lo + len(chunk_scores)] = chunk_scores
     try:
@@ -678,7 +546,7 @@ def _estimate(
 
 
 def _estimated(
-    c: CanaryLike,
+    c: Canary,
     fmt: Format,
     px: float,
     i: int,
@@ -712,4 +580,14 @@ def _estimated(
     )
 
 
-__all__ = ["ESTIMATORS", "METHODS", "PREFER", "CanaryResult", "MeasureOptions", "Plan", "measure", "measure_with"]
+__all__ = [
+    "DEFAULT_MAX_STEPS",
+    "DEFAULT_SAMPLES",
+    "ESTIMATORS",
+    "METHODS",
+    "PREFER",
+    "CanaryResult",
+    "MeasureOptions",
+    "Plan",
+    "measure",
+]

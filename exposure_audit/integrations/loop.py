@@ -8,13 +8,15 @@ mode it was in.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..training.metrics import MetricsLog
-from ..training.tracking import Tracked, measure_tracked, read_canaries
+from ..exposure.options import MeasureOptions
+from ..training.tracking import TRACKING, Tracked, measure_tracked, read_canaries
 
 _VIEWS: dict[tuple[int, int], Any] = {}  # (module, tokenizer) -> its scoring view (token table built once)
 
@@ -48,25 +50,31 @@ def scoring_view(model: Any, tokenizer: Any = None) -> Any:
     return view
 
 
+# a plain loop or a Trainer measures often: exact ranks only where they cost no more than the estimate
+LOOP_TRACKING = replace(TRACKING, samples=1000, max_steps=200_000, prefer="fast")
+
+
 def track(
     model: Any,
     tokenizer: Any,
     canaries: Any,
+    options: MeasureOptions | None = None,
     *,
     step: int | None = None,
     epoch: int = 0,
     metrics: Path | str | None = None,
-    context: str | None = None,
-    samples: int = 1000,
-    max_steps: int = 200_000,
-    prefer: str = "fast",
-    estimator: str = "importance",
-    seed: int = 0,
+    **settings: Any,
 ) -> Tracked:
     """Measure ``canaries`` (a ``canaries.json`` path, an insert folder, a Manifest or a list) on
     ``model`` now. With ``metrics`` (a path) the figures are appended to that ``metrics.jsonl`` as a
-    "track" record of ``step``, in this tool's schema. ``prefer="fast"``: exact ranks only where they
-    cost no more than the estimate (tracking runs often); ``"exact"``: wherever ``max_steps`` allows."""
+    "track" record of ``step``, in this tool's schema.
+
+    How: ``options`` (default :data:`LOOP_TRACKING`: ``samples=1000``, ``max_steps=200_000``,
+    ``prefer="fast"``, exact ranks only where they cost no more than the estimate, as tracking
+    runs often; ``"exact"``: wherever ``max_steps`` allows), with ``settings`` (any of its fields
+    by name: ``context``, ``samples``, ``max_steps``, ``prefer``, ``estimator``, ``seed``, ...)
+    replacing its fields."""
+    opts = replace(options or LOOP_TRACKING, **settings)
     view = scoring_view(model, tokenizer)
     net = view.model if hasattr(view, "model") else view
     was_training = bool(getattr(net, "training", False))
@@ -74,16 +82,7 @@ def track(
         if hasattr(net, "eval"):
             net.eval()
         with torch.no_grad():
-            tracked = measure_tracked(
-                view,
-                read_canaries(canaries),
-                samples=samples,
-                max_steps=max_steps,
-                estimator=estimator,
-                prefer=prefer,
-                seed=seed,
-                context=context,
-            )
+            tracked = measure_tracked(view, read_canaries(canaries), opts)
     finally:
         if was_training:
             net.train()

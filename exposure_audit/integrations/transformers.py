@@ -28,13 +28,15 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from transformers import Trainer, TrainerCallback
 
+from ..exposure.options import MeasureOptions
 from ..training.tracking import Tracked, read_canaries
-from .loop import track
+from .loop import LOOP_TRACKING, track
 from .verdict import VERDICT, write_verdict
 
 
@@ -52,6 +54,12 @@ def _calling_trainer() -> Trainer | None:
 
 
 class ExposureCallback(TrainerCallback):
+    """See the module docstring. The measurement's settings (``context``, ``samples``,
+    ``max_steps``, ``seed``, and any other field of :class:`~exposure_audit.exposure.options.MeasureOptions`)
+    are keyword arguments as before, gathered into ``self.options`` over ``options`` (default:
+    :data:`~exposure_audit.integrations.loop.LOOP_TRACKING`): a Trainer script written for this
+    constructor keeps working, and a new measure option needs no new parameter here."""
+
     def __init__(
         self,
         canaries: Any,
@@ -62,13 +70,12 @@ class ExposureCallback(TrainerCallback):
         tokenizer: Any = None,
         metrics_path: Path | str | None = None,
         verdict_path: Path | str | None = None,
-        context: str | None = None,
-        samples: int = 1000,
-        max_steps: int = 200_000,
-        seed: int = 0,
+        options: MeasureOptions | None = None,
+        **settings: Any,
     ) -> None:
         if every_n_steps < 1:
             raise ValueError("every_n_steps must be at least 1")
+        self.options = replace(options or LOOP_TRACKING, **settings)
         self.canaries = read_canaries(canaries)
         self.every = every_n_steps
         self.fail_above = fail_above
@@ -76,10 +83,6 @@ class ExposureCallback(TrainerCallback):
         self.tokenizer = tokenizer
         self.metrics_path = metrics_path
         self.verdict_path = verdict_path
-        self.context = context
-        self.samples = samples
-        self.max_steps = max_steps
-        self.seed = seed
         self.last: Tracked | None = None
         self.last_step: int | None = None
         self.highest_seen: float | None = None
@@ -112,13 +115,10 @@ class ExposureCallback(TrainerCallback):
             model,
             tokenizer,
             self.canaries,
+            self.options,
             step=state.global_step,
             epoch=int(state.epoch or 0),
             metrics=metrics if main else None,
-            context=self.context,
-            samples=self.samples,
-            max_steps=self.max_steps,
-            seed=self.seed,
         )
         self.last, self.last_step = tracked, state.global_step
         if tracked.highest is not None:

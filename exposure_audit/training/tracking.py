@@ -13,13 +13,14 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from ..config import TrackConfig
 from ..data.manifest import Canary, Manifest
 from ..exposure.measure import CanaryResult, measure
+from ..exposure.options import MeasureOptions
 from ..reports.report import by_insertions
 
 
@@ -51,36 +52,30 @@ def read_canaries(canaries: Any) -> list[Canary]:
     return list(canaries)
 
 
-def measure_tracked(
-    model: Any,
-    canaries: Sequence[Canary],
-    *,
-    samples: int = 2000,
-    max_steps: int = 2_000_000,
-    estimator: str = "importance",
-    prefer: str = "exact",
-    seed: int = 0,
-    context: str | None = None,
-    max_memory: str | int | None = None,
-) -> Tracked:
-    """Measure ``canaries`` on ``model`` (behind the scoring interface): exact where the budget allows
-    (``prefer="fast"``: only where an exact rank costs no more than the estimate), else estimated."""
-    t0 = time.perf_counter()
-    results = measure(
-        model,
-        canaries,
-        method="auto",
-        max_steps=max_steps,
-        samples=samples,
+# what a measurement during training is: auto (exact where the budget allows, else estimated),
+# no bootstrap, and the unbiased importance estimate by default (no ceiling at log2(samples + 1),
+# so a curve does not flatten or jump where the uniform estimate runs out of samples)
+TRACKING = MeasureOptions(method="auto", samples=2000, max_steps=2_000_000, bootstrap=0)
+
+
+def tracking_options(cfg: TrackConfig, seed: int) -> MeasureOptions:
+    """The config's ``train.track`` section as measure's options."""
+    return replace(
+        TRACKING,
+        samples=cfg.samples,
+        max_steps=cfg.max_steps,
+        estimator=cfg.estimator,
         seed=seed,
-        bootstrap=0,
-        # the unbiased importance estimate by default: no ceiling at log2(samples + 1), so a
-        # curve does not flatten or jump where the uniform estimate runs out of samples
-        estimator=estimator,
-        prefer=prefer,
-        context=context,
-        max_memory=max_memory,
+        max_memory=cfg.max_memory,
     )
+
+
+def measure_tracked(model: Any, canaries: Sequence[Canary], options: MeasureOptions = TRACKING) -> Tracked:
+    """Measure ``canaries`` on ``model`` (behind the scoring interface) by ``options``: exact where
+    the budget allows (``prefer="fast"``: only where an exact rank costs no more than the estimate),
+    else estimated."""
+    t0 = time.perf_counter()
+    results = measure(model, canaries, options)
     by_n = by_insertions((c.insertions, r.exposure) for c, r in zip(canaries, results))
     means = {n: statistics.fmean(v) for n, v in by_n.items()}
     record = {
@@ -110,13 +105,5 @@ class ExposureTracker:
     def __call__(self, event: str, record: dict[str, Any], model_fn: Callable[[], Any]) -> None:
         if event == "step" and (self.cfg.every <= 0 or record["step"] % self.cfg.every):
             return
-        tracked = measure_tracked(
-            model_fn(),
-            self.canaries,
-            samples=self.cfg.samples,
-            max_steps=self.cfg.max_steps,
-            estimator=self.cfg.estimator,
-            seed=self.seed,
-            max_memory=self.cfg.max_memory,
-        )
+        tracked = measure_tracked(model_fn(), self.canaries, tracking_options(self.cfg, self.seed))
         record.update(tracked.record)
