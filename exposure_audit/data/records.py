@@ -17,6 +17,7 @@ import hashlib
 import io
 import json
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -173,12 +174,21 @@ def open_file(path: Path, what: str) -> Any:
 # ---------------------------------------------------------------- writers
 
 
-class _Writer:
+class _Writer(ABC):
     """Writes records back in a corpus's format, and says where each planted canary went.
 
     ``copy`` writes a record as read, ``changed`` with new texts (canary lines inserted),
     ``canary`` a canary as a record of its own; the locations are the manifest's
     ``locations`` entries (``record``: the index in the training output)."""
+
+    @abstractmethod
+    def copy(self, rec: Record) -> None: ...
+
+    @abstractmethod
+    def changed(self, rec: Record, texts: list[str]) -> None: ...
+
+    @abstractmethod
+    def _write_canary(self, text: str) -> None: ...
 
     def location(self, index: int, rec: Record, message: int, line: int) -> dict[str, Any]:
         """Where a canary line inserted at ``line`` of text ``message`` of record ``rec`` went."""
@@ -188,9 +198,6 @@ class _Writer:
         """Write a canary as record ``index`` of its own; its location."""
         self._write_canary(text)
         return {"record": index, "line": 0}
-
-    def _write_canary(self, text: str) -> None:
-        raise NotImplementedError
 
     def close(self) -> None:
         pass
