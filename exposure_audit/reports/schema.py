@@ -15,7 +15,7 @@ parts (the model's own description, the measure options, the plans) stay plain d
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, ClassVar, TypeVar
 
 R = TypeVar("R", bound="Record")
@@ -100,10 +100,19 @@ class Record:
             if key in self._extra:
                 out[key] = self._extra[key]
             elif key in names and key not in out:
-                in_file = read and key in self._keys
-                if in_file or getattr(self, key) is not None or (not read and key not in self.OPTIONAL):
+                value = getattr(self, key)
+                if read:  # as in the file, plus what was set since (an older file lacks some keys)
+                    keep = key in self._keys or value != self._default(key)
+                else:  # a new record: every key, less the optional sections it does not have
+                    keep = key not in self.OPTIONAL or value is not None
+                if keep:
                     out[key] = self._encode(key)
         return out
+
+    @classmethod
+    def _default(cls, key: str) -> Any:
+        f = next(f for f in fields(cls) if f.name == key)
+        return f.default_factory() if f.default_factory is not MISSING else f.default
 
 
 @dataclass(kw_only=True)
