@@ -233,3 +233,40 @@ def test_parquet_without_pyarrow_is_a_clear_error(tmp_path, monkeypatch, capsys)
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "pip install 'exposure-audit[parquet]'" in err and "\n" not in err
     assert not (tmp_path / "o").exists() and [p.name for p in tmp_path.iterdir()] == ["c.parquet"]
+
+
+@pytest.mark.parametrize(
+    "kind, placement", [("jsonl", "record"), ("chat", "line"), ("csv", "line"), ("folder", None), ("parquet", None)]
+)
+def test_spec_reads_itself_back_from_the_manifest(tmp_path, kind, placement):
+    """The manifest's ``data`` entry is the Spec insert read the corpus with; data_spec gives it back."""
+    from exposure_audit.data.corpus import data_path, data_spec
+    from exposure_audit.data.records import Spec, detect_chat, make_spec
+
+    corpus = write_corpus(tmp_path, kind)
+    data = insert(tmp_path, corpus, "data", *(["--placement", placement] if placement else []))
+    used = detect_chat(corpus, make_spec(corpus, None, None, None, placement))
+    manifest = Manifest.read(data / "canaries.json")
+    assert manifest.data == used.to_manifest()
+    assert Spec.from_manifest(manifest.data) == used == data_spec(data)
+    assert data_path(data, "train").exists()
+    # each location is the one its format's writer gives: chat names the message, a folder the file
+    locs = [loc for c in manifest.canaries for loc in c.locations]
+    assert locs and all(loc["record"] < manifest.train["records"] for loc in locs)
+    keys = {"line": {"record", "line"}, "chat": {"record", "message", "line"}, "folder": {"record", "file", "line"}}
+    expect = (
+        keys["chat"] if used.chat and used.placement == "line" else keys["folder"] if kind == "folder" else keys["line"]
+    )
+    assert all(set(loc) == expect for loc in locs)
+    if used.placement == "record":
+        assert all(loc["line"] == 0 for loc in locs)
+
+
+def test_spec_of_a_text_folder_is_plain_text(tmp_path):
+    from exposure_audit.data.corpus import data_spec
+    from exposure_audit.data.records import Spec
+
+    data = make_data(tmp_path, lines=200, schedule="0,1")
+    assert Manifest.read(data / "canaries.json").data is None
+    assert data_spec(data) == Spec.from_manifest(None) == Spec(format="txt")
+    assert data_spec(tmp_path / "no-manifest-here") == Spec(format="txt")

@@ -149,3 +149,80 @@ def test_plain_reading_of_a_memorized_secret():
     assert risk_level(29.9 - 3.585, 29.9) == "high" and risk_level(29.9 - 3.3, 29.9) == "critical"
     assert risk_level(0.5, 29.9) == "low" and risk_level(6.0, 29.9) == "elevated"
     assert risk_level(1.02, 9.97) == "low"  # rank 492 of 1,000: within 2^20 guesses, but not memorized
+
+
+def _old_layout(data):
+    """A report as older versions wrote it: before `data` (provenance), the manifest's seed,
+    the search plans and memory, the context used, and the canaries' estimator details."""
+    old = json.loads(json.dumps(data))
+    del old["data"]
+    for key in ("plan", "search_memory", "context_used"):
+        del old["model"][key]
+    for c in old["canaries"]:
+        for key in [k for k in c if k.startswith(("estimate_", "predicted_"))]:
+            del c[key]
+    return old
+
+
+def test_typed_report_round_trips_real_and_old_reports(audits, tmp_path):
+    import shutil
+
+    from exposure_audit.reports.schema import Report
+
+    for name in ("plain", "redacted"):
+        raw = (audits[name] / "report.json").read_text()
+        data = json.loads(raw)
+        report = Report.from_json(data)
+        assert report.to_json() == data
+        assert json.dumps(report.to_json(), indent=2) == json.dumps(data, indent=2)  # key order kept too
+        # what the readers see, as attributes
+        assert [c.exposure for c in report.canaries] == [c["exposure"] for c in data["canaries"]]
+        assert report.canaries[0].space_size == int(data["canaries"][0]["space_size"])
+        assert report.extraction.top == data["extraction"]["top"] == 10
+        assert [r.position for r in report.extraction.canaries] == [
+            r["position"] for r in data["extraction"]["canaries"]
+        ]
+        final = report.model.training.final
+        assert final.valid_bpc == data["model"]["training"]["final"]["valid_bpc"] and final.epoch == 1  # one epoch
+        assert report.privacy is None and report.data.format == "txt" and report.passed is False
+    old = _old_layout(json.loads((audits["plain"] / "report.json").read_text()))
+    assert "data" not in old and Report.from_json(old).to_json() == old
+    assert list(Report.from_json(old).to_json()) == list(old)
+    # `exposure-audit report` re-renders a folder holding an old report: provenance from the manifest
+    folder = tmp_path / "old-run"
+    shutil.copytree(audits["plain"], folder)
+    (folder / "report.json").write_text(json.dumps(old, indent=2))
+    (folder / "report.html").unlink()
+    assert main(["report", str(folder)]) == 0
+    prov = {row[0]: row[1] for row in parse(folder / "report.html").tables[-1]}
+    manifest = json.loads((folder / "data" / "canaries.json").read_text())
+    assert prov["corpus sha256"] == manifest["corpus"]["sha256"]
+    assert json.loads((folder / "report.json").read_text()) == old  # re-rendering leaves the report as it was
+
+
+def test_sweep_rows_round_trip():
+    from exposure_audit.reports.report import sweep_table
+    from exposure_audit.reports.schema import Sweep
+
+    data = {
+        "schema": 1,
+        "kind": "exposure-audit/sweep",
+        "runs": [
+            {
+                "name": "dp",
+                "valid_bpc": 2.5,
+                "train_bpc": 2.4,
+                "epsilon": 3.0,
+                "delta": 1e-5,
+                "dropout": 0.0,
+                "weight_decay": 0.0,
+                "training_seconds": 1.5,
+                "exposure_inserted_mean": 1.2,
+                "exposure_by_insertions": {"0": {"mean": 1.0, "max": 2.0}, "4": {"mean": 1.5, "max": 3.25}},
+            }
+        ],
+    }
+    sweep = Sweep.from_json(data)
+    assert sweep.to_json() == data and list(sweep.to_json()["runs"][0]) == list(data["runs"][0])
+    assert sweep.runs[0].exposure_by_insertions["4"].max == 3.25
+    assert sweep_table(sweep.runs).splitlines()[-1].split() == ["dp", "2.500", "3", "1.0/", "2.0", "1.5/", "3.2"]

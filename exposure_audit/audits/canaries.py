@@ -293,7 +293,7 @@ def run_audit(
     model = load_model(tmp / "model")
     echo("[3/4] measure")
     samples: dict[str, Any] = {}
-    code, report = measure_and_report(
+    code, written = measure_and_report(
         # chat canaries in their trained context (data_dir) where the model has a chat template
         Target(model, manifest, model_ref=final / "model", data_folder=data_dir),
         replace(cfg.measure, seed=cfg.seed, quiet=quiet),
@@ -302,6 +302,9 @@ def run_audit(
         extra={"training": {"seconds": round(result.seconds, 3), "final": last}},
         collect=samples,
     )
+    from ..reports.schema import ExtractionSummary, Report
+
+    report = Report.from_json(written)  # the typed report: the sections below are added to it
     if cfg.extract.enabled:
         echo(f"[4/4] extract: best-first top {cfg.extract.top} per format")
         formats = [Format.parse(src) for src in dict.fromkeys(c.format for c in manifest.canaries)]
@@ -317,11 +320,13 @@ def run_audit(
         lines.insert(1, f"extraction ({proof})")
         text = "\n".join(lines)
         emit(text)
-        report["extraction"] = {k: v for k, v in summary.items() if k not in ("schema", "kind")}
-        report["table"] += "\n" + text
+        report.extraction = ExtractionSummary.from_json(
+            {k: v for k, v in summary.items() if k not in ("schema", "kind")}
+        )
+        report.table = (report.table or "") + "\n" + text
     if cfg.memorization.enabled:
         code = max(code, _memorization_section(cfg, tmp, data_dir, report, quiet=quiet, echo=echo, emit=emit))
-    atomic_write_json(tmp / "report.json", report)
+    atomic_write_json(tmp / "report.json", report.to_json())
     if markdown is not None:
         from ..reports.review import markdown as markdown_summary
 
@@ -342,9 +347,10 @@ def run_audit(
     return code
 
 
-def _memorization_section(cfg: AuditConfig, tmp: Path, data_dir: Path, report: dict[str, Any], **kw: Any) -> int:
+def _memorization_section(cfg: AuditConfig, tmp: Path, data_dir: Path, report: Any, **kw: Any) -> int:
     """`memorization` on this run's data and model, beside the canaries: OUT/memorization.{json,html};
-    report.json gets its headline figures (docs/memorization.md)."""
+    the report (a ``reports.schema.Report``) gets its headline figures (docs/memorization.md)."""
+    from ..reports.schema import Memorization
     from .memorization import options_from_config, run_memorization
     from .memorization_report import Outputs, table
 
@@ -355,16 +361,16 @@ def _memorization_section(cfg: AuditConfig, tmp: Path, data_dir: Path, report: d
     kw["emit"](text)
     r = result.report
     attacks = (r["mia"] or {}).get("attacks", {})
-    report["memorization"] = {
-        "file": "memorization.json",
-        "exact_match_rate": r["discoverable"]["exact_match_rate"],
-        "by_copies": r["discoverable"]["by_copies"],
-        "extractable_fraction": r["probabilistic"]["extractable_fraction"],
-        "auc": {name: a["auc"] for name, a in attacks.items()},
-        "tpr_at_1pct_fpr": {name: a["tpr_at_1pct_fpr"] for name, a in attacks.items()},
-        "failed": result.failures,
-    }
-    report["table"] += "\n\n" + text
+    report.memorization = Memorization(
+        file="memorization.json",
+        exact_match_rate=r["discoverable"]["exact_match_rate"],
+        by_copies=r["discoverable"]["by_copies"],
+        extractable_fraction=r["probabilistic"]["extractable_fraction"],
+        auc={name: a["auc"] for name, a in attacks.items()},
+        tpr_at_1pct_fpr={name: a["tpr_at_1pct_fpr"] for name, a in attacks.items()},
+        failed=result.failures,
+    )
+    report.table = (report.table or "") + "\n\n" + text
     return result.code
 
 
@@ -377,12 +383,14 @@ def run_sweep(
     quiet: bool,
     echo: Emit,
     emit: Emit,
-) -> list[dict[str, Any]]:
+) -> list[Any]:
     """The audit over a grid of settings sharing one insertion (``tmp/data``); one folder per run,
-    ``sweep.json`` and the privacy/utility figure. Returns the rows of the sweep table."""
+    ``sweep.json`` and the privacy/utility figure. Returns the rows of the sweep table
+    (``reports.schema.SweepRow``)."""
     from ..data.pipeline import insert_folder
     from ..files import atomic_write_json
     from ..reports.plots import render_sweep
+    from ..reports.schema import Sweep
 
     (tmp / "data").mkdir()
     echo(f"insert: {', '.join(base.insert.formats)} x schedule {base.insert.schedule} (shared by {len(runs)} runs)")
@@ -393,30 +401,32 @@ def run_sweep(
         (tmp / name).mkdir()
         run_audit(cfg, tmp / name, final / name, redact=False, quiet=quiet, echo=echo, emit=emit, data_dir=tmp / "data")
         rows.append(sweep_row(name, cfg, tmp / name))
-    atomic_write_json(tmp / "sweep.json", {"schema": 1, "kind": "exposure-audit/sweep", "runs": rows})
+    atomic_write_json(tmp / "sweep.json", Sweep(runs=rows).to_json())
     render_sweep(tmp, final.name)
     return rows
 
 
-def sweep_row(name: str, cfg: AuditConfig, folder: Path) -> dict[str, Any]:
-    """One setting's figures: utility (validation bits/char), epsilon, exposure per insertion count."""
-    from ..files import read_json
+def sweep_row(name: str, cfg: AuditConfig, folder: Path) -> Any:
+    """One setting's figures (a ``reports.schema.SweepRow``): utility (validation bits/char),
+    epsilon, exposure per insertion count."""
+    from ..reports.plots import read_report
     from ..reports.report import by_insertions
+    from ..reports.schema import Exposures, SweepRow
 
-    report = read_json(folder / "report.json", "report")
-    final = report["model"]["training"]["final"]
-    privacy = report["model"].get("privacy")
-    by_n = by_insertions((c["insertions"], c["exposure"]) for c in report["canaries"])
+    report = read_report(folder / "report.json")
+    training, privacy = report.training, report.privacy
+    assert training is not None and training.final is not None, "an audit's report records its training"
+    by_n = by_insertions((c.insertions, c.exposure) for c in report.canaries)
     inserted = [e for n, es in by_n.items() if n > 0 for e in es]
-    return {
-        "name": name,
-        "valid_bpc": final["valid_bpc"],
-        "train_bpc": final["train_bpc"],
-        "epsilon": privacy["epsilon"] if privacy else None,
-        "delta": privacy["delta"] if privacy else None,
-        "dropout": cfg.model.dropout,
-        "weight_decay": cfg.train.weight_decay,
-        "training_seconds": report["model"]["training"]["seconds"],
-        "exposure_inserted_mean": statistics.fmean(inserted) if inserted else 0.0,
-        "exposure_by_insertions": {str(n): {"mean": statistics.fmean(es), "max": max(es)} for n, es in by_n.items()},
-    }
+    return SweepRow(
+        name=name,
+        valid_bpc=training.final.valid_bpc,
+        train_bpc=training.final.train_bpc,
+        epsilon=privacy.epsilon if privacy else None,
+        delta=privacy.delta if privacy else None,
+        dropout=cfg.model.dropout,
+        weight_decay=cfg.train.weight_decay,
+        training_seconds=training.seconds,
+        exposure_inserted_mean=statistics.fmean(inserted) if inserted else 0.0,
+        exposure_by_insertions={str(n): Exposures(mean=statistics.fmean(es), max=max(es)) for n, es in by_n.items()},
+    )

@@ -17,7 +17,7 @@ from ..data.manifest import Canary
 from ..errors import AuditError
 from ..progress import Progress
 from .findings import ChatRenderer, Finding
-from .scan import SHA_PREFIX, Measured, ScanOptions
+from .scan_types import SHA_PREFIX, Measured, ScanOptions, mask
 
 
 @dataclass
@@ -99,8 +99,6 @@ def check_spells(model: Any, findings: list[Finding], opts: ScanOptions, what: s
 
 def _scrub(message: str, f: Finding) -> str:
     """An error's text with the value (and its hole characters) masked: errors reach reports and stderr."""
-    from .scan import mask
-
     out = message
     for raw in sorted({f.value, _canary(f)[1].secret}, key=len, reverse=True):
         if len(raw) >= 3:

@@ -171,12 +171,7 @@ def insert_canaries(
     ``canaries`` already drawn (e.g. dp-audit's, planted with probability 1/2) replace the
     ones ``formats``, ``schedule`` and ``per_count`` would draw.
     """
-    if per_count < 1:
-        raise AuditError("per-count must be at least 1")
-    if any(n < 0 for n in schedule) or not schedule:
-        raise AuditError("the schedule needs insertion counts >= 0, e.g. 0,1,2,4")
-    if not 0 <= valid_fraction < 1:
-        raise AuditError("valid_fraction must be in [0, 1)")
+    _check_plan(schedule, per_count, valid_fraction)
     stats = scan(source, progress)
     valid_blocks = _valid_blocks(stats.lines, valid_fraction, seed)
     valid_lines = sum(min(VALID_BLOCK_LINES, stats.lines - b * VALID_BLOCK_LINES) for b in valid_blocks)
@@ -190,13 +185,7 @@ def insert_canaries(
             "(use a larger corpus, a shorter schedule or a smaller --per-count)"
         )
     # Plan: for every canary, distinct boundaries 0..train_lines (insert before that train line).
-    rng = random.Random(f"exposure-audit:{seed}:positions")
-    at: dict[int, list[int]] = {}
-    for ci, c in enumerate(canaries):
-        for b in sorted(rng.sample(range(train_lines + 1), c.insertions)):
-            at.setdefault(b, []).append(ci)
-    for b in at:
-        rng.shuffle(at[b])  # several canaries at one boundary: no canary-order bias
+    at = _plan_slots(random.Random(f"exposure-audit:{seed}:positions"), canaries, train_lines + 1)
 
     def emit_canaries(boundary: int, out: io.TextIOBase, line_no: int) -> int:
         for ci in at.get(boundary, ()):
@@ -304,6 +293,27 @@ class RecordInsertion:
     valid_records: int
 
 
+def _check_plan(schedule: Sequence[int], per_count: int, valid_fraction: float) -> None:
+    if per_count < 1:
+        raise AuditError("per-count must be at least 1")
+    if any(n < 0 for n in schedule) or not schedule:
+        raise AuditError("the schedule needs insertion counts >= 0, e.g. 0,1,2,4")
+    if not 0 <= valid_fraction < 1:
+        raise AuditError("valid_fraction must be in [0, 1)")
+
+
+def _plan_slots(rng: random.Random, canaries: Sequence[PlannedCanary], slots: int) -> dict[int, list[int]]:
+    """For every canary, ``insertions`` distinct slots out of ``slots``: slot -> canaries there.
+    Several canaries at one slot are shuffled, so no canary order is favoured."""
+    at: dict[int, list[int]] = {}
+    for ci, c in enumerate(canaries):
+        for b in sorted(rng.sample(range(slots), c.insertions)):
+            at.setdefault(b, []).append(ci)
+    for b in at:
+        rng.shuffle(at[b])
+    return at
+
+
 def insert_records(
     source: Path,
     spec,
@@ -322,15 +332,11 @@ def insert_records(
     ``spec.placement`` "record": each insertion is a new record at a record boundary chosen
     uniformly; "line": each insertion is a line inside a training record, at a line boundary
     chosen uniformly among all training records' line boundaries. Validation holds whole records
-    (never a canary). Same inputs and seed give byte-identical files."""
+    (never a canary). Same inputs and seed give byte-identical files. The writers
+    (``records.open_writer``) say where each canary went."""
     from . import records as rec_mod
 
-    if per_count < 1:
-        raise AuditError("per-count must be at least 1")
-    if any(n < 0 for n in schedule) or not schedule:
-        raise AuditError("the schedule needs insertion counts >= 0, e.g. 0,1,2,4")
-    if not 0 <= valid_fraction < 1:
-        raise AuditError("valid_fraction must be in [0, 1)")
+    _check_plan(schedule, per_count, valid_fraction)
     stats = scan_records(source, spec, seed, valid_fraction, progress)
     canaries = draw_canaries(formats, schedule, per_count, seed)
     total = sum(c.insertions for c in canaries)
@@ -342,25 +348,16 @@ def insert_records(
             f"corpus too small: {slots} {unit} for {total} canary insertions "
             "(use a larger corpus, a shorter schedule or a smaller --per-count)"
         )
-    rng = random.Random(f"exposure-audit:{seed}:positions:{spec.placement}")
-    at: dict[int, list[int]] = {}
-    for ci, c in enumerate(canaries):
-        for b in sorted(rng.sample(range(slots), c.insertions)):
-            at.setdefault(b, []).append(ci)
-    for b in at:
-        rng.shuffle(at[b])
-    locations: list[list[dict]] = [[] for _ in canaries]
+    at = _plan_slots(random.Random(f"exposure-audit:{seed}:positions:{spec.placement}"), canaries, slots)
+    planting = _Planting(canaries, at, rec_mod.open_writer(train_path, spec, source))
     held = _holdout(seed, valid_fraction)
-    train_out = rec_mod.open_writer(train_path, spec, source)
     valid_out = rec_mod.open_writer(valid_path, spec, source)
-    written = valid_n = 0  # records written to train, to valid
+    valid_n = 0  # records written to valid
     try:
-        t = 0  # training records seen
-        boundary = 0  # line boundaries seen (line placement)
         n = 0
         for rec in rec_mod.iter_records(source, spec, parse=not by_record):
             if rec.extra.get("header"):
-                train_out.copy(rec)
+                planting.out.copy(rec)
                 valid_out.copy(rec)
                 continue
             i, n = n, n + 1
@@ -369,70 +366,76 @@ def insert_records(
             if held(i):
                 valid_out.copy(rec)
                 valid_n += 1
-                continue
-            if by_record:
-                for ci in at.get(t, ()):
-                    locations[ci].append({"record": written, "line": 0})
-                    train_out.canary(canaries[ci].text)
-                    written += 1
-                train_out.copy(rec)
+            elif by_record:
+                planting.records_before(planting.seen)
+                planting.out.copy(rec)
+                planting.next_record()
             else:
-                new_texts, changed = [], False
-                for m, text in enumerate(rec.texts):
-                    lines, trailing = rec_mod.split_lines(text)
-                    out: list[str] = []
-                    for j in range(len(lines) + 1):
-                        for ci in at.get(boundary, ()):
-                            where: dict = {"record": written, "line": len(out)}
-                            if spec.chat:
-                                where = {"record": written, "message": m, "line": len(out)}
-                            if spec.format == "folder":
-                                where = {"record": written, "file": rec.raw, "line": len(out)}
-                            locations[ci].append(where)
-                            out.append(canaries[ci].text)
-                            changed = True
-                        boundary += 1
-                        if j < len(lines):
-                            out.append(lines[j])
-                    new_texts.append("\n".join(out) + ("\n" if trailing else ""))
-                if changed:
-                    train_out.changed(rec, new_texts)
-                else:
-                    train_out.copy(rec)
-            written += 1
-            t += 1
+                planting.lines_into(rec)
+                planting.next_record()
         if by_record:
-            for ci in at.get(t, ()):
-                locations[ci].append({"record": written, "line": 0})
-                train_out.canary(canaries[ci].text)
-                written += 1
+            planting.records_before(planting.seen)
     finally:
-        train_out.close()
+        planting.out.close()
         valid_out.close()
-    for c, locs in zip(canaries, locations):
+    for c, locs in zip(canaries, planting.locations):
         c.positions = sorted(loc["record"] for loc in locs)
         locs.sort(key=lambda d: (d["record"], d.get("message", 0), d["line"]))
-    return RecordInsertion(stats, canaries, locations, written, valid_n)
+    return RecordInsertion(stats, canaries, planting.locations, planting.written, valid_n)
+
+
+class _Planting:
+    """The training output of :func:`insert_records` as it is written: the planned canaries go
+    in at their slots, and the writer records where each went."""
+
+    def __init__(self, canaries: list[PlannedCanary], at: dict[int, list[int]], out) -> None:
+        self.canaries, self.at, self.out = canaries, at, out
+        self.locations: list[list[dict]] = [[] for _ in canaries]
+        self.written = 0  # records written to the training output
+        self.seen = 0  # training records of the corpus seen
+        self.boundary = 0  # line boundaries seen (line placement)
+
+    def next_record(self) -> None:
+        self.written += 1
+        self.seen += 1
+
+    def records_before(self, t: int) -> None:
+        """Record placement: the canaries planned before training record ``t``, each a record."""
+        for ci in self.at.get(t, ()):
+            self.locations[ci].append(self.out.canary(self.canaries[ci].text, self.written))
+            self.written += 1
+
+    def lines_into(self, rec) -> None:
+        """Line placement: the canaries planned at this record's line boundaries, as lines."""
+        from .records import split_lines
+
+        new_texts, changed = [], False
+        for m, text in enumerate(rec.texts):
+            lines, trailing = split_lines(text)
+            out: list[str] = []
+            for j in range(len(lines) + 1):
+                for ci in self.at.get(self.boundary, ()):
+                    self.locations[ci].append(self.out.location(self.written, rec, m, len(out)))
+                    out.append(self.canaries[ci].text)
+                    changed = True
+                self.boundary += 1
+                if j < len(lines):
+                    out.append(lines[j])
+            new_texts.append("\n".join(out) + ("\n" if trailing else ""))
+        if changed:
+            self.out.changed(rec, new_texts)
+        else:
+            self.out.copy(rec)
 
 
 def data_spec(folder: Path):
     """How to read the data files of an ``insert`` folder: from its manifest's ``data`` entry,
-    or ``train.txt`` (plain text) when there is none."""
-    from . import records as rec_mod
+    or ``train.txt`` (plain text) when there is none (``records.Spec.from_manifest``)."""
     from .manifest import Manifest
+    from .records import Spec
 
-    folder = Path(folder)
-    manifest_path = folder / "canaries.json"
-    if manifest_path.exists():
-        data = Manifest.read(manifest_path).data
-        if data:
-            return rec_mod.Spec(
-                format=data["format"],
-                field=data.get("field"),
-                column=data.get("column"),
-                placement=data.get("placement", "line"),
-            )
-    return rec_mod.Spec(format="txt")
+    manifest_path = Path(folder) / "canaries.json"
+    return Spec.from_manifest(Manifest.read(manifest_path).data if manifest_path.exists() else None)
 
 
 def data_path(folder: Path, which: str, spec=None) -> Path:

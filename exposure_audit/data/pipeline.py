@@ -137,7 +137,7 @@ def _records_manifest(folder: Path, source: Path, spec, cfg: InsertConfig, seed:
         train={"file": train.name, "sha256": data_sha256(train), "records": result.train_records},
         valid={"file": valid.name, "sha256": data_sha256(valid), "records": result.valid_records},
         canaries=_canaries(result.canaries, [{"locations": locs} for locs in result.locations]),
-        data=spec.describe(),
+        data=spec.to_manifest(),
     )
     manifest.write(folder / "canaries.json")
     return manifest

@@ -17,6 +17,7 @@ import hashlib
 import io
 import json
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,7 +60,8 @@ class Spec:
     def chat(self) -> bool:
         return self.format == "jsonl" and self.field == CHAT_FIELD
 
-    def describe(self) -> dict[str, Any]:
+    def to_manifest(self) -> dict[str, Any]:
+        """The manifest's ``data`` entry (``insert`` writes it; :meth:`from_manifest` reads it)."""
         out: dict[str, Any] = {"format": self.format}
         if self.field is not None:
             out["field"] = self.field
@@ -67,6 +69,19 @@ class Spec:
             out["column"] = self.column
         out["placement"] = self.placement
         return out
+
+    @classmethod
+    def from_manifest(cls, data: dict[str, Any] | None) -> Spec:
+        """How to read an insert folder's data files, from its manifest's ``data`` entry: plain
+        text (``txt``) where there is none (a text corpus's manifest has no ``data``)."""
+        if not data:
+            return cls(format="txt")
+        return cls(
+            format=data["format"],
+            field=data.get("field"),
+            column=data.get("column"),
+            placement=data.get("placement", "line"),
+        )
 
 
 def detect_format(source: str | Path, given: str | None) -> str:
@@ -156,6 +171,38 @@ def open_file(path: Path, what: str) -> Any:
         raise AuditError(f"cannot read {what} {path}: {e.strerror or e}") from None
 
 
+# ---------------------------------------------------------------- writers
+
+
+class _Writer(ABC):
+    """Writes records back in a corpus's format, and says where each planted canary went.
+
+    ``copy`` writes a record as read, ``changed`` with new texts (canary lines inserted),
+    ``canary`` a canary as a record of its own; the locations are the manifest's
+    ``locations`` entries (``record``: the index in the training output)."""
+
+    @abstractmethod
+    def copy(self, rec: Record) -> None: ...
+
+    @abstractmethod
+    def changed(self, rec: Record, texts: list[str]) -> None: ...
+
+    @abstractmethod
+    def _write_canary(self, text: str) -> None: ...
+
+    def location(self, index: int, rec: Record, message: int, line: int) -> dict[str, Any]:
+        """Where a canary line inserted at ``line`` of text ``message`` of record ``rec`` went."""
+        return {"record": index, "line": line}
+
+    def canary(self, text: str, index: int) -> dict[str, Any]:
+        """Write a canary as record ``index`` of its own; its location."""
+        self._write_canary(text)
+        return {"record": index, "line": 0}
+
+    def close(self) -> None:
+        pass
+
+
 # ---------------------------------------------------------------- JSONL
 
 
@@ -200,7 +247,7 @@ def _jsonl_records(path: Path, spec: Spec, digest, parse: bool = True) -> Iterat
             yield Record(texts=_jsonl_texts(obj, spec, where), raw=raw, where=where, extra={"obj": obj})
 
 
-class _JsonlWriter:
+class _JsonlWriter(_Writer):
     def __init__(self, path: Path, spec: Spec):
         self.fh = open(path, "wb")
         self.spec = spec
@@ -217,7 +264,12 @@ class _JsonlWriter:
             obj[self.spec.field] = texts[0]
         self.fh.write(json.dumps(obj, ensure_ascii=False).encode("utf-8") + b"\n")
 
-    def canary(self, text: str) -> None:
+    def location(self, index: int, rec: Record, message: int, line: int) -> dict[str, Any]:
+        if self.spec.chat:  # a conversation: which message the line went into
+            return {"record": index, "message": message, "line": line}
+        return super().location(index, rec, message, line)
+
+    def _write_canary(self, text: str) -> None:
         obj: Any = [{"role": "user", "content": text}] if self.spec.chat else text
         self.fh.write(json.dumps({self.spec.field: obj}, ensure_ascii=False).encode("utf-8") + b"\n")
 
@@ -258,7 +310,7 @@ def _csv_records(path: Path, spec: Spec, digest) -> Iterator[Record]:
             raise AuditError(f"corpus {path} line {reader.line_num}: not valid {spec.format.upper()} ({e})") from None
 
 
-class _CsvWriter:
+class _CsvWriter(_Writer):
     def __init__(self, path: Path, spec: Spec):
         self.fh = open(path, "w", encoding="utf-8", newline="")
         self.writer = csv.writer(self.fh, delimiter=_delimiter(spec), lineterminator="\n")
@@ -277,7 +329,7 @@ class _CsvWriter:
         row[rec.extra["col"]] = texts[0]
         self.writer.writerow(row)
 
-    def canary(self, text: str) -> None:
+    def _write_canary(self, text: str) -> None:
         assert self.header is not None
         row = [""] * len(self.header)
         row[self.col] = text
@@ -323,7 +375,7 @@ def _parquet_records(path: Path, spec: Spec, digest) -> Iterator[Record]:
             yield Record(texts=[value], raw=row, where=where)
 
 
-class _ParquetWriter:
+class _ParquetWriter(_Writer):
     def __init__(self, path: Path, spec: Spec, schema: Any):
         import pyarrow as pa
 
@@ -350,7 +402,7 @@ class _ParquetWriter:
     def changed(self, rec: Record, texts: list[str]) -> None:
         self._add({**rec.raw, self.spec.column: texts[0]})
 
-    def canary(self, text: str) -> None:
+    def _write_canary(self, text: str) -> None:
         self._add({name: (text if name == self.spec.column else None) for name in self.schema.names})
 
     def close(self) -> None:
@@ -392,7 +444,7 @@ def _folder_records(root: Path, spec: Spec, digest) -> Iterator[Record]:
         raise AuditError(f"corpus folder {root} holds no UTF-8 text files ({len(files)} binary or non-UTF-8 files)")
 
 
-class _FolderWriter:
+class _FolderWriter(_Writer):
     def __init__(self, path: Path, spec: Spec, source: Path):
         path.mkdir()
         self.root = path
@@ -409,11 +461,11 @@ class _FolderWriter:
     def changed(self, rec: Record, texts: list[str]) -> None:
         self._write(rec.raw, texts[0])
 
-    def canary(self, text: str) -> None:  # pragma: no cover - make_spec allows only line placement
-        raise AssertionError("folders take canaries at line boundaries")
+    def location(self, index: int, rec: Record, message: int, line: int) -> dict[str, Any]:
+        return {"record": index, "file": rec.raw, "line": line}  # the file's relative path
 
-    def close(self) -> None:
-        pass
+    def _write_canary(self, text: str) -> None:  # pragma: no cover - make_spec allows only line placement
+        raise AssertionError("folders take canaries at line boundaries")
 
 
 # ---------------------------------------------------------------- dispatch
@@ -435,7 +487,7 @@ def iter_records(source: Path, spec: Spec, digest=None, parse: bool = True) -> I
     raise AssertionError(spec.format)
 
 
-def open_writer(path: Path, spec: Spec, source: Path):
+def open_writer(path: Path, spec: Spec, source: Path) -> _Writer:
     if spec.format == "jsonl":
         return _JsonlWriter(path, spec)
     if spec.format in ("csv", "tsv"):

@@ -17,6 +17,7 @@ from typing import Any
 from ..errors import AuditError
 from ..files import atomic_write_bytes, atomic_write_text, read_json
 from ..training.metrics import read_metrics
+from .schema import KIND, SWEEP_KIND, CanaryRow, DataInfo, Report, Sweep, SweepRow
 
 
 def _plt():
@@ -42,19 +43,19 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def plot_exposure_vs_insertions(report: dict[str, Any], path: Path) -> Path:
+def plot_exposure_vs_insertions(report: Report, path: Path) -> Path:
     from .report import by_insertions
 
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4))
-    by_format: dict[str, list[dict[str, Any]]] = {}
-    for c in report["canaries"]:
-        by_format.setdefault(c["format"], []).append(c)
+    by_format: dict[str, list[CanaryRow]] = {}
+    for c in report.canaries:
+        by_format.setdefault(c.format, []).append(c)
     for fmt, cs in by_format.items():
-        ax.scatter([max(c["insertions"], 0.5) for c in cs], [c["exposure"] for c in cs], alpha=0.7, label=fmt)
-        by_n = by_insertions((c["insertions"], c["exposure"]) for c in cs)
+        ax.scatter([max(c.insertions, 0.5) for c in cs], [c.exposure for c in cs], alpha=0.7, label=fmt)
+        by_n = by_insertions((c.insertions, c.exposure) for c in cs)
         ax.plot([max(n, 0.5) for n in by_n], [statistics.fmean(es) for es in by_n.values()], "-", alpha=0.6)
-        ax.axhline(cs[0]["exposure_max"], ls=":", color="gray", lw=1)
+        ax.axhline(cs[0].exposure_max, ls=":", color="gray", lw=1)
     ax.axhline(1 / math.log(2), ls="--", color="gray", lw=1, label="chance (1.44 bits)")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("insertions (0 shown at 0.5)")
@@ -65,7 +66,7 @@ def plot_exposure_vs_insertions(report: dict[str, Any], path: Path) -> Path:
 
 
 def plot_histogram(
-    samples: Sequence[float], canaries: Sequence[dict[str, Any]], fit: dict[str, float] | None, fmt: str, path: Path
+    samples: Sequence[float], canaries: Sequence[CanaryRow], fit: dict[str, float] | None, fmt: str, path: Path
 ) -> Path:
     """The paper's figure: log-perplexities of uniform candidates, the fitted skew-normal, the canaries."""
     import numpy as np
@@ -76,10 +77,10 @@ def plot_histogram(
     if fit:
         from scipy.stats import skewnorm
 
-        xs = np.linspace(min(min(samples), min(c["log_perplexity"] for c in canaries)), max(samples), 400)
+        xs = np.linspace(min(min(samples), min(c.log_perplexity for c in canaries)), max(samples), 400)
         ax.plot(xs, skewnorm.pdf(xs, fit["a"], fit["loc"], fit["scale"]), lw=1.5, label="skew-normal fit")
     for c in canaries:
-        ax.axvline(c["log_perplexity"], color="red" if c["insertions"] else "green", alpha=0.5, lw=1)
+        ax.axvline(c.log_perplexity, color="red" if c.insertions else "green", alpha=0.5, lw=1)
     ax.plot([], [], color="red", label="inserted canaries")
     ax.plot([], [], color="green", label="controls")
     ax.set_xlabel("log-perplexity (bits)")
@@ -152,16 +153,16 @@ def plot_training(metrics: Sequence[dict[str, Any]], path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def plot_frontier(rows: Sequence[dict[str, Any]], path: Path) -> Path:
+def plot_frontier(rows: Sequence[SweepRow], path: Path) -> Path:
     """Privacy/utility: validation bits/char against the mean exposure of inserted canaries."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in rows:
-        ax.scatter(r["valid_bpc"], r["exposure_inserted_mean"], s=40)
-        eps = r.get("epsilon")
-        label = r["name"] + (f" (eps={eps:.2g})" if eps is not None else "")
+        ax.scatter(r.valid_bpc, r.exposure_inserted_mean, s=40)
+        eps = r.epsilon
+        label = r.name + (f" (eps={eps:.2g})" if eps is not None else "")
         ax.annotate(
-            label, (r["valid_bpc"], r["exposure_inserted_mean"]), fontsize=7, xytext=(4, 4), textcoords="offset points"
+            label, (r.valid_bpc, r.exposure_inserted_mean), fontsize=7, xytext=(4, 4), textcoords="offset points"
         )
     ax.set_xlabel("validation bits/char (lower = more useful)")
     ax.set_ylabel("mean exposure of inserted canaries (bits)")
@@ -169,15 +170,13 @@ def plot_frontier(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_sweep_exposure(rows: Sequence[dict[str, Any]], path: Path) -> Path:
+def plot_sweep_exposure(rows: Sequence[SweepRow], path: Path) -> Path:
     """Mean exposure by insertion count, one line per run of a sweep (the runs share the canaries)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in rows:
-        by_n = sorted((int(n), v["mean"]) for n, v in r["exposure_by_insertions"].items())
-        ax.plot(
-            [max(n, 0.5) for n, _ in by_n], [m for _, m in by_n], "o-", label=f"{r['name']} ({r['valid_bpc']:.3f} bpc)"
-        )
+        by_n = sorted((int(n), v.mean) for n, v in r.exposure_by_insertions.items())
+        ax.plot([max(n, 0.5) for n, _ in by_n], [m for _, m in by_n], "o-", label=f"{r.name} ({r.valid_bpc:.3f} bpc)")
     ax.axhline(1 / math.log(2), ls="--", color="gray", lw=1, label="chance (1.44 bits)")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("insertions (0 shown at 0.5)")
@@ -252,6 +251,22 @@ def render_html(
     return path
 
 
+def read_report(path: Path) -> Report:
+    """An audit's ``report.json``, or a one-line error saying it is not one."""
+    data = read_json(path, "report")
+    if not isinstance(data, dict) or data.get("kind") != KIND:
+        raise AuditError(f"{path} is not an exposure-audit report")
+    return Report.from_json(data)
+
+
+def read_sweep(path: Path) -> Sweep:
+    """A sweep's ``sweep.json``, or a one-line error saying it is not one."""
+    data = read_json(path, "sweep")
+    if not isinstance(data, dict) or data.get("kind") != SWEEP_KIND:
+        raise AuditError(f"{path} is not an exposure-audit sweep")
+    return Sweep.from_json(data)
+
+
 def render_run(folder: Path, name: str | None = None) -> Path:
     """Draw the figures of an audit folder (report.json, optional samples.json and model/metrics.jsonl)
     into ``folder`` and write ``folder/report.html``: the verdict, the key figures, a plain-language
@@ -260,9 +275,7 @@ def render_run(folder: Path, name: str | None = None) -> Path:
     from .review import html_sections, provenance
 
     folder = Path(folder)
-    report = read_json(folder / "report.json", "report")
-    if not isinstance(report, dict) or report.get("kind") != "exposure-audit/report":
-        raise AuditError(f"{folder / 'report.json'} is not an exposure-audit report")
+    report = read_report(folder / "report.json")
     sections: list[tuple[str, str | Path]] = [
         ("Exposure against insertion count", plot_exposure_vs_insertions(report, folder / "exposure_vs_insertions.png"))
     ]
@@ -270,7 +283,7 @@ def render_run(folder: Path, name: str | None = None) -> Path:
     if samples_path.exists():
         samples = read_json(samples_path, "samples")
         for i, (fmt, entry) in enumerate(samples.items()):
-            cs = [c for c in report["canaries"] if c["format"] == fmt]
+            cs = [c for c in report.canaries if c.format == fmt]
             png = plot_histogram(entry["scores"], cs, entry.get("fit"), fmt, folder / f"histogram_{i}.png")
             sections.append((f"Log-perplexity of candidates: {fmt}", png))
     metrics_path = folder / "model" / "metrics.jsonl"
@@ -278,25 +291,25 @@ def render_run(folder: Path, name: str | None = None) -> Path:
         png = plot_training(read_metrics(metrics_path), folder / "training.png")
         if png is not None:
             sections.append(("Training", png))
-    summary = report.get("table")
+    summary = report.table
     if summary:
         sections.append(("The printed tables", summary))
-    if "data" not in report and (folder / "data" / "canaries.json").is_file():  # an older report
+    if report.data is None and (folder / "data" / "canaries.json").is_file():  # an older report
         from ..data.manifest import Manifest
 
         m = Manifest.read(folder / "data" / "canaries.json")
-        report["data"] = {
-            "corpus_source": m.corpus.get("source"),
-            "corpus_sha256": m.corpus.get("sha256"),
-            "format": (m.data or {}).get("format", "txt"),
-            "train_sha256": m.train.get("sha256"),
-            "manifest_sha256": m.to_json()["sha256"],
-        }
+        report.data = DataInfo(
+            corpus_source=m.corpus.get("source"),
+            corpus_sha256=m.corpus.get("sha256"),
+            format=(m.data or {}).get("format", "txt"),
+            train_sha256=m.train.get("sha256"),
+            manifest_sha256=m.to_json()["sha256"],
+        )
     top = html_sections(report, provenance(report))
     top.append("<h2>Figures</h2>")
     name = name or folder.name
-    formats = sorted({c["format"] for c in report["canaries"]})
-    subtitle = f"{len(report['canaries'])} canaries of {', '.join(repr(f) for f in formats)}"
+    formats = sorted({c.format for c in report.canaries})
+    subtitle = f"{len(report.canaries)} canaries of {', '.join(repr(f) for f in formats)}"
     return render_html(f"exposure-audit report: {name}", sections, folder / "report.html", top=top, subtitle=subtitle)
 
 
@@ -305,27 +318,24 @@ def render_sweep(folder: Path, name: str | None = None) -> Path:
     from .report import sweep_table
 
     folder = Path(folder)
-    data = read_json(folder / "sweep.json", "sweep")
-    if not isinstance(data, dict) or data.get("kind") != "exposure-audit/sweep":
-        raise AuditError(f"{folder / 'sweep.json'} is not an exposure-audit sweep")
-    rows = data["runs"]
+    rows = read_sweep(folder / "sweep.json").runs
     sections: list[tuple[str, str | Path]] = [("Settings", sweep_table(rows))]
     sections.append(("Privacy / utility", plot_frontier(rows, folder / "privacy_utility.png")))
     sections.append(("Exposure by insertion count, per run", plot_sweep_exposure(rows, folder / "exposure_by_run.png")))
-    metrics = [(r["name"], folder / r["name"] / "model" / "metrics.jsonl") for r in rows]
+    metrics = [(r.name, folder / r.name / "model" / "metrics.jsonl") for r in rows]
     png = plot_sweep_tracking([(n, read_metrics(p)) for n, p in metrics if p.is_file()], folder / "tracking_by_run.png")
     if png is not None:
         sections.append(("Exposure over training, per run", png))
     for r in rows:
-        run = folder / r["name"]
+        run = folder / r.name
         if (run / "report.json").is_file():
-            render_run(run, r["name"])
+            render_run(run, r.name)
             png = run / "exposure_vs_insertions.png"
             if png.is_file():
-                sections.append((f"{r['name']}: exposure against insertion count", png))
+                sections.append((f"{r.name}: exposure against insertion count", png))
             png = run / "training.png"
             if png.is_file():
-                sections.append((f"{r['name']}: training", png))
+                sections.append((f"{r.name}: training", png))
     return render_html(f"exposure-audit sweep: {name or folder.name}", sections, folder / "sweep.html")
 
 
@@ -338,12 +348,12 @@ def rerender(folder: Path, emit: Callable[[str], None]) -> Path:
     folder = Path(folder)
     if (folder / "sweep.json").is_file():
         out = render_sweep(folder)
-        rows = read_json(folder / "sweep.json", "sweep")["runs"]
+        rows = read_sweep(folder / "sweep.json").runs
         emit(sweep_table(rows))
-        runs = [folder / r["name"] for r in rows]
+        runs = [folder / r.name for r in rows]
     elif (folder / "report.json").is_file():
         out = render_run(folder)
-        emit(read_json(folder / "report.json", "report").get("table", ""))
+        emit(read_report(folder / "report.json").table or "")
         runs = [folder]
     else:
         raise AuditError(f"{folder} holds neither report.json (an audit) nor sweep.json (a sweep)")

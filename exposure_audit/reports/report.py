@@ -10,6 +10,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, TypeVar
 
 from ..exposure.measure import CanaryResult
+from .schema import ExtractionSummary, SweepRow
 
 SCHEMA = 1
 T = TypeVar("T")
@@ -191,30 +192,31 @@ def extraction_table(ex: Any, redact: bool, canaries: Sequence[Any] | None = Non
     return "\n".join(lines)
 
 
-def extraction_summary_lines(summary: dict[str, Any], redact: bool) -> list[str]:
+def extraction_summary_lines(summary: ExtractionSummary | dict[str, Any], redact: bool) -> list[str]:
     """Where each canary landed in its format's extraction, and the success rate per insertion count."""
-    top = summary["top"]
+    summary = ExtractionSummary.from_json(summary)
+    top = summary.top
     lines = ["", f"{'canary':<12}  {'ins':>3}  position in top {top}"]
-    for r in summary["canaries"]:
-        secret = mask_secret(r["secret"]) if redact else r["secret"]
-        lines.append(f"{secret:<12}  {r['insertions']:>3}  {r['position'] if r['position'] else f'not in top {top}'}")
+    for r in summary.canaries:
+        secret = mask_secret(r.secret) if redact else r.secret
+        lines.append(f"{secret:<12}  {r.insertions:>3}  {r.position if r.position else f'not in top {top}'}")
     lines.append("")
     lines.append("insertions  canaries  extracted at #1  in top " + str(top))
-    for n, st in summary["success_by_insertions"].items():
+    for n, st in summary.success_by_insertions.items():
         label = f"{n} (control)" if int(n) == 0 else str(n)
-        lines.append(f"{label:>10}  {st['canaries']:>8}  {st['extracted_top1']:>15}  {st['in_top_k']:>8}")
+        lines.append(f"{label:>10}  {st.canaries:>8}  {st.extracted_top1:>15}  {st.in_top_k:>8}")
     return lines
 
 
-def sweep_table(rows: list[dict[str, Any]]) -> str:
-    counts = sorted({int(n) for r in rows for n in r["exposure_by_insertions"]})
+def sweep_table(rows: Sequence[SweepRow]) -> str:
+    counts = sorted({int(n) for r in rows for n in r.exposure_by_insertions})
     head = f"{'setting':<16} {'valid bpc':>9} {'epsilon':>8}  " + "  ".join(f"{('n=' + str(n)):>11}" for n in counts)
     lines = [head, " " * 37 + "  ".join(f"{'mean/max':>11}" for _ in counts)]
     for r in rows:
-        eps = f"{r['epsilon']:.3g}" if r["epsilon"] is not None else "-"
+        eps = f"{r.epsilon:.3g}" if r.epsilon is not None else "-"
         cells = []
         for n in counts:
-            e = r["exposure_by_insertions"].get(str(n))
-            cells.append(f"{e['mean']:5.1f}/{e['max']:5.1f}" if e else f"{'-':>11}")
-        lines.append(f"{r['name']:<16} {r['valid_bpc']:>9.3f} {eps:>8}  " + "  ".join(cells))
+            e = r.exposure_by_insertions.get(str(n))
+            cells.append(f"{e.mean:5.1f}/{e.max:5.1f}" if e else f"{'-':>11}")
+        lines.append(f"{r.name:<16} {r.valid_bpc:>9.3f} {eps:>8}  " + "  ".join(cells))
     return "\n".join(lines)

@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from .schema import CanaryRow, DataInfo, ModelInfo, Report
+
 CHANCE_BITS = 1 / math.log(2)  # mean exposure of a never-seen canary
 ELEVATED_BITS = 4.0  # 16x likelier than chance; controls stay below it with probability 15/16
 HIGH_RANK = 2**20  # about a million guesses: an attacker with the model scores that many in seconds
@@ -43,22 +45,22 @@ def risk_level(exposure: float, exposure_max: float) -> str:
     return "elevated"
 
 
-def rank_of(c: dict[str, Any]) -> float:
+def rank_of(c: CanaryRow) -> float:
     """The canary's rank: exact where measured, else 2^(log2|R| - exposure)."""
-    if c.get("rank") is not None:
-        return float(c["rank"])
-    return 2.0 ** (c["exposure_max"] - c["exposure"])
+    if c.rank is not None:
+        return float(c.rank)
+    return 2.0 ** (c.exposure_max - c.exposure)
 
 
-def rank_text(c: dict[str, Any]) -> str:
-    if c.get("rank") is not None:
-        return f"{c['rank']:,}"
-    if c.get("rank_bounds"):
-        lo, hi = c["rank_bounds"]
-        if hi < int(c["space_size"]):
+def rank_text(c: CanaryRow) -> str:
+    if c.rank is not None:
+        return f"{c.rank:,}"
+    if c.rank_bounds:
+        lo, hi = c.rank_bounds
+        if hi < c.space_size:
             return f"{lo:,}..{hi:,}"
-        return f"\u2265{lo:,}" if lo > 1 else f"~2^{c['exposure_max'] - c['exposure']:.1f}"
-    return f"~2^{c['exposure_max'] - c['exposure']:.1f}"
+        return f"\u2265{lo:,}" if lo > 1 else f"~2^{c.exposure_max - c.exposure:.1f}"
+    return f"~2^{c.exposure_max - c.exposure:.1f}"
 
 
 def _space_text(space: int) -> str:
@@ -74,21 +76,21 @@ def _ordinal(n: int) -> str:
     return f"{n:,}{suffix}"
 
 
-def _label(c: dict[str, Any]) -> str:
+def _label(c: CanaryRow) -> str:
     """How the page names a canary: its line, or (redacted) its id and masked secret."""
-    if c.get("text"):
-        return c["text"]
-    return f"{c.get('id') or ''} {c['format']} ({c['secret']})".strip()
+    if c.text:
+        return c.text
+    return f"{c.id or ''} {c.format} ({c.secret})".strip()
 
 
 @dataclass
 class Facts:
     threshold: float | None
     passed: bool
-    inserted: list[dict[str, Any]]
-    controls: list[dict[str, Any]]
-    failing: list[dict[str, Any]]
-    worst: dict[str, Any] | None
+    inserted: list[CanaryRow]
+    controls: list[CanaryRow]
+    failing: list[CanaryRow]
+    worst: CanaryRow | None
     positions: dict[str, int | None] = field(default_factory=dict)  # canary id -> extraction position
     top: int | None = None
     proven: bool | None = None
@@ -102,34 +104,35 @@ class Facts:
         return "PASSED" if self.passed else "FAILED"
 
 
-def facts(report: dict[str, Any]) -> Facts:
-    canaries = report["canaries"]
-    inserted = [c for c in canaries if c["insertions"] > 0]
-    threshold = report.get("threshold")
-    failing = [c for c in inserted if threshold is not None and c["exposure"] > threshold]
-    worst = max(inserted, key=lambda c: (c["exposure"], -c["insertions"]), default=None)
+def facts(report: Report | dict[str, Any]) -> Facts:
+    report = Report.of(report)
+    canaries = report.canaries
+    inserted = report.inserted
+    threshold = report.threshold
+    failing = [c for c in inserted if threshold is not None and c.exposure > threshold]
+    worst = max(inserted, key=lambda c: (c.exposure, -c.insertions), default=None)
     out = Facts(
         threshold=threshold,
-        passed=bool(report.get("passed", not failing)),
+        passed=bool(not failing if report.passed is None else report.passed),
         inserted=inserted,
-        controls=[c for c in canaries if c["insertions"] == 0],
+        controls=[c for c in canaries if c.insertions == 0],
         failing=failing,
         worst=worst,
     )
-    ex = report.get("extraction")
+    ex = report.extraction
     if ex:
-        out.top = ex.get("top")
-        out.proven = all(f.get("proven") for f in ex.get("formats", []))
-        for row in ex.get("canaries", []):
-            out.positions[row.get("id") or row["secret"]] = row["position"]
-        planted = [r for r in ex.get("canaries", []) if r["insertions"] > 0]
-        out.top1 = sum(r["position"] == 1 for r in planted)
-        out.in_top = sum(r["position"] is not None for r in planted)
+        out.top = ex.top
+        out.proven = all(f.proven for f in ex.formats)
+        for row in ex.canaries:
+            out.positions[row.key] = row.position
+        planted = [r for r in ex.canaries if r.insertions > 0]
+        out.top1 = sum(r.position == 1 for r in planted)
+        out.in_top = sum(r.position is not None for r in planted)
     return out
 
 
-def _position(f: Facts, c: dict[str, Any]) -> int | None:
-    return f.positions.get(c.get("id") or c["secret"])
+def _position(f: Facts, c: CanaryRow) -> int | None:
+    return f.positions.get(c.key)
 
 
 def reading(f: Facts) -> str:
@@ -138,11 +141,11 @@ def reading(f: Facts) -> str:
         return "No canary was inserted, so nothing could be memorized; only controls were measured."
     # the secret seen fewest times that is still found within a few guesses says most; else the worst
     found = [c for c in f.inserted if rank_of(c) <= CRITICAL_RANK]
-    w = min(found, key=lambda c: (c["insertions"], rank_of(c))) if found else f.worst
+    w = min(found, key=lambda c: (c.insertions, rank_of(c))) if found else f.worst
     rank = rank_of(w)
     guesses = f"{round(rank):,}" if rank < 1e6 else f"2^{math.log2(rank):.1f}"
-    seen = "once" if w["insertions"] == 1 else f"{w['insertions']} times"
-    space = _space_text(int(w["space_size"]))
+    seen = "once" if w.insertions == 1 else f"{w.insertions} times"
+    space = _space_text(w.space_size)
     first = (
         f"A secret seen {seen} in training is ranked {_ordinal(round(rank))} of {space} possible secrets of its "
         f"format: an attacker who knows the format recovers it in about {guesses} guess"
@@ -159,7 +162,7 @@ def reading(f: Facts) -> str:
             f"{f.top1} of them as its first guess."
         )
     else:
-        mean_ctrl = sum(c["exposure"] for c in f.controls) / len(f.controls) if f.controls else None
+        mean_ctrl = sum(c.exposure for c in f.controls) / len(f.controls) if f.controls else None
         second = (
             f"Never-seen controls sit at {mean_ctrl:.2f} bits, the chance level ({CHANCE_BITS:.2f} bits on average)."
             if mean_ctrl is not None
@@ -170,13 +173,12 @@ def reading(f: Facts) -> str:
 
 def verdict_line(f: Facts) -> str:
     worst = (
-        f"worst exposure {f.worst['exposure']:.2f} of {f.worst['exposure_max']:.2f} bits "
-        f"(inserted {f.worst['insertions']}x)"
+        f"worst exposure {f.worst.exposure:.2f} of {f.worst.exposure_max:.2f} bits (inserted {f.worst.insertions}x)"
         if f.worst
         else "no inserted canary"
     )
     if f.threshold is None:
-        levels = [risk_level(c["exposure"], c["exposure_max"]) for c in f.inserted]
+        levels = [risk_level(c.exposure, c.exposure_max) for c in f.inserted]
         counts = ", ".join(f"{levels.count(x)} {x}" for x in RISK_LEVELS if levels.count(x))
         bands = f"; inserted canaries by risk band: {counts}" if counts else ""
         return f"No threshold set (--fail-above / measure.fail_above): not gated; {worst}{bands}."
@@ -188,15 +190,14 @@ def verdict_line(f: Facts) -> str:
 # ---------------------------------------------------------------- Markdown
 
 
-def markdown(report: dict[str, Any]) -> str:
+def markdown(report: Report | dict[str, Any]) -> str:
     """A GitHub job summary: the verdict, the reading and the canary table."""
+    report = Report.of(report)
     f = facts(report)
     icon = {"PASSED": ":white_check_mark:", "FAILED": ":x:", "NO THRESHOLD": ":warning:"}[f.verdict]
     lines = [f"## exposure-audit: {icon} {f.verdict}", "", verdict_line(f), ""]
     if f.failing:
-        lines.append(
-            "Above the threshold: " + ", ".join(f"`{_label(c)}` ({c['exposure']:.2f} bits)" for c in f.failing)
-        )
+        lines.append("Above the threshold: " + ", ".join(f"`{_label(c)}` ({c.exposure:.2f} bits)" for c in f.failing))
         lines.append("")
     if f.top is not None:
         lines.append(
@@ -207,14 +208,14 @@ def markdown(report: dict[str, Any]) -> str:
     lines += [reading(f).replace("^", "^"), ""]
     head = "| canary | inserted | exposure (bits) | of max | rank | risk | method |"
     lines += [head, "| --- | ---: | ---: | ---: | ---: | --- | --- |"]
-    for c in report["canaries"]:
+    for c in report.canaries:
         flag = " :x:" if c in f.failing else ""
         rank = rank_text(c)
-        risk = risk_level(c["exposure"], c["exposure_max"]) if c["insertions"] else "control"
+        risk = risk_level(c.exposure, c.exposure_max) if c.insertions else "control"
         label = _label(c).replace("|", "\\|")
         lines.append(
-            f"| `{label}` | {c['insertions']} | {c['exposure']:.2f}{flag} | {c['exposure_max']:.2f} | {rank} | "
-            f"{risk} | {c['method']} |"
+            f"| `{label}` | {c.insertions} | {c.exposure:.2f}{flag} | {c.exposure_max:.2f} | {rank} | "
+            f"{risk} | {c.method} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -266,14 +267,14 @@ def _table(head: list[tuple[str, bool]], rows: list[tuple[list[str], str]]) -> s
     return "".join(out)
 
 
-def _interval(c: dict[str, Any]) -> str:
-    if c.get("rank") is not None:
+def _interval(c: CanaryRow) -> str:
+    if c.rank is not None:
         return "exact"
-    if c.get("exposure_ci"):
-        lo, hi = c["exposure_ci"]
+    if c.exposure_ci:
+        lo, hi = c.exposure_ci
         return f"[{lo:.2f}, {hi:.2f}] bits"
-    if c.get("rank_bounds"):
-        lo, hi = c["rank_bounds"]
+    if c.rank_bounds:
+        lo, hi = c.rank_bounds
         return f"rank {lo:,}..{hi:,}"
     return ""
 
@@ -282,8 +283,9 @@ def _risk_badge(level: str) -> str:
     return f"<span class=risk style='background:{RISK_COLORS[level]}'>{level}</span>"
 
 
-def html_sections(report: dict[str, Any], provenance: dict[str, Any]) -> list[str]:
+def html_sections(report: Report | dict[str, Any], provenance: dict[str, Any]) -> list[str]:
     """The top of the page (verdict, key figures, reading) and the tables, as HTML fragments."""
+    report = Report.of(report)
     f = facts(report)
     parts = []
     cls = f.verdict.replace(" ", "-")
@@ -291,7 +293,7 @@ def html_sections(report: dict[str, Any], provenance: dict[str, Any]) -> list[st
     if f.failing:
         failing = (
             "<div>Above the threshold: "
-            + ", ".join(f"<code>{_e(_label(c))}</code> ({c['exposure']:.2f} bits)" for c in f.failing)
+            + ", ".join(f"<code>{_e(_label(c))}</code> ({c.exposure:.2f} bits)" for c in f.failing)
             + "</div>"
         )
     parts.append(
@@ -301,12 +303,12 @@ def html_sections(report: dict[str, Any], provenance: dict[str, Any]) -> list[st
     if f.worst:
         cards.append(
             (
-                f"{f.worst['exposure']:.2f} bits",
-                f"worst exposure, of {f.worst['exposure_max']:.2f} possible "
-                f"({_e(risk_level(f.worst['exposure'], f.worst['exposure_max']))})",
+                f"{f.worst.exposure:.2f} bits",
+                f"worst exposure, of {f.worst.exposure_max:.2f} possible "
+                f"({_e(risk_level(f.worst.exposure, f.worst.exposure_max))})",
             )
         )
-        cards.append((_e(rank_text(f.worst)), f"its rank among {_e(_space_text(int(f.worst['space_size'])))} secrets"))
+        cards.append((_e(rank_text(f.worst)), f"its rank among {_e(_space_text(f.worst.space_size))} secrets"))
     if f.top is not None:
         proof = "proven" if f.proven else "not proven: budget ran out"
         cards.append((f"{f.top1} of {len(f.inserted)}", f"planted secrets are the model's first guess ({proof})"))
@@ -333,22 +335,22 @@ def html_sections(report: dict[str, Any], provenance: dict[str, Any]) -> list[st
         ("interval", False),
     ]
     rows = []
-    for c in sorted(report["canaries"], key=lambda c: (c["format"], c["insertions"], -c["exposure"])):
-        level = risk_level(c["exposure"], c["exposure_max"])
-        width = max(0.0, min(1.0, c["exposure"] / c["exposure_max"])) * 100 if c["exposure_max"] else 0
+    for c in sorted(report.canaries, key=lambda c: (c.format, c.insertions, -c.exposure)):
+        level = risk_level(c.exposure, c.exposure_max)
+        width = max(0.0, min(1.0, c.exposure / c.exposure_max)) * 100 if c.exposure_max else 0
         bar = f"<span class=bar><span style='width:{width:.1f}%;background:{RISK_COLORS[level]}'></span></span>"
         pos = _position(f, c)
         ex = "" if f.top is None else (f"#{pos}" if pos else f"not in top {f.top}")
-        risk = _risk_badge(level) + ("" if c["insertions"] else " <span class=note>control</span>")
+        risk = _risk_badge(level) + ("" if c.insertions else " <span class=note>control</span>")
         cells = [
             f"<code>{_e(_label(c))}</code>",
-            str(c["insertions"]),
-            f"{c['exposure']:.2f}",
-            f"{bar} <span class=note>{c['exposure_max']:.2f}</span>",
+            str(c.insertions),
+            f"{c.exposure:.2f}",
+            f"{bar} <span class=note>{c.exposure_max:.2f}</span>",
             _e(rank_text(c)),
             risk,
             ex,
-            _e(c["method"]),
+            _e(c.method),
             _e(_interval(c)),
         ]
         rows.append((cells, "fail" if c in f.failing else ""))
@@ -367,8 +369,8 @@ def html_sections(report: dict[str, Any], provenance: dict[str, Any]) -> list[st
     if f.top is not None:
         head2 += [("extracted at #1", True), (f"in top {f.top}", True)]
     rows2 = []
-    for n, cs in by_insertions((c["insertions"], c) for c in report["canaries"]).items():
-        es = [c["exposure"] for c in cs]
+    for n, cs in by_insertions((c.insertions, c) for c in report.canaries).items():
+        es = [c.exposure for c in cs]
         cells = [f"{n} (control)" if n == 0 else str(n), str(len(cs)), f"{sum(es) / len(es):.2f}", f"{max(es):.2f}"]
         if f.top is not None:
             ps = [_position(f, c) for c in cs]
@@ -386,44 +388,45 @@ def html_sections(report: dict[str, Any], provenance: dict[str, Any]) -> list[st
     return parts
 
 
-def provenance(report: dict[str, Any]) -> dict[str, str]:
+def provenance(report: Report | dict[str, Any]) -> dict[str, str]:
     """Where the model and the data came from, as label -> HTML."""
-    m = report.get("model") or {}
-    details = m.get("details") or {}
-    data = report.get("data") or {}
-    trained = details.get("data") or {}
-    privacy = m.get("privacy")
-    training = (m.get("training") or {}).get("final") or {}
+    report = Report.of(report)
+    m = report.model or ModelInfo()
+    details = m.details or {}
+    data = report.data or DataInfo()
+    trained = details.get("data") or {}  # the model's own record of its training data (free-form)
+    privacy = m.privacy
+    final = m.training.final if m.training else None
+    valid_bpc = final.valid_bpc if final else None
+    measure = m.measure or {}
     out: dict[str, str] = {
-        "model path": f"<code>{_e(m.get('model_path', ''))}</code>",
-        "model kind": _e(f"{details.get('kind', '')}: {m.get('model_description') or ''}".strip(": ")),
+        "model path": f"<code>{_e(m.model_path)}</code>",
+        "model kind": _e(f"{details.get('kind', '')}: {m.model_description or ''}".strip(": ")),
         "weights sha256": f"<code>{_e(details.get('weights_sha256', ''))}</code>"
         if details.get("weights_sha256")
         else "",
         "trained with": (
-            f"DP-SGD, epsilon {privacy['epsilon']:.3g} at delta {privacy['delta']:g} (per {_e(privacy.get('unit', ''))})"
+            f"DP-SGD, epsilon {privacy.epsilon:.3g} at delta {privacy.delta:g} (per {_e(privacy.unit)})"
             if privacy
             else "no differential privacy"
         ),
-        "validation": f"{training['valid_bpc']:.3f} bits/char" if training.get("valid_bpc") is not None else "",
-        "corpus": _e(data.get("corpus_source", "")),
-        "corpus sha256": f"<code>{_e(data['corpus_sha256'])}</code>" if data.get("corpus_sha256") else "",
-        "corpus format": _e(data.get("format", "")),
-        "training data sha256": f"<code>{_e(data.get('train_sha256') or trained.get('train_sha256', ''))}</code>"
-        if data.get("train_sha256") or trained.get("train_sha256")
+        "validation": f"{valid_bpc:.3f} bits/char" if valid_bpc is not None else "",
+        "corpus": _e(data.corpus_source or ""),
+        "corpus sha256": f"<code>{_e(data.corpus_sha256)}</code>" if data.corpus_sha256 else "",
+        "corpus format": _e(data.format or ""),
+        "training data sha256": f"<code>{_e(data.train_sha256 or trained.get('train_sha256', ''))}</code>"
+        if data.train_sha256 or trained.get("train_sha256")
         else "",
-        "canaries manifest sha256": f"<code>{_e(data['manifest_sha256'])}</code>"
-        if data.get("manifest_sha256")
-        else "",
+        "canaries manifest sha256": f"<code>{_e(data.manifest_sha256)}</code>" if data.manifest_sha256 else "",
         "model trained on this data": (
             "yes (its checkpoint records the training data's sha256)"
-            if m.get("trained_on_manifest_data")
+            if m.trained_on_manifest_data
             else "not checked (the model carries no record of its training data)"
         ),
-        "seed": _e(m.get("seed", "")),
+        "seed": _e("" if m.seed is None else m.seed),
         "measured with": _e(
-            f"method {(m.get('measure') or {}).get('method', '')}, {(m.get('measure') or {}).get('samples', '')} samples, "
-            f"{m.get('seconds', '')} s"
+            f"method {measure.get('method', '')}, {measure.get('samples', '')} samples, "
+            f"{'' if m.seconds is None else m.seconds} s"
         ),
     }
     return out
