@@ -302,7 +302,7 @@ def _check_plan(schedule: Sequence[int], per_count: int, valid_fraction: float) 
         raise AuditError("valid_fraction must be in [0, 1)")
 
 
-def _plan_slots(rng: random.Random, canaries: Sequence[PlannedCanary], slots: int) -> dict[int, list[int]]:
+def _plan_slots(rng: random.Random, canaries: Sequence[Canary], slots: int) -> dict[int, list[int]]:
     """For every canary, ``insertions`` distinct slots out of ``slots``: slot -> canaries there.
     Several canaries at one slot are shuffled, so no canary order is favoured."""
     at: dict[int, list[int]] = {}
@@ -388,7 +388,7 @@ class _Planting:
     """The training output of :func:`insert_records` as it is written: the planned canaries go
     in at their slots, and the writer records where each went."""
 
-    def __init__(self, canaries: list[PlannedCanary], at: dict[int, list[int]], out) -> None:
+    def __init__(self, canaries: list[Canary], at: dict[int, list[int]], out) -> None:
         self.canaries, self.at, self.out = canaries, at, out
         self.locations: list[list[dict]] = [[] for _ in canaries]
         self.written = 0  # records written to the training output
