@@ -166,9 +166,10 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
             r"^\| aws-key-id \| 2 \| 2 \| aws-access-key \(2\) \|$",
             r"^\| payment-card \| 2 \| 2 \| payment-card \(2\) \|$",
             r"^findings that are not planted values: none$",
-            r"^\| planted kind \| copies in training \| values \| exposure \(bits\) \| reference \| gain \|",
-            r"^\| [a-z-]+ \| [14] \| \d \| [\d.]+ \| [\d.]+ \| -?[\d.]+ \| \d of \d \|$",
-            r"^\| copies in training \| values \| exposure \| reference \| gain \| extracted \(top-1\) \|$",
+            r"^\| planted kind \| copies planted \| in training \| values \| exposure \(bits\) \| reference \| gain \|",
+            r"^\| [a-z-]+ \| [14] \| \d \| \d \| [\d.]+ \| [\d.]+ \| -?[\d.]+ \| \d of \d \| \d of \d \| [a-z:]+ \(\d\) \|$",
+            r"^\| copies planted \| in training \| values \| exposure \(bits\) \| reference \| gain \| extracted \(top-1\) \| search proven \|$",
+            r"^\| [14] \| \d \| \d \| [\d.]+ \| [\d.]+ \| -?[\d.]+ \| \d of \d \| \d of \d \|$",
         ],
     ),
     "stress": (
