@@ -160,7 +160,7 @@ def env_world() -> int:
     try:
         return int(os.environ.get("WORLD_SIZE", "1"))
     except ValueError:
-        return 1
+        return 1  # one process (a world size, not an exit status)
 
 
 def _first_sentence(e: BaseException) -> str:

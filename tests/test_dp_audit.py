@@ -16,7 +16,7 @@ from .conftest import make_corpus
 TINY = """
 seed: {seed}
 corpus: {corpus}
-model: {{hidden: 48, layers: 1, embedding: 16}}
+model: {{char_lstm: {{hidden: 48, layers: 1, embedding: 16}}}}
 train:
   epochs: {epochs}
   batch_size: 64
