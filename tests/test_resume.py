@@ -169,3 +169,37 @@ def test_an_interrupted_dp_run_resumes_to_the_same_weights_and_epsilon(data, tmp
     assert [(m["train_bpc"], m["valid_bpc"], m["epsilon"]) for m in ref.metrics] == [
         (m["train_bpc"], m["valid_bpc"], m["epsilon"]) for m in resumed.metrics
     ]
+
+
+def test_a_kill_between_the_tensors_and_the_json_keeps_the_previous_state(tmp_path, monkeypatch):
+    """A save writes the tensors, then the JSON that commits them. A SIGKILL between the two once
+    left new tensors beside the old JSON ("does not match its sha256 (damaged); cannot resume",
+    seen in CI): each save's tensors now have a name of their own, so the old pair stays whole."""
+    import torch
+
+    from exposure_audit.training import state as st
+
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(model.parameters())
+    st.save_train_state(tmp_path, model, opt, st.Position(step=1), "id")
+    _, raw1 = st.read_train_state(tmp_path)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # the process dies after the tensors, before the JSON
+
+    monkeypatch.setattr(st, "atomic_write_json", killed)
+    with pytest.raises(KeyboardInterrupt):
+        st.save_train_state(tmp_path, model, opt, st.Position(step=2), "id")
+    assert len(list(tmp_path.glob("train_state*.safetensors"))) == 2  # the new tensors were written
+    meta, raw = st.read_train_state(tmp_path)
+    assert meta["position"]["step"] == 1 and raw == raw1
+
+    monkeypatch.undo()
+    st.save_train_state(tmp_path, model, opt, st.Position(step=3), "id")
+    meta, raw = st.read_train_state(tmp_path)
+    assert meta["position"]["step"] == 3 and raw != raw1
+    assert [p.name for p in tmp_path.glob("train_state*.safetensors")] == [meta["tensors_file"]]
+    st.remove_train_state(tmp_path)
+    assert list(tmp_path.iterdir()) == []

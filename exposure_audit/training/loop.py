@@ -36,10 +36,10 @@ from .metrics import METRICS, Hook, MetricsLog, read_metrics
 from .privacy import Private
 from .state import (
     STATE_JSON,
-    STATE_TENSORS,
     Position,
     load_train_state,
     read_train_state,
+    remove_train_state,
     run_identity,
     save_train_state,
     strategy_state,
@@ -271,8 +271,7 @@ def train_folder(
     )
     if not distributed.is_main():  # under torchrun rank 0 writes the checkpoint
         return result
-    for name in (STATE_TENSORS, STATE_JSON):
-        (Path(out_dir) / name).unlink(missing_ok=True)  # a finished checkpoint needs no resume state
+    remove_train_state(Path(out_dir))  # a finished checkpoint needs no resume state
     result.model.save(
         Path(out_dir),
         {

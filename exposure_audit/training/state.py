@@ -19,8 +19,22 @@ from ..errors import AuditError
 from ..files import atomic_write_bytes, atomic_write_json, read_json
 from .data import TrainData
 
-STATE_TENSORS = "train_state.safetensors"
+STATE_TENSORS = "train_state.safetensors"  # the tensors' name before each save had its own (still read)
 STATE_JSON = "train_state.json"
+TENSORS_GLOB = "train_state*.safetensors"
+
+
+def tensors_name(sha256: str) -> str:
+    """Each save's tensors under a name of their own (their SHA-256 prefix): a kill between
+    writing them and the JSON that names them leaves the previous pair whole."""
+    return f"train_state.{sha256[:16]}.safetensors"
+
+
+def remove_train_state(folder: Path) -> None:
+    """Delete a saved resume state (the JSON first: without it nothing is resumed)."""
+    (folder / STATE_JSON).unlink(missing_ok=True)
+    for path in folder.glob(TENSORS_GLOB):
+        path.unlink(missing_ok=True)
 
 
 @dataclass
@@ -75,18 +89,24 @@ def save_train_state(
     for name, value in (extra.tensors if extra else {}).items():
         tensors[f"strategy.{name}"] = value.detach().clone().contiguous()
     data = save(tensors)
-    atomic_write_bytes(folder / STATE_TENSORS, data)
+    sha = hashlib.sha256(data).hexdigest()
+    name = tensors_name(sha)
+    atomic_write_bytes(folder / name, data)
     meta = {
         "format": "exposure-audit/train-state",
         "format_version": 1,
         "identity": identity,
         "position": asdict(pos),
         "world_size": len(rng_states),
-        "tensors_sha256": hashlib.sha256(data).hexdigest(),
+        "tensors_sha256": sha,
+        "tensors_file": name,
     }
     if extra is not None:
         meta["strategy"] = extra.meta
-    atomic_write_json(folder / STATE_JSON, meta)
+    atomic_write_json(folder / STATE_JSON, meta)  # the commit point
+    for old in folder.glob(TENSORS_GLOB):  # the previous saves' tensors, now unreferenced
+        if old.name != name:
+            old.unlink(missing_ok=True)
 
 
 def read_train_state(folder: Path) -> tuple[dict[str, Any], bytes]:
@@ -98,9 +118,12 @@ def read_train_state(folder: Path) -> tuple[dict[str, Any], bytes]:
         or meta.get("format_version") != 1
     ):
         raise AuditError(f"{folder / STATE_JSON} is not a training state this version can resume")
-    path = folder / STATE_TENSORS
+    name = meta.get("tensors_file", STATE_TENSORS)
+    if not isinstance(name, str) or not Path(name).match(TENSORS_GLOB) or Path(name).name != name:
+        raise AuditError(f"{folder / STATE_JSON}: tensors_file {name!r} is not a training state's tensors file")
+    path = folder / name
     if not path.is_file():
-        raise AuditError(f"{folder}: {STATE_TENSORS} is missing; cannot resume")
+        raise AuditError(f"{folder}: {name} is missing; cannot resume")
     raw = path.read_bytes()
     if hashlib.sha256(raw).hexdigest() != meta.get("tensors_sha256"):
         raise AuditError(f"{path} does not match its sha256 (damaged); cannot resume")
