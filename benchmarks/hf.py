@@ -19,7 +19,9 @@ Not a test: timings vary by machine.
 
     .venv/bin/python benchmarks/hf.py --tiny          # seconds: every part, on tiny random Llamas
 
-``--tiny`` runs (a), (b), (c) and (d) on 2x32 random Llamas (benchmarks/_tiny.py; one stands in
+    .venv/bin/python benchmarks/hf.py --bf16-ranks    # (e): SmolLM2's ranks in bfloat16 against float32
+
+``--tiny`` runs (a) to (e) on 2x32 random Llamas (benchmarks/_tiny.py; one stands in
 for SmolLM2 in (c)) with 10^3 / 10^4 formats, small budgets and short timing loops.
 """
 
@@ -341,6 +343,35 @@ def part_d(
     line(f"measure, pruned ({r.model_steps:,} steps)", r.model_steps / (time.perf_counter() - t0))
 
 
+def part_e(load, fmt_source: str, truth: str, label: str, seed: int = 2) -> None:
+    """Ranks in bfloat16 against float32: the same canaries (``truth`` and 5 uniform fillings)
+    ranked exactly by enumeration under the model loaded in each dtype."""
+    fmt = Format.parse(fmt_source)
+    secrets = [truth] + fmt.sample(random.Random(seed), 5)
+
+    class C:
+        def __init__(self, secret: str) -> None:
+            self.format, self.secret, self.insertions = fmt_source, secret, 1
+
+    got = {}
+    for dtype in ("float32", "bfloat16"):
+        model = load(dtype)
+        t0 = time.perf_counter()
+        got[dtype] = measure(model, [C(x) for x in secrets], method="enumerate", max_steps=10**8, bootstrap=0)
+        got[dtype + " s"] = time.perf_counter() - t0
+    f32, b16 = got["float32"], got["bfloat16"]
+    print(
+        f"   {label}, {fmt_source!r} (|R| = {fmt.space_size:,}) by enumeration: "
+        f"float32 {got['float32 s']:.1f} s, bfloat16 {got['bfloat16 s']:.1f} s"
+    )
+    print("      secret          fp32 bits  bf16 bits   fp32 rank  bf16 rank")
+    for x, a, b in zip(secrets, f32, b16):
+        print(f"      {x:14} {a.log_perplexity:10.3f} {b.log_perplexity:10.3f} {a.rank:11,} {b.rank:10,}")
+    same = sum(a.rank == b.rank for a, b in zip(f32, b16))
+    worst = max(abs(a.log_perplexity - b.log_perplexity) for a, b in zip(f32, b16))
+    print(f"      ranks equal for {same} of {len(secrets)} canaries; max |bf16 - fp32| {worst:.3f} bits")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smollm2", action="store_true", help="also run part (c) on SmolLM2-135M")
@@ -350,11 +381,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--dtype", default="float32", help="part (d) on SmolLM2: float32 or bfloat16")
     ap.add_argument("--no-small", action="store_true", help="part (d) without the random Llama")
     ap.add_argument("--device", default="cpu", help="part (d) on SmolLM2: cpu or cuda (benchmarks/gpu.sh)")
+    ap.add_argument("--bf16-ranks", action="store_true", help="only part (e) on SmolLM2: bf16 ranks vs fp32")
     ap.add_argument("--tiny", action="store_true", help="every part in seconds, on tiny random Llamas")
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
     if args.tiny:
         tiny(min(args.roof_steps, 200))
+        return
+    if args.bf16_ranks:
+        print("== (e) ranks under bfloat16 against float32 (SmolLM2-135M, 2 threads)")
+        part_e(_smollm2, "The first digits of pi are 3.{d:4}", PI_DIGITS[:4], "SmolLM2-135M")
         return
     if args.roof:
         where = "2 threads" if args.device == "cpu" else args.device
@@ -401,6 +437,8 @@ def tiny(roof_steps: int) -> None:
         part_c(_tiny.hf_model(Path(tmp) / "pi", seed=1), TINY)
         print("== (d) steps/s against the matmul roof measured in this run (2 threads)")
         part_d(models["split"], "random 2x32 Llama", TINY.nine, roof_steps, "123", TINY)
+        print("== (e) ranks under bfloat16 against float32")
+        part_e(lambda dt: load_model(Path(tmp) / "split", dtype=dt), TINY.nine, "123", "random 2x32 Llama")
 
 
 if __name__ == "__main__":

@@ -123,6 +123,9 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
             r"^== \(d\) steps/s against the matmul roof",
             rf"^      bare step, 1024 rows +{NUM} steps/s +{NUM} GFLOP/s = +\d+% of fp32 roof$",
             r"^      measure, pruned \([\d,]+ steps\)",
+            r"^== \(e\) ranks under bfloat16 against float32$",
+            r"^      123 +[\d.]+ +[\d.]+ +[\d,]+ +[\d,]+$",
+            r"^      ranks equal for [0-6] of 6 canaries; max \|bf16 - fp32\| [\d.]+ bits$",
         ],
     ),
     "insert_memory": (
