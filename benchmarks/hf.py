@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from exposure_audit.data.formats import Format
+from exposure_audit.data.manifest import Canary
 from exposure_audit.exposure import engine
 from exposure_audit.exposure.extract import best_first
 from exposure_audit.exposure.measure import measure
@@ -209,6 +210,10 @@ def part_b(model, label: str, sizes: Sizes = Sizes()) -> None:
         )
 
 
+def _canary(fmt: Format, secret: str, insertions: int = 1) -> Canary:
+    return Canary(id=None, format=fmt.source, secret=secret, text=fmt.render(secret), insertions=insertions)
+
+
 def _smollm2(dtype: str | None = None, device: str = "cpu"):
     import importlib.util
 
@@ -239,12 +244,8 @@ def part_c(model=None, sizes: Sizes = Sizes()) -> None:
         mark = "  <- pi" if c.secret == pi_digits else ""
         print(f"      #{i}  {c.secret}  {c.log_perplexity:6.2f} bits{mark}")
 
-    class C:
-        def __init__(self, secret: str, insertions: int) -> None:
-            self.format, self.secret, self.insertions = pi, secret, insertions
-
     rng = random.Random(1)
-    canaries = [C(pi_digits, 1)] + [C(s, 0) for s in fmt.sample(rng, 3)]
+    canaries = [_canary(fmt, pi_digits, 1)] + [_canary(fmt, s, 0) for s in fmt.sample(rng, 3)]
     t0 = time.perf_counter()
     results = measure(
         model,
@@ -270,12 +271,13 @@ def matmul_roof(dtype: torch.dtype, n: int = 2048, seconds: float = 2.0, device:
     """GFLOP/s of a square n x n matrix product in ``dtype`` on ``device``: what it reaches on
     matmul (on a GPU the timing waits for the queued products: ``torch.cuda.synchronize``)."""
     a, b = (torch.randn(n, n, dtype=dtype, device=device) for _ in range(2))
-    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+    cuda = torch.device(device).type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     a @ b
     sync()
     k, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
-        for _ in range(8 if torch.device(device).type == "cuda" else 1):
+        for _ in range(8 if cuda else 1):
             a @ b
             k += 1
         sync()
@@ -334,12 +336,8 @@ def part_d(
         )
     print(f"         peak search memory {ex.details['peak_search_memory_bytes'] / 1e9:.2f} GB")
 
-    class C:
-        def __init__(self) -> None:
-            self.format, self.secret, self.insertions = fmt_source, canary, 1
-
     t0 = time.perf_counter()
-    (r,) = measure(model, [C()], method="pruned", max_steps=steps, bootstrap=0, samples=100)
+    (r,) = measure(model, [_canary(fmt, canary)], method="pruned", max_steps=steps, bootstrap=0, samples=100)
     line(f"measure, pruned ({r.model_steps:,} steps)", r.model_steps / (time.perf_counter() - t0))
 
 
@@ -349,20 +347,17 @@ def part_e(load, fmt_source: str, truth: str, label: str, seed: int = 2) -> None
     fmt = Format.parse(fmt_source)
     secrets = [truth] + fmt.sample(random.Random(seed), 5)
 
-    class C:
-        def __init__(self, secret: str) -> None:
-            self.format, self.secret, self.insertions = fmt_source, secret, 1
-
-    got = {}
+    results, seconds = {}, {}
     for dtype in ("float32", "bfloat16"):
         model = load(dtype)
         t0 = time.perf_counter()
-        got[dtype] = measure(model, [C(x) for x in secrets], method="enumerate", max_steps=10**8, bootstrap=0)
-        got[dtype + " s"] = time.perf_counter() - t0
-    f32, b16 = got["float32"], got["bfloat16"]
+        canaries = [_canary(fmt, x) for x in secrets]
+        results[dtype] = measure(model, canaries, method="enumerate", max_steps=10**8, bootstrap=0)
+        seconds[dtype] = time.perf_counter() - t0
+    f32, b16 = results["float32"], results["bfloat16"]
     print(
         f"   {label}, {fmt_source!r} (|R| = {fmt.space_size:,}) by enumeration: "
-        f"float32 {got['float32 s']:.1f} s, bfloat16 {got['bfloat16 s']:.1f} s"
+        f"float32 {seconds['float32']:.1f} s, bfloat16 {seconds['bfloat16']:.1f} s"
     )
     print("      secret          fp32 bits  bf16 bits   fp32 rank  bf16 rank")
     for x, a, b in zip(secrets, f32, b16):
