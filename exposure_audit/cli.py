@@ -33,6 +33,7 @@ from .errors import (
     out_of_memory_error,
 )
 from .exposure.measure import ESTIMATORS, METHODS, PREFER
+from .exposure.options import DEFAULT_EXACT_BUDGET
 from .memory import DEFAULT_MAX_MEMORY
 from .models import registry as model_kinds
 
@@ -421,7 +422,15 @@ measure_options = [
         "--prefer",
         type=click.Choice(list(PREFER)),
         default=None,
-        help="auto: exact ranks wherever the budget allows, or exact only where cheap (default: exact).",
+        help="auto: balanced (exact within --exact-budget, cheapest first; the rest estimated), exact "
+        "(exact wherever --max-steps allows) or fast (exact only where cheaper than the estimate). "
+        "Default: balanced.",
+    ),
+    click.option(
+        "--exact-budget",
+        type=click.IntRange(min=0),
+        default=None,
+        help=f"prefer balanced: model steps of exact work per format (default {DEFAULT_EXACT_BUDGET:,}).",
     ),
     click.option(
         "--fail-above",
@@ -441,9 +450,10 @@ measure_options = [
 
 
 def _measure_overrides(
-    method, max_steps, samples, estimator, prefer, fail_above, seed=None, max_memory=None
+    method, max_steps, samples, estimator, prefer, fail_above, seed=None, max_memory=None, exact_budget=None
 ) -> dict[str, Any]:
     return {
+        "measure.exact_budget": exact_budget,
         "seed": seed,
         "measure.max_memory": max_memory,
         "measure.method": method,
@@ -497,6 +507,7 @@ def measure(
     samples,
     estimator,
     prefer,
+    exact_budget,
     fail_above,
     redact,
     markdown_path,
@@ -521,7 +532,8 @@ def measure(
 
     _join(backend, dist_timeout)
     cfg = _config(
-        config_path, _measure_overrides(method, max_steps, samples, estimator, prefer, fail_above, seed, max_memory)
+        config_path,
+        _measure_overrides(method, max_steps, samples, estimator, prefer, fail_above, seed, max_memory, exact_budget),
     )
     for p in (json_path, junit_path, markdown_path):
         if p is not None:
@@ -569,6 +581,7 @@ def audit(
     samples,
     estimator,
     prefer,
+    exact_budget,
     fail_above,
     redact,
     markdown_path,
@@ -587,7 +600,9 @@ def audit(
     if config_path is None:
         default = Path("configs/default.yaml")
         config_path = str(default) if default.is_file() else None
-    overrides = _measure_overrides(method, max_steps, samples, estimator, prefer, fail_above, seed, max_memory)
+    overrides = _measure_overrides(
+        method, max_steps, samples, estimator, prefer, fail_above, seed, max_memory, exact_budget
+    )
     overrides.update({"corpus": corpus, "train.epochs": epochs})
     cfg = _config(config_path, overrides)
     if markdown_path is not None:

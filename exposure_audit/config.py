@@ -37,6 +37,7 @@ _BOUNDS: dict[str, tuple[float | None, float | None]] = {
     "train.threads": (0, 1024),
     "train.checkpoint_every": (0, None),
     "measure.max_steps": (1, None),
+    "measure.exact_budget": (0, None),
     "measure.samples": (10, 100_000_000),
     "measure.batch": (1, 1 << 20),
     "measure.confidence": (0.5, 0.999),

@@ -5,7 +5,7 @@ after the model interface moved to token ids). The figures mean nothing at this 
 asserted is that each script finishes and that its output has the shape of its table.
 
 The scripts run in this process (``main(argv)``) where they allow it, so torch, transformers and
-the package are imported once; insert_memory.py and scan.py measure child processes, and
+the package are imported once; insert_memory.py, scan.py and defaults.py measure child processes, and
 stress.py and distributed.py launch torchrun, so they start interpreters of their own (and run
 only with EXPOSURE_AUDIT_BENCH_TORCHRUN=1, see below).
 """
@@ -32,6 +32,16 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
             rf"^  merged +{NUM} s +\d+ model steps +\d+ steps/s$",
             rf"^  unmerged +{NUM} s +\d+ model steps +\d+ steps/s$",
             rf"^  unmerged / merged time: {NUM}x \(same ranks\)$",
+        ],
+    ),
+    "defaults": (
+        ["--exact"],
+        [
+            r"^measure with no options \(prefer balanced, exact budget 2,000,000 steps per format\)$",
+            r"^audit +formats +canaries +exact +train s +measure s +peak MB$",
+            rf"^tiny +1 +3 +[0-3] +{NUM} +{NUM} +{NUM}$",
+            rf"^  --prefer exact +1 +3 +3 +{NUM} +{NUM} +{NUM}$",
+            rf"^  default / exact time: {NUM}x; estimated where exact was proven: [0-3] canaries, max error {NUM} bits$",
         ],
     ),
     "distributed": (

@@ -211,5 +211,5 @@ def test_one_options_object_for_measure_and_the_config(tiny_model):
     assert cfg.to_dict()["measure"]["max_memory"] == "4GB"  # the config's default size, as before
     with pytest.raises(AuditError, match="unknown key 'measure.seed'"):
         config_from_dict({"measure": {"seed": 1}})
-    with pytest.raises(AuditError, match="measure.prefer: 'soon' is not one of exact, fast"):
+    with pytest.raises(AuditError, match="measure.prefer: 'soon' is not one of balanced, exact, fast"):
         config_from_dict({"measure": {"prefer": "soon"}})

@@ -138,6 +138,63 @@ def test_auto_enumerates_when_a_random_canary_makes_walks_dearer(tiny_model):
     assert fast["{d:4}"]["actual_steps"] < plan["actual_steps"]
 
 
+def test_balanced_default_spends_at_most_its_exact_budget(tiny_model):
+    """prefer="balanced" (the default): exact work within exact_budget, cheapest walk first; the
+    memorized canary is exact on any budget that holds its short walk, the random ones are
+    estimated with intervals, and a budget large enough for the tree enumerates everything."""
+    model = peaked(tiny_model)
+    group = [C("{d:5}", "77777", 8), C("{d:5}", "12345", 0), C("{d:5}", "50713", 0)]
+    tree = engine.compile_format(Scorer.of(model), Format.parse("{d:5}"), None).tree_steps()
+    exact_by_budget = []
+    for budget in (0, 400, 20_000, tree):
+        plans = {}
+        res = measure(model, group, samples=400, bootstrap=0, exact_budget=budget, plans=plans)
+        plan = plans["{d:5}"]
+        assert plan["prefer"] == "balanced" and plan["exact_budget"] == budget
+        assert plan["exact_steps"] <= budget
+        assert plan["exact"] == sum(r.rank is not None for r in res)
+        for r in res:
+            if r.rank is None:
+                lo, hi = r.exposure_ci
+                assert r.method.endswith("estimate:importance") and lo <= r.exposure <= hi < lo + 3
+        exact_by_budget.append([r.rank is not None for r in res])
+    assert exact_by_budget[0] == [False, False, False]
+    assert exact_by_budget[1] == [True, False, False]  # the memorized one's walk is short
+    assert exact_by_budget[3] == [True, True, True]  # the tree fits: enumerated
+    assert plan["chosen"] == "enumerate"
+    (exact,) = measure(model, group[1:2], samples=400, bootstrap=0, method="enumerate")
+    assert res[1].rank == exact.rank
+    # the estimates are the same draws whatever the budget: only exactness changes
+    assert measure(model, group, samples=400, bootstrap=0, exact_budget=0)[0].rank is None
+
+
+def test_balanced_budget_is_shared_by_a_formats_context_groups(tiny_model):
+    """Chat canaries each carry their own context (one group each): the format's exact budget is
+    spent once over all of them, not once per group."""
+    model = peaked(tiny_model)
+
+    class K(C):
+        def __init__(self, id, secret):
+            super().__init__("{d:5}", secret, 8)
+            self.id = id
+
+    group = [K("a", "77777"), K("b", "77777"), K("c", "77777")]
+    contexts = {"a": "\n", "b": "x\n", "c": "y\n"}
+    alone = {}
+    measure(model, group[:1], samples=400, bootstrap=0, contexts=contexts, plans=alone)
+    budget = alone["{d:5}"]["predicted_pruned_steps"][0]  # what the first group's walk is predicted to take
+    plans = {}
+    res = measure(model, group, samples=400, bootstrap=0, contexts=contexts, exact_budget=budget, plans=plans)
+    first, *rest = plans.values()
+    assert len(plans) == 3 and res[0].rank == 1 and 0 < first["exact_steps"] <= budget
+    # each later group may spend only what the earlier ones left
+    left = budget - first["exact_steps"]
+    for p in rest:
+        assert p["exact_budget"] == left and p["exact_steps"] <= left
+        left -= p["exact_steps"]
+    assert sum(p["exact_steps"] for p in plans.values()) <= budget
+
+
 def test_estimators_are_selectable_and_reported_side_by_side(tiny_model):
     group = [C("{d:5}", "12345", 0)]
     by = {}

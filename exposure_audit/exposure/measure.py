@@ -187,14 +187,18 @@ def measure(
         own = (contexts or {}).get(c.id or "")
         groups.setdefault((c.format, own if own is not None else opts.context), []).append(i)
     seen: dict[str, int] = {}
+    exact_left: dict[str, int] = {}  # prefer="balanced": a format's exact budget, shared by its context groups
     for (source, context), idxs in groups.items():
         fmt = Format.parse(source)
         n = seen[source] = seen.get(source, -1) + 1
         key = source if n == 0 else f"{source} @ context {n}"
         group_opts = opts if context == opts.context else replace(opts, context=context)
+        left = exact_left.setdefault(source, opts.exact_budget)
         out, cf, draws, plan = _measure_format(
-            scorer, fmt, [canaries[i] for i in idxs], group_opts, collect is not None
+            scorer, fmt, [canaries[i] for i in idxs], group_opts, collect is not None, exact_left=left
         )
+        if plan is not None:
+            exact_left[source] = max(0, left - plan.exact_steps)
         for i, r in zip(idxs, out):
             results[i] = r
         if plans is not None and plan is not None:
@@ -222,7 +226,9 @@ class Plan:
     walkable: int = 0  # canaries whose predicted pruned walk fits the budget
     pruned: list[int] = field(default_factory=list)  # canaries (by position in the format's group) walked
     predicted_pruned_steps: list[int] = field(default_factory=list)  # per canary
+    exact_budget: int | None = None  # prefer="balanced": the exact work this group could spend
     actual_steps: int = 0
+    exact_steps: int = 0  # of actual_steps, those of walks and enumeration (the estimate's excluded)
     exact: int = 0
     seconds: float = 0.0
 
@@ -273,15 +279,22 @@ def _estimate_steps(cf: CompiledFormat, opts: MeasureOptions) -> int:
 
 
 def _plan(
-    cf: CompiledFormat, group: Sequence[Canary], px: np.ndarray, draws: FormatDraws, opts: MeasureOptions
+    cf: CompiledFormat,
+    group: Sequence[Canary],
+    px: np.ndarray,
+    draws: FormatDraws,
+    opts: MeasureOptions,
+    exact_left: int | None = None,
 ) -> Plan:
     """Choose by predicted model steps (docs/method.md, ``auto``).
 
     Each canary's pruned walk is predicted by the importance draws themselves (the estimated
     number of in-bound nodes the walk would step, measured on this model), enumeration by the
-    tree's size (shared by every canary of the format). ``prefer="exact"``: the cheapest plan
-    that gives an exact rank wherever the budget (``max_steps``) allows. ``prefer="fast"``:
-    exact only where it costs no more than the estimate already paid for.
+    tree's size (shared by every canary of the format). ``prefer="balanced"`` (the default):
+    exact work within ``exact_budget`` steps (``exact_left``: what the format's earlier context
+    groups left of it), see :func:`_plan_balanced`. ``prefer="exact"``: the cheapest plan that
+    gives an exact rank wherever the budget (``max_steps``) allows. ``prefer="fast"``: exact only
+    where it costs no more than the estimate already paid for.
     """
     assert draws.importance is not None
     tree = cf.tree_steps()
@@ -294,6 +307,8 @@ def _plan(
     if fits_enum:
         predicted["enumerate"] = est_steps + tree
     exact_possible = n if fits_enum else len(walkable)
+    if opts.prefer == "balanced":
+        return _plan_balanced(tree, est_steps, pred, predicted, exact_possible, len(walkable), opts, exact_left)
     if opts.prefer == "fast":
         cheap = [i for i, s in enumerate(pred) if s <= est_steps]
         predicted["fast"] = est_steps + sum(pred[i] for i in cheap)
@@ -336,9 +351,65 @@ def _plan(
     return Plan(chosen, "exact", why, predicted, exact_possible, n, len(walkable), walkable, pred)
 
 
+def _plan_balanced(
+    tree: int,
+    est_steps: int,
+    pred: list[int],
+    predicted: dict[str, int],
+    exact_possible: int,
+    walkable: int,
+    opts: MeasureOptions,
+    exact_left: int | None,
+) -> Plan:
+    """``prefer="balanced"``: a measure whose cost is bounded before it starts.
+
+    The exact work may spend ``budget`` model steps (``exact_budget``, less what this format's
+    earlier context groups spent). Canaries are taken cheapest predicted walk first while the
+    walks' sum fits the budget (each also within ``max_steps``): the memorized canaries, whose
+    walks are short, come out exact; the weakly memorized ones, whose exact ranks cost the most
+    and say the least (a few bits), are estimated with their intervals. Enumeration replaces the
+    walks where the whole tree fits the budget and either costs no more than they do or makes
+    canaries exact that they leave out. The walks are also capped in flight (``_measure_format``),
+    so a walk that runs past its prediction never takes the total past the budget."""
+    n = len(pred)
+    budget = opts.exact_budget if exact_left is None else min(opts.exact_budget, exact_left)
+    cheap: list[int] = []
+    spent = 0
+    for i in sorted(range(n), key=lambda i: (pred[i], i)):
+        if pred[i] > opts.max_steps or spent + pred[i] > budget:
+            break
+        cheap.append(i)
+        spent += pred[i]
+    predicted["balanced"] = est_steps + spent
+    args = (predicted, exact_possible, n, walkable)
+    if tree <= min(budget, opts.max_steps) and (len(cheap) < n or tree <= spent):
+        why = (
+            "enumeration fits the exact budget and costs no more than the pruned walks"
+            if len(cheap) == n
+            else "enumeration fits the exact budget and makes every canary exact"
+        )
+        return Plan("enumerate", "balanced", why, *args, [], pred, exact_budget=budget)
+    if len(cheap) == n:
+        why = f"every canary exact by pruned walks within the exact budget of {budget} steps"
+    else:
+        why = (
+            f"pruned walks, cheapest first, within the exact budget of {budget} steps; "
+            f"{n - len(cheap)} of {n} estimated (their walks would cost more)"
+        )
+    chosen = "pruned+estimate" if cheap else "estimate"
+    return Plan(chosen, "balanced", why, *args, sorted(cheap), pred, exact_budget=budget)
+
+
 def _measure_format(
-    scorer: Scorer, fmt: Format, group: list[Canary], opts: MeasureOptions, want_uniform: bool = False
+    scorer: Scorer,
+    fmt: Format,
+    group: list[Canary],
+    opts: MeasureOptions,
+    want_uniform: bool = False,
+    exact_left: int | None = None,
 ) -> tuple[list[CanaryResult], CompiledFormat, FormatDraws | None, Plan | None]:
+    """Measure one format's canaries in one context. ``exact_left``: under ``prefer="balanced"``,
+    what is left of the format's exact budget (its earlier context groups spent the rest)."""
     t0 = time.perf_counter()
     s0 = scorer.steps
     secrets = [c.secret for c in group]
@@ -375,7 +446,7 @@ def _measure_format(
             # (1) estimate every canary (the draws also predict each pruned walk's steps)
             draws = _draws(scorer, cf, px, opts, importance=True, uniform=use_uniform)
             # (2)-(3) predict every plan's steps and pick
-            plan = _plan(cf, group, px, draws, opts)
+            plan = _plan(cf, group, px, draws, opts, exact_left)
             method = "enumerate" if plan.chosen == "enumerate" else "planned"
             walk = set(plan.pruned)
 
@@ -406,46 +477,70 @@ def _measure_format(
             for i, r in enumerate(results):
                 r.details.update(_estimate(float(px[i]), i, draws, size, opts)[3])
         if plan is not None:
-            _finish(plan, scorer.steps - s0, len(group), time.perf_counter() - t0)
+            _finish(plan, scorer.steps - s0, len(group), time.perf_counter() - t0, scorer.steps - s1)
         return results, cf, draws, plan
 
     # pruned / estimate / a planned auto
     if method == "estimate":
         draws = _draws(scorer, cf, px, opts, importance=use_importance, uniform=use_uniform)
+    if method == "pruned":
+        order: list[int] = list(range(len(group)))
+    else:  # the planned walks, cheapest predicted first
+        order = sorted(walk, key=lambda i: (plan.predicted_pruned_steps[i], i))
+    walked = _walks(scorer, cf, px, order, opts, plan.exact_budget if plan is not None else None)
+    exact_steps = sum(steps for _, steps, _ in walked.values())
     out: list[CanaryResult] = []
     for i, (c, p) in enumerate(zip(group, px)):
-        t1 = time.perf_counter()
-        s1 = scorer.steps
-        try_pruned = method == "pruned" or i in walk
         bounds: tuple[int, int] | None = None
-        if try_pruned:
-            with Progress(total=opts.max_steps, desc=f"pruned {fmt.source}", quiet=opts.quiet, unit="step") as bar:
-                pr = sharded.pruned_rank(
-                    scorer, cf, float(p), max_steps=opts.max_steps, batch=opts.batch, progress=bar.update
-                )
+        steps, seconds = 0, 0.0
+        if i in walked:
+            pr, steps, seconds = walked[i]
             if pr.rank is not None:
                 extra = {}
                 if draws is not None:
                     extra = _estimate(float(p), i, draws, size, opts)[3]
                 if plan is not None:
                     extra["predicted_pruned_steps"] = plan.predicted_pruned_steps[i]
-                out.append(
-                    _exact(c, fmt, float(p), pr.rank, "pruned", scorer.steps - s1, time.perf_counter() - t1, **extra)
-                )
+                out.append(_exact(c, fmt, float(p), pr.rank, "pruned", steps, seconds, **extra))
                 continue
             bounds = pr.bounds
+        t1, s1 = time.perf_counter(), scorer.steps
         draws = _draws(scorer, cf, px, opts, importance=use_importance, uniform=use_uniform, have=draws)
-        r = _estimated(c, fmt, float(p), i, draws, bounds, opts, scorer.steps - s1, time.perf_counter() - t1)
+        r = _estimated(
+            c, fmt, float(p), i, draws, bounds, opts, steps + scorer.steps - s1, seconds + time.perf_counter() - t1
+        )
         if plan is not None:
             r.details["predicted_pruned_steps"] = plan.predicted_pruned_steps[i]
         out.append(r)
     if plan is not None:
-        _finish(plan, scorer.steps - s0, sum(r.rank is not None for r in out), time.perf_counter() - t0)
+        _finish(plan, scorer.steps - s0, sum(r.rank is not None for r in out), time.perf_counter() - t0, exact_steps)
     return out, cf, draws, plan
 
 
-def _finish(plan: Plan, steps: int, exact: int, seconds: float) -> None:
-    plan.actual_steps, plan.exact, plan.seconds = steps, exact, round(seconds, 3)
+def _walks(
+    scorer: Scorer, cf: CompiledFormat, px: np.ndarray, order: list[int], opts: MeasureOptions, budget: int | None
+) -> dict[int, tuple[engine.PrunedRank, int, float]]:
+    """Pruned walks of the canaries in ``order``: canary -> (walk, model steps, seconds). With a
+    ``budget`` (prefer="balanced") each walk is capped by what the earlier ones left of it, so
+    the budget holds even where a walk runs past its prediction; once it is spent, no more walks."""
+    walked: dict[int, tuple[engine.PrunedRank, int, float]] = {}
+    left = budget
+    for i in order:
+        cap = opts.max_steps if left is None else min(opts.max_steps, left)
+        if cap < 1:
+            break
+        t1, s1 = time.perf_counter(), scorer.steps
+        with Progress(total=cap, desc=f"pruned {cf.fmt.source}", quiet=opts.quiet, unit="step") as bar:
+            pr = sharded.pruned_rank(scorer, cf, float(px[i]), max_steps=cap, batch=opts.batch, progress=bar.update)
+        spent = scorer.steps - s1
+        walked[i] = (pr, spent, time.perf_counter() - t1)
+        if left is not None:
+            left -= spent
+    return walked
+
+
+def _finish(plan: Plan, steps: int, exact: int, seconds: float, exact_steps: int) -> None:
+    plan.actual_steps, plan.exact, plan.seconds, plan.exact_steps = steps, exact, round(seconds, 3), exact_steps
 
 
 def _sample_scores(scorer: Scorer, cf: CompiledFormat, px: Sequence[float], opts: MeasureOptions) -> FormatSamples:

@@ -21,8 +21,11 @@ from ..memory import MemoryBudget
 
 METHODS = ("auto", "enumerate", "pruned", "estimate", "brute")
 ESTIMATORS = ("importance", "uniform", "skewnorm")
-PREFER = ("exact", "fast")
+PREFER = ("balanced", "exact", "fast")
 DEFAULT_MAX_STEPS = 20_000_000
+# auto, prefer="balanced": model steps of exact work (walks, enumeration) per format beyond the
+# estimate; about 20 s of the char-LSTM on 2 cores (docs/method.md, ``auto``)
+DEFAULT_EXACT_BUDGET = 2_000_000
 DEFAULT_SAMPLES = 10_000
 DEFAULT_BATCH = 1024  # candidates (or tree nodes) per model call; engine.DEFAULT_BATCH is this
 
@@ -42,7 +45,11 @@ class MeasureOptions:
     max_steps: int = DEFAULT_MAX_STEPS  # model-step budget of a walk (per format)
     samples: int = DEFAULT_SAMPLES  # draws of the estimate
     estimator: str = "importance"  # the estimate reported where a rank is not exact
-    prefer: str = "exact"  # auto: exact ranks wherever the budget allows, or "fast"
+    # auto: "balanced" (exact where it fits exact_budget, cheapest first; the others estimated),
+    # "exact" (exact wherever max_steps allows) or "fast" (exact only where it costs no more than
+    # the estimate)
+    prefer: str = "balanced"
+    exact_budget: int = DEFAULT_EXACT_BUDGET  # prefer="balanced": exact work per format (model steps)
     batch: int = DEFAULT_BATCH
     confidence: float = 0.9
     bootstrap: int = 100
@@ -67,6 +74,8 @@ class MeasureOptions:
                 raise AuditError(f"{where}{key}: {value!r} is not one of {', '.join(choices)}")
         if self.max_steps < 1:
             raise AuditError(f"{where}max_steps: the model-step budget must be at least 1")
+        if self.exact_budget < 0:
+            raise AuditError(f"{where}exact_budget: the exact work's model-step budget must be at least 0")
         if self.samples < 1:
             raise AuditError(f"{where}samples: the number of samples must be at least 1")
         try:
@@ -105,6 +114,7 @@ class ExtractOptions:
 
 
 __all__ = [
+    "DEFAULT_EXACT_BUDGET",
     "DEFAULT_MAX_STEPS",
     "DEFAULT_SAMPLES",
     "ESTIMATORS",
