@@ -13,7 +13,8 @@ candidates), where the default before `balanced` (`--prefer exact`) took minutes
 of weakly memorized canaries. `--exact` also times `--prefer exact` on the scenario (about 3
 minutes here), for the side-by-side ratio and the estimates' error against the exact ranks.
 
-Prints one line per audit: canaries, how many came out exact, seconds of measure, peak RSS. Not
+Prints one line per audit: canaries, how many came out exact, seconds of measure, peak RSS, and
+the model steps per second of its exact pruned walks (from the report's per-canary figures). Not
 a test; run it under the heavy-work lock (training takes minutes per config).
 
     .venv/bin/python benchmarks/defaults.py --tiny   # seconds: a 1-epoch 1x16 LSTM on a tiny corpus
@@ -67,8 +68,16 @@ def measure_once(work: Path, name: str, extra: list[str]) -> dict:
         "canaries": len(canaries),
         "exact": sum(c["rank"] is not None for c in canaries),
         "formats": len(report["model"].get("plan") or {}),
+        "walk_rate": _walk_rate(canaries),
         "exposures": {(c["format"], c["secret"]): (c["exposure"], c["rank"] is not None) for c in canaries},
     }
+
+
+def _walk_rate(canaries: list[dict]) -> float | None:
+    """Model steps per second of the exact pruned walks (None where none ran)."""
+    walks = [c for c in canaries if c["method"] == "pruned"]
+    seconds = sum(c["seconds"] for c in walks)
+    return sum(c["model_steps"] for c in walks) / seconds if walks and seconds > 0 else None
 
 
 def prepare(work: Path, config: Path | None, spec: dict | None, corpus: Path | None) -> float:
@@ -96,9 +105,10 @@ def tiny_corpus(path: Path) -> Path:
 
 
 def row(name: str, train_s: float, m: dict) -> str:
+    rate = "-" if m["walk_rate"] is None else f"{m['walk_rate']:,.0f}"
     return (
         f"{name:<22} {m['formats']:>7} {m['canaries']:>8} {m['exact']:>5} {train_s:>9.0f} "
-        f"{m['seconds']:>10.1f} {m['rss']:>8.0f}"
+        f"{m['seconds']:>10.1f} {m['rss']:>8.0f} {rate:>13}"
     )
 
 
@@ -121,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
                 jobs.append(("issue 24 scenario", None, SCENARIO, None))
         print("measure with no options (prefer balanced, exact budget 2,000,000 steps per format)")
         print(
-            f"{'audit':<22} {'formats':>7} {'canaries':>8} {'exact':>5} {'train s':>9} {'measure s':>10} {'peak MB':>8}"
+            f"{'audit':<22} {'formats':>7} {'canaries':>8} {'exact':>5} {'train s':>9} {'measure s':>10} {'peak MB':>8} {'walk steps/s':>13}"
         )
         for name, config, spec, corpus in jobs:
             work = root / name.replace(" ", "-")

@@ -42,7 +42,7 @@ from exposure_audit.data.formats import Format
 from exposure_audit.data.manifest import Manifest
 from exposure_audit.exposure import engine
 from exposure_audit.exposure.extract import best_first
-from exposure_audit.exposure.importance import importance_samples
+from exposure_audit.exposure.importance import Proposal, importance_samples
 from exposure_audit.exposure.math import combine_estimates, exposure_from_rank, fit_skewnorm, sampling_estimate
 from exposure_audit.exposure.measure import measure
 from exposure_audit.models import Scorer, load_checkpoint
@@ -113,7 +113,9 @@ def accuracy(scorer: Scorer, name: str, fmt: Format, order: np.ndarray, bound: f
     is_steps = []
     t0 = time.perf_counter()
     for rep in range(args.repeats):
-        s = importance_samples(scorer, cf, args.samples, seed=1000 + rep)
+        s = importance_samples(
+            scorer, cf, args.samples, seed=1000 + rep, proposal=Proposal(siblings=not args.no_siblings)
+        )
         is_steps.append(s.steps)
         rng = random.Random(2000 + rep)
         if math.isinf(bound):  # every candidate's score is known: a uniform draw is a uniform index
@@ -295,6 +297,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--run-limit", type=int, default=20_000_000, help="do not run plans predicted above this")
     ap.add_argument("--cache", type=Path, default=None, help="keep exact scores here between runs")
     ap.add_argument("--skip", choices=["accuracy", "auto"], default=None)
+    ap.add_argument(
+        "--no-siblings", action="store_true", help="importance sampling without the last level counted exactly"
+    )
     ap.add_argument("--tiny", action="store_true", help="seconds: small formats and sample sets, a tiny audit")
     args = ap.parse_args(argv)
     if args.audit is None and not args.tiny:

@@ -43,6 +43,7 @@ from exposure_audit.data.manifest import Canary
 from exposure_audit.exposure import engine
 from exposure_audit.exposure.extract import best_first
 from exposure_audit.exposure.measure import measure
+from exposure_audit.exposure.rescore import rescored_ranks
 from exposure_audit.models import Scorer, load_model
 
 FIVE = "the random number is {d:5}"
@@ -347,9 +348,9 @@ def part_e(load, fmt_source: str, truth: str, label: str, seed: int = 2) -> None
     fmt = Format.parse(fmt_source)
     secrets = [truth] + fmt.sample(random.Random(seed), 5)
 
-    results, seconds = {}, {}
+    results, seconds, models = {}, {}, {}
     for dtype in ("float32", "bfloat16"):
-        model = load(dtype)
+        model = models[dtype] = load(dtype)
         t0 = time.perf_counter()
         canaries = [_canary(fmt, x) for x in secrets]
         results[dtype] = measure(model, canaries, method="enumerate", max_steps=10**8, bootstrap=0)
@@ -365,6 +366,22 @@ def part_e(load, fmt_source: str, truth: str, label: str, seed: int = 2) -> None
     same = sum(a.rank == b.rank for a, b in zip(f32, b16))
     worst = max(abs(a.log_perplexity - b.log_perplexity) for a, b in zip(f32, b16))
     print(f"      ranks equal for {same} of {len(secrets)} canaries; max |bf16 - fp32| {worst:.3f} bits")
+    # exposure/rescore.py: walk in bfloat16, rescore in float32 the candidates within delta bits
+    run: dict = {}
+    t0 = time.perf_counter()
+    got = rescored_ranks(models["bfloat16"], models["float32"], fmt, secrets, run=run)
+    took = time.perf_counter() - t0
+    equal = sum(g.rank == a.rank for g, a in zip(got, f32))
+    print(
+        f"      rescored (bf16 walk, fp32 band, delta {got[0].delta} bits): ranks equal to float32's for "
+        f"{equal} of {len(secrets)}; bands {min(g.band for g in got):,}-{max(g.band for g in got):,} candidates, "
+        f"{run['rescore_candidates']:,} rescored; max |bf16 - fp32| seen {got[0].max_error:.3f} bits "
+        f"({'sound' if all(g.sound for g in got) else 'NOT sound: widen delta'})"
+    )
+    print(
+        f"      rescored {took:.1f} s (walk {run['walk_seconds']:.1f} s, {run['walk_steps']:,} steps; "
+        f"rescore {run['rescore_seconds']:.1f} s); float32 enumeration / rescored time: {seconds['float32'] / took:.2f}x"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -38,9 +38,9 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
         ["--exact"],
         [
             r"^measure with no options \(prefer balanced, exact budget 2,000,000 steps per format\)$",
-            r"^audit +formats +canaries +exact +train s +measure s +peak MB$",
-            rf"^tiny +1 +3 +[0-3] +{NUM} +{NUM} +{NUM}$",
-            rf"^  --prefer exact +1 +3 +3 +{NUM} +{NUM} +{NUM}$",
+            r"^audit +formats +canaries +exact +train s +measure s +peak MB +walk steps/s$",
+            rf"^tiny +1 +3 +[0-3] +{NUM} +{NUM} +{NUM} +({NUM}|-)$",
+            rf"^  --prefer exact +1 +3 +3 +{NUM} +{NUM} +{NUM} +({NUM}|-)$",
             rf"^  default / exact time: {NUM}x; estimated where exact was proven: [0-3] canaries, max error {NUM} bits$",
         ],
     ),
@@ -136,6 +136,10 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
             r"^== \(e\) ranks under bfloat16 against float32$",
             r"^      123 +[\d.]+ +[\d.]+ +[\d,]+ +[\d,]+$",
             r"^      ranks equal for [0-6] of 6 canaries; max \|bf16 - fp32\| [\d.]+ bits$",
+            r"^      rescored \(bf16 walk, fp32 band, delta 0.5 bits\): ranks equal to float32's for 6 of 6; "
+            r"bands [\d,]+-[\d,]+ candidates, [\d,]+ rescored; max \|bf16 - fp32\| seen [\d.]+ bits \(sound\)$",
+            rf"^      rescored {NUM} s \(walk {NUM} s, [\d,]+ steps; rescore {NUM} s\); "
+            rf"float32 enumeration / rescored time: {NUM}x$",
         ],
     ),
     "insert_memory": (

@@ -65,6 +65,7 @@ class Proposal:
 
     uniform: float = UNIFORM_SHARE
     tempered: tuple[tuple[float, float], ...] = TEMPERED
+    siblings: bool = True  # count the last branching level exactly (ImportanceSamples._terms)
 
     def __post_init__(self) -> None:
         total = self.uniform + sum(s for _, s in self.tempered)
@@ -100,13 +101,26 @@ class ImportanceSamples:
     seconds: float
     noncanonical: int = 0
     proposal: Proposal = field(default_factory=Proposal)
+    # the last branching level, counted exactly (see _terms): per draw, the cost of every sibling
+    # candidate under its parent node (inf-padded), and log2 of that parent's normalized weight
+    # (1/|R|)/q'(parent); None where the format has no such level (subword trees, no holes)
+    sibling_cost: np.ndarray | None = None  # [m, k]
+    sibling_log2_y: np.ndarray | None = None  # [m]
 
     @property
     def m(self) -> int:
         return int(self.px.shape[0])
 
     def _terms(self, threshold: float) -> np.ndarray:
-        """Per draw: 1{canonical, Px <= threshold + tol} * (1/|R|)/q'(x), each in [0, 1/a]."""
+        """Per draw, in [0, 1/a]: 1{canonical, Px <= threshold + tol} * (1/|R|)/q'(x); or, where
+        the last branching level is counted exactly (Rao-Blackwellized), the number of the drawn
+        candidate's siblings (itself included) at or under the threshold times (1/|R|)/q'(p),
+        ``p`` its parent node and ``q'(p)`` the mixture's probability of reaching it. Both are
+        unbiased for rank/|R|; the second has less variance (the draw's last token no longer
+        adds any), and costs one more model step per sibling per token after that level."""
+        if self.sibling_cost is not None and self.sibling_log2_y is not None:
+            hits = (self.sibling_cost <= threshold + TIE_TOLERANCE).sum(axis=1)
+            return hits * np.exp2(self.sibling_log2_y)
         hit = self.px <= threshold + TIE_TOLERANCE
         return np.where(hit, np.exp2(self.log2_y), 0.0)
 
@@ -175,6 +189,40 @@ def _log2_paths(cf: CompiledFormat) -> list[float]:
     return [math.log2(v) if v > 0 else -math.inf for v in n]
 
 
+def _last_level(cf: CompiledFormat) -> dict[int, list[int]]:
+    """The positions where a candidate's last branching happens: ``p -> the forced tokens after
+    it`` (usually just the terminator), for every ``p`` with several edges that all lead to one
+    position from which a single path (one edge per position) runs to the end. Empty for
+    ambiguous (subword) trees, whose sibling leaves need the canonical check one by one."""
+    if cf.ambiguous:
+        return {}
+    forced: dict[int, list[int] | None] = {cf.end: []}
+    for q in range(cf.end - 1, -1, -1):  # edges go forward: later positions are settled first
+        e = cf.edges[q]
+        nxt = int(e.next[0]) if len(e) == 1 else None
+        tail = forced.get(nxt) if nxt is not None else None
+        free = e.free is not None and bool(e.free[0])
+        # a forced token costs its bits unless it lies in the context; free ones are not supported here
+        forced[q] = None if tail is None or free else [int(e.ids[0]), *tail]
+    out = {}
+    for p in range(cf.end):
+        e = cf.edges[p]
+        if len(e) > 1 and e.free is None:
+            nxt = set(e.next.tolist())
+            if len(nxt) == 1 and forced.get(nxt.pop()) is not None:
+                out[p] = forced[int(e.next[0])]
+    return out
+
+
+def predicted_steps(cf: CompiledFormat, m: int, proposal: Proposal | None = None) -> int:
+    """Model steps of :func:`importance_samples` with ``m`` draws: each walks one path below the
+    shared tokens, and steps every sibling through the tokens forced after its last branching."""
+    proposal = proposal or Proposal()
+    last = _last_level(cf) if proposal.siblings else {}
+    extra = max((len(cf.edges[p]) * len(tail) for p, tail in last.items()), default=0)
+    return m * (max(1, cf.path_tokens - 1) + extra)
+
+
 def importance_samples(
     scorer: Scorer,
     cf: CompiledFormat,
@@ -204,6 +252,7 @@ def importance_samples(
     for j, n in enumerate(counts[1:]):
         rows.extend([(None, j)] * n)
     log2_paths = _log2_paths(cf)
+    last = _last_level(cf) if proposal.siblings else {}
     betas = torch.tensor([b for b, _ in proposal.tempered], dtype=torch.float64)
     size = fmt.space_size
     px = np.empty(m)
@@ -217,15 +266,21 @@ def importance_samples(
         gen = torch.Generator().manual_seed(
             random.Random(f"exposure-audit:{seed}:importance:{fmt.source}:{lo // batch}").getrandbits(63)
         )
-        cost, lq, paths, nd = _draw_chunk(scorer, cf, chunk, betas, gen, log2_paths)
+        cost, lq, paths, nd, sib = _draw_chunk(scorer, cf, chunk, betas, gen, log2_paths, last, batch)
         ok_rows = np.ones(len(chunk), dtype=bool)
         if cf.ambiguous:
             sampled = [i for i, (forced, _) in enumerate(chunk) if forced is None]
             ok = cf.canonical_mask([paths[i] for i in sampled])
             ok_rows[sampled] = ok
-        done.append((lo, cost, lq, nd, ok_rows))
+        done.append((lo, cost, lq, nd, ok_rows, (sib.cost, sib.logq, sib.pos)))
     done = sharded.gather_batches(scorer, done, s0)
-    for lo, cost, lq, nd, ok_rows in done:
+    sib_cost: list[np.ndarray | None] = [None] * m
+    sib_logq = np.zeros((m, len(betas)))
+    sib_pos = np.full(m, -1, dtype=np.int64)
+    for lo, cost, lq, nd, ok_rows, (sc, sq, sp) in done:
+        sib_cost[lo : lo + len(cost)] = sc
+        sib_logq[lo : lo + len(cost)] = sq
+        sib_pos[lo : lo + len(cost)] = sp
         px[lo : lo + len(cost)] = cost
         logq[lo : lo + len(cost)] = lq
         for i, n in enumerate(nd):
@@ -241,6 +296,27 @@ def importance_samples(
         if shares[j + 1] > 0:
             mix = np.logaddexp2(mix, math.log2(shares[j + 1]) + logq[:, j])
     log2_y = np.where(canonical, -log2_int(size) - mix, -np.inf)
+    sibling_cost = sibling_log2_y = None
+    if last:
+        # the mixture's probability of reaching each draw's last branching node: the uniform
+        # component reaches it with the share of R below it, the tempered ones with the product
+        # of their step probabilities down to it (a draw without such a node keeps its own term)
+        have = sib_pos >= 0
+        below = np.array([log2_paths[int(p)] if p >= 0 else 0.0 for p in sib_pos])
+        mix_p = np.full(m, -np.inf)
+        if shares[0] > 0:
+            mix_p = math.log2(shares[0]) + below - log2_int(size)
+        for j in range(len(betas)):
+            if shares[j + 1] > 0:
+                mix_p = np.logaddexp2(mix_p, math.log2(shares[j + 1]) + sib_logq[:, j])
+        k = max((len(c) for c in sib_cost if c is not None), default=1)
+        sibling_cost = np.full((m, k), np.inf)
+        for i, c in enumerate(sib_cost):
+            if c is not None:
+                sibling_cost[i, : len(c)] = c
+            elif canonical[i]:
+                sibling_cost[i, 0] = px[i]
+        sibling_log2_y = np.where(have, -log2_int(size) - mix_p, log2_y)
     depth = max((len(n) for n in nodes), default=0)
     node_cost = np.full((m, depth), np.inf)
     node_paths = np.zeros((m, depth))
@@ -259,6 +335,8 @@ def importance_samples(
         seconds=time.perf_counter() - t0,
         noncanonical=noncanonical,
         proposal=proposal,
+        sibling_cost=sibling_cost,
+        sibling_log2_y=sibling_log2_y,
     )
 
 
@@ -269,12 +347,19 @@ def _draw_chunk(
     betas: torch.Tensor,
     gen: torch.Generator,
     log2_paths: list[float],
-) -> tuple[np.ndarray, np.ndarray, list[list[int]], list[list[tuple[float, float]]]]:
+    last: dict[int, list[int]] | None = None,
+    batch: int = DEFAULT_BATCH,
+) -> tuple[np.ndarray, np.ndarray, list[list[int]], list[list[tuple[float, float]]], _Siblings]:
     """Walk ``rows`` from the root, one token per depth: forced rows follow their path, the others
     draw from their component's tempered step distribution. Every row adds one token per call,
-    so rows that are still walking have read the same number of tokens (a KV cache is fine)."""
+    so rows that are still walking have read the same number of tokens (a KV cache is fine).
+
+    At a position of ``last`` (the last branching level, :func:`_last_level`) every sibling's
+    whole cost is computed too: the bits of its token plus those of the forced tokens after it,
+    stepped for all siblings at once (``batch`` rows per call)."""
     n = len(rows)
     J = int(betas.shape[0])
+    sib = _Siblings(n, J)
     cost = torch.full((n,), cf.base_cost, dtype=torch.float64)
     logq = torch.zeros((n, J), dtype=torch.float64)
     pos = torch.zeros(n, dtype=torch.long)
@@ -313,6 +398,13 @@ def _draw_chunk(
                 probs = torch.exp2(step_lq[idx, which])
                 choice[idx] = torch.multinomial(probs, 1, generator=gen).view(-1)
             r = torch.arange(local.numel())
+            if last is not None and p in last:
+                sib.record(
+                    glob,
+                    cost[glob].unsqueeze(1) + _sibling_costs(scorer, state, local, e, bits, last[p], batch),
+                    logq[glob],
+                    p,
+                )
             cost[glob] += bits[r, choice]
             logq[glob] += step_lq[r, :, choice]
             nxt = e.next[choice]
@@ -328,4 +420,42 @@ def _draw_chunk(
             nodes[g].append((float(cost[g]), log2_paths[int(pos[g])]))
         state, logp = scorer.step(scorer.take(state, going), tokens[going])
         active = active[going]
-    return cost.numpy(), logq.numpy(), paths, nodes
+    return cost.numpy(), logq.numpy(), paths, nodes, sib
+
+
+class _Siblings:
+    """Per drawn row: the whole cost of each candidate under its last branching node, the
+    tempered proposals' log2-probability of reaching that node, and its position (-1: none)."""
+
+    def __init__(self, n: int, J: int) -> None:
+        self.cost: list[np.ndarray | None] = [None] * n
+        self.logq = np.zeros((n, J))
+        self.pos = np.full(n, -1, dtype=np.int64)
+
+    def record(self, glob: torch.Tensor, costs: torch.Tensor, logq: torch.Tensor, p: int) -> None:
+        c, q = costs.numpy(), logq.numpy()
+        for i, g in enumerate(glob.tolist()):
+            self.cost[g], self.logq[g], self.pos[g] = c[i], q[i], p
+
+
+def _sibling_costs(
+    scorer: Scorer, state: Any, local: torch.Tensor, e: Any, bits: torch.Tensor, tail: list[int], batch: int
+) -> torch.Tensor:
+    """``[r, k]`` bits of each of the ``k`` edges from the ``r`` rows' nodes plus those of the forced
+    tokens after it (``tail``: usually the terminator): ``len(tail)`` model steps per sibling."""
+    k = len(e)
+    out = bits.clone()
+    if not tail:
+        return out
+    per = max(1, batch // k)  # parent rows per call: k sibling rows each
+    for lo in range(0, local.numel(), per):
+        rows = local[lo : lo + per]
+        st = scorer.take(state, rows.repeat_interleave(k))
+        tok = e.ids.repeat(rows.numel())
+        add = torch.zeros(rows.numel() * k, dtype=torch.float64)
+        for t in tail:
+            st, lp = scorer.step(st, tok)
+            add -= lp[:, t].double()
+            tok = torch.full_like(tok, t)
+        out[lo : lo + rows.numel()] += add.view(rows.numel(), k)
+    return out

@@ -34,7 +34,7 @@ from ..errors import AuditError
 from ..models.base import Scorer
 from ..progress import Progress
 from . import engine, sharded
-from .importance import ImportanceSamples, importance_samples
+from .importance import ImportanceSamples, importance_samples, predicted_steps
 from .math import (
     SKEWNORM_MAX_SKEWNESS,
     combine_estimates,
@@ -274,8 +274,8 @@ def _draws(
 
 
 def _estimate_steps(cf: CompiledFormat, opts: MeasureOptions) -> int:
-    """Predicted model steps of the estimate: every draw walks one path below the shared tokens."""
-    return opts.samples * max(1, cf.path_tokens - 1)
+    """Predicted model steps of the estimate (importance.predicted_steps)."""
+    return predicted_steps(cf, opts.samples)
 
 
 def _plan(

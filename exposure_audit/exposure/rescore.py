@@ -1,0 +1,161 @@
+"""float32 ranks from a bfloat16 search: walk in the fast dtype, settle the close calls in float32.
+
+A bfloat16 model scores every candidate a little differently from the float32 one (its 8-bit
+mantissa rounds each logit), and a rank counts candidates at or under the canary's score, so
+candidates whose two scores straddle the canary's move across it: on SmolLM2-135M 5 of 6 ranks
+differed (docs/benchmarks.md). :func:`rescored_ranks` gets the float32 rank back at close to the
+bfloat16 search's cost:
+
+1. Score each canary with the exact model (``t``, float32 bits).
+2. Walk the candidate tree once with the fast model, pruned at ``max(t) + delta``, counting per
+   canary the candidates the fast model scores at or under ``t - delta`` (``below``) and keeping
+   those in the band ``(t - delta, t + delta]``.
+3. Rescore the band's candidates with the exact model: the rank is ``below`` plus the band's
+   candidates that score at or under ``t`` in float32.
+
+The result is the float32 rank wherever every candidate's two scores differ by less than
+``delta`` bits; with ``[below, below + band]`` the rank interval the same premise gives when the
+band is too large to rescore (over ``max_band`` candidates for that canary). The premise is not
+proven: it is checked on the evidence at hand, the largest ``|fast - exact|`` over every
+rescored candidate and every canary (``max_error``), reported with each result; ``sound`` is
+False where that evidence comes within a factor 2 of ``delta`` (widen ``delta`` and run again).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from ..data.formats import Format
+from ..errors import AuditError
+from ..models.base import Scorer
+from . import engine
+from .engine import TIE_TOLERANCE
+
+DEFAULT_DELTA = 0.5  # bits: 2.3x the largest |bf16 - fp32| seen on SmolLM2's canaries (0.214)
+DEFAULT_MAX_BAND = 10_000  # candidates per canary rescored in the exact dtype
+
+
+@dataclass
+class RescoredRank:
+    """One canary's float32 rank found through a bfloat16 walk (see the module's docstring)."""
+
+    secret: str
+    log_perplexity: float  # exact model (float32) bits
+    fast_log_perplexity: float  # fast model (bfloat16) bits
+    rank: int | None  # the exact model's rank; None where the band was too large to rescore
+    rank_bounds: tuple[int, int]  # [below, below + band] under the premise |fast - exact| < delta
+    band: int  # candidates the fast model put within delta of the canary
+    rescored: int  # of those, rescored in the exact dtype (band, or 0 past max_band)
+    delta: float
+    max_error: float  # largest |fast - exact| seen over the rescored candidates and the canaries
+    sound: bool  # max_error < delta / 2: the premise has a margin on the evidence at hand
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class RescoreRun:
+    """What :func:`rescored_ranks` spent: model steps and seconds of each part."""
+
+    walk_steps: int
+    walk_seconds: float
+    rescore_candidates: int
+    rescore_seconds: float
+
+
+def rescored_ranks(
+    fast: Any,
+    exact: Any,
+    fmt: Format | str,
+    secrets: Sequence[str],
+    *,
+    delta: float = DEFAULT_DELTA,
+    max_band: int = DEFAULT_MAX_BAND,
+    context: str | None = None,
+    max_steps: int | None = None,
+    batch: int = engine.DEFAULT_BATCH,
+    run: dict[str, Any] | None = None,
+) -> list[RescoredRank]:
+    """The exact model's rank of each secret of ``fmt``, walking the tree with the ``fast`` model
+    (the same model in a cheaper dtype: the same tokenizer and tree) and rescoring with ``exact``
+    only the candidates within ``delta`` bits of a canary. ``run`` receives a :class:`RescoreRun`
+    as a dict. Past ``max_steps`` the walk stops and the call fails (no rank can be claimed)."""
+    if not delta > 0:
+        raise AuditError("delta: the rescoring band must be wider than 0 bits")
+    if max_band < 0:
+        raise AuditError("max_band must be at least 0")
+    fmt = Format.parse(fmt) if isinstance(fmt, str) else fmt
+    secrets = list(secrets)
+    if not secrets:
+        return []
+    sf, sx = Scorer.of(fast), Scorer.of(exact)
+    cf_fast = engine.compile_format(sf, fmt, context, canaries=secrets)
+    cf_exact = engine.compile_format(sx, fmt, context, canaries=secrets)
+    if cf_fast.tree_steps() != cf_exact.tree_steps():
+        raise AuditError("the fast and exact models do not share one candidate tree (different tokenizers?)")
+    t = engine.score_secrets(sx, cf_exact, secrets, batch)
+    tf = engine.score_secrets(sf, cf_fast, secrets, batch)
+    lo_edge, hi_edge = t - delta + TIE_TOLERANCE, t + delta + TIE_TOLERANCE
+    below = np.zeros(len(secrets), dtype=np.int64)
+    band = np.zeros(len(secrets), dtype=np.int64)
+    kept: list[list[np.ndarray]] = [[] for _ in secrets]  # per canary: indices in its band
+
+    def on_leaves(costs: np.ndarray, index: np.ndarray) -> None:
+        for i in range(len(secrets)):
+            below[i] += int(np.count_nonzero(costs <= lo_edge[i]))
+            inside = (costs > lo_edge[i]) & (costs <= hi_edge[i])
+            k = int(np.count_nonzero(inside))
+            if k:
+                band[i] += k
+                if band[i] <= max_band:
+                    kept[i].append(np.asarray(index)[inside])
+
+    t0, s0 = time.perf_counter(), sf.steps
+    result = engine.walk(sf, cf_fast, on_leaves, bound=float(t.max()) + delta, max_steps=max_steps, batch=batch)
+    if not result.complete:
+        raise AuditError(f"the bfloat16 walk ran past its budget of {max_steps} model steps; no rank is claimed")
+    walk = (sf.steps - s0, time.perf_counter() - t0)
+
+    # rescore every band that fits, each candidate once
+    t1 = time.perf_counter()
+    wanted = [i for i in range(len(secrets)) if band[i] <= max_band]
+    pool = np.unique(np.concatenate([np.concatenate(kept[i]) for i in wanted if kept[i]] or [np.zeros(0, np.int64)]))
+    cand = [fmt.fill(int(ix)) for ix in pool]
+    exact_costs = engine.score_secrets(sx, cf_exact, cand, batch) if cand else np.zeros(0)
+    fast_costs = engine.score_secrets(sf, cf_fast, cand, batch) if cand else np.zeros(0)
+    where = {int(ix): j for j, ix in enumerate(pool)}
+    errors = np.abs(np.concatenate([fast_costs - exact_costs, tf - t]))
+    max_error = float(errors.max()) if errors.size else 0.0
+    if run is not None:
+        run.update(asdict(RescoreRun(walk[0], round(walk[1], 3), len(cand), round(time.perf_counter() - t1, 3))))
+    out = []
+    for i, s in enumerate(secrets):
+        rank = None
+        if i in wanted:
+            ids = np.concatenate(kept[i]) if kept[i] else np.zeros(0, np.int64)
+            mine = exact_costs[[where[int(ix)] for ix in ids]] if ids.size else np.zeros(0)
+            rank = int(below[i] + np.count_nonzero(mine <= t[i] + TIE_TOLERANCE))
+        out.append(
+            RescoredRank(
+                secret=s,
+                log_perplexity=float(t[i]),
+                fast_log_perplexity=float(tf[i]),
+                rank=rank,
+                rank_bounds=(max(1, int(below[i])), int(below[i] + band[i])),
+                band=int(band[i]),
+                rescored=int(band[i]) if i in wanted else 0,
+                delta=delta,
+                max_error=max_error,
+                sound=max_error < delta / 2,
+            )
+        )
+    return out
+
+
+__all__ = ["DEFAULT_DELTA", "DEFAULT_MAX_BAND", "RescoreRun", "RescoredRank", "rescored_ranks"]
