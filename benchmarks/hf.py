@@ -373,7 +373,8 @@ def part_e(load, fmt_source: str, truth: str, label: str, seed: int = 2) -> None
     took = time.perf_counter() - t0
     equal = sum(g.rank == a.rank for g, a in zip(got, f32))
     print(
-        f"      rescored (bf16 walk, fp32 band, delta {got[0].delta} bits): ranks equal to float32's for "
+        f"      rescored (bf16 walk, fp32 band, delta {got[0].delta:.2f} bits, calibrated on "
+        f"{run['calibration']} candidates: max |bf16 - fp32| {run['calibrated_error']:.3f}): ranks equal to float32's for "
         f"{equal} of {len(secrets)}; bands {min(g.band for g in got):,}-{max(g.band for g in got):,} candidates, "
         f"{run['rescore_candidates']:,} rescored; max |bf16 - fp32| seen {got[0].max_error:.3f} bits "
         f"({'sound' if all(g.sound for g in got) else 'NOT sound: widen delta'})"

@@ -136,7 +136,8 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
             r"^== \(e\) ranks under bfloat16 against float32$",
             r"^      123 +[\d.]+ +[\d.]+ +[\d,]+ +[\d,]+$",
             r"^      ranks equal for [0-6] of 6 canaries; max \|bf16 - fp32\| [\d.]+ bits$",
-            r"^      rescored \(bf16 walk, fp32 band, delta 0.5 bits\): ranks equal to float32's for 6 of 6; "
+            r"^      rescored \(bf16 walk, fp32 band, delta [\d.]+ bits, calibrated on 256 candidates: "
+            r"max \|bf16 - fp32\| [\d.]+\): ranks equal to float32's for 6 of 6; "
             r"bands [\d,]+-[\d,]+ candidates, [\d,]+ rescored; max \|bf16 - fp32\| seen [\d.]+ bits \(sound\)$",
             rf"^      rescored {NUM} s \(walk {NUM} s, [\d,]+ steps; rescore {NUM} s\); "
             rf"float32 enumeration / rescored time: {NUM}x$",

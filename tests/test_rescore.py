@@ -87,6 +87,26 @@ def test_bad_settings_fail_before_work(models):
     fast, exact = models
     with pytest.raises(AuditError, match="wider than 0"):
         rescored_ranks(fast, exact, FMT, ["123"], delta=0)
+    with pytest.raises(AuditError, match="calibration"):
+        rescored_ranks(fast, exact, FMT, ["123"], calibration=-1)
     with pytest.raises(AuditError, match="past its budget"):
         rescored_ranks(fast, exact, FMT, ["123"], max_steps=2)
     assert rescored_ranks(fast, exact, FMT, []) == []
+
+
+def test_shared_prefix_scoring_equals_plain_scoring_in_fewer_steps(models, tiny_model):
+    """engine.score_secrets_shared: the same costs as score_secrets, each shared prefix stepped
+    once, on a subword model and on the char-LSTM, in any order and across chunk edges."""
+    for model in (models[1], tiny_model):
+        scorer = Scorer.of(model)
+        fmt = Format.parse("my pin is {d:3}")
+        cf = engine.compile_format(scorer, fmt, None)
+        secrets = fmt.sample(random.Random(0), 300)
+        s0 = scorer.steps
+        plain = engine.score_secrets(scorer, cf, secrets)
+        s1 = scorer.steps
+        shared = engine.score_secrets_shared(scorer, cf, secrets, batch=64)
+        s2 = scorer.steps
+        assert shared == pytest.approx(plain, abs=1e-4)
+        assert s2 - s1 < (s1 - s0) * 0.8
+    assert engine.score_secrets_shared(scorer, cf, []).shape == (0,)

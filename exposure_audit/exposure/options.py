@@ -24,7 +24,7 @@ ESTIMATORS = ("importance", "uniform", "skewnorm")
 PREFER = ("balanced", "exact", "fast")
 DEFAULT_MAX_STEPS = 20_000_000
 # auto, prefer="balanced": model steps of exact work (walks, enumeration) per format beyond the
-# estimate; about 20 s of the char-LSTM on 2 cores (docs/method.md, ``auto``)
+# estimate; about 25 s of char-LSTM walks on 2 cores (docs/method.md, ``auto``)
 DEFAULT_EXACT_BUDGET = 2_000_000
 DEFAULT_SAMPLES = 10_000
 DEFAULT_BATCH = 1024  # candidates (or tree nodes) per model call; engine.DEFAULT_BATCH is this

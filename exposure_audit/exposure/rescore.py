@@ -6,7 +6,9 @@ candidates whose two scores straddle the canary's move across it: on SmolLM2-135
 differed (docs/benchmarks.md). :func:`rescored_ranks` gets the float32 rank back at close to the
 bfloat16 search's cost:
 
-1. Score each canary with the exact model (``t``, float32 bits).
+1. Score each canary with the exact model (``t``, float32 bits). Unless ``delta`` is given, set
+   it from the evidence: score ``calibration`` uniform candidates and the canaries in both
+   dtypes, ``delta = 3 x`` the largest difference seen (at least 0.05 bits).
 2. Walk the candidate tree once with the fast model, pruned at ``max(t) + delta``, counting per
    canary the candidates the fast model scores at or under ``t - delta`` (``below``) and keeping
    those in the band ``(t - delta, t + delta]``.
@@ -19,13 +21,16 @@ band is too large to rescore (over ``max_band`` candidates for that canary). The
 proven: it is checked on the evidence at hand, the largest ``|fast - exact|`` over every
 rescored candidate and every canary (``max_error``), reported with each result; ``sound`` is
 False where that evidence comes within a factor 2 of ``delta`` (widen ``delta`` and run again).
+The band's candidates are rescored with shared prefixes stepped once
+(``engine.score_secrets_shared``); their fast costs come from the walk itself.
 """
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -36,7 +41,9 @@ from ..models.base import Scorer
 from . import engine
 from .engine import TIE_TOLERANCE
 
-DEFAULT_DELTA = 0.5  # bits: 2.3x the largest |bf16 - fp32| seen on SmolLM2's canaries (0.214)
+DEFAULT_CALIBRATION = 256  # uniform candidates scored in both dtypes to set delta
+CALIBRATION_FACTOR = 3.0  # delta = this x the largest |fast - exact| seen in calibration
+MIN_DELTA = 0.05  # bits
 DEFAULT_MAX_BAND = 10_000  # candidates per canary rescored in the exact dtype
 
 
@@ -69,25 +76,43 @@ class RescoreRun:
     rescore_seconds: float
 
 
+@dataclass(frozen=True)
+class RescoreOptions:
+    """How :func:`rescored_ranks` settles the close calls (see the module's docstring)."""
+
+    delta: float | None = None  # bits; None: calibrated
+    calibration: int = DEFAULT_CALIBRATION  # uniform candidates scored in both dtypes
+    seed: int = 0  # of the calibration candidates
+    max_band: int = DEFAULT_MAX_BAND  # candidates per canary rescored; past it, an interval
+    max_steps: int | None = None  # of the fast walk; past it the call fails
+    batch: int = engine.DEFAULT_BATCH
+
+
 def rescored_ranks(
     fast: Any,
     exact: Any,
     fmt: Format | str,
     secrets: Sequence[str],
+    options: RescoreOptions | None = None,
     *,
-    delta: float = DEFAULT_DELTA,
-    max_band: int = DEFAULT_MAX_BAND,
     context: str | None = None,
-    max_steps: int | None = None,
-    batch: int = engine.DEFAULT_BATCH,
     run: dict[str, Any] | None = None,
+    **settings: Any,
 ) -> list[RescoredRank]:
     """The exact model's rank of each secret of ``fmt``, walking the tree with the ``fast`` model
     (the same model in a cheaper dtype: the same tokenizer and tree) and rescoring with ``exact``
-    only the candidates within ``delta`` bits of a canary. ``run`` receives a :class:`RescoreRun`
-    as a dict. Past ``max_steps`` the walk stops and the call fails (no rank can be claimed)."""
-    if not delta > 0:
+    only the candidates within ``delta`` bits of a canary. ``delta=None`` calibrates it:
+    ``calibration`` uniform candidates (drawn from ``seed``) and the canaries are scored in both
+    dtypes, and ``delta`` is :data:`CALIBRATION_FACTOR` times the largest difference seen (at
+    least :data:`MIN_DELTA`). ``run`` receives a :class:`RescoreRun` as a dict. Past
+    ``max_steps`` the walk stops and the call fails (no rank can be claimed). ``settings`` are
+    :class:`RescoreOptions` fields by name (``delta=0.5``), replacing those of ``options``."""
+    o = replace(options or RescoreOptions(), **settings)
+    delta, calibration, max_band, batch = o.delta, o.calibration, o.max_band, o.batch
+    if delta is not None and not delta > 0:
         raise AuditError("delta: the rescoring band must be wider than 0 bits")
+    if calibration < 0:
+        raise AuditError("calibration: the number of calibration candidates must be at least 0")
     if max_band < 0:
         raise AuditError("max_band must be at least 0")
     fmt = Format.parse(fmt) if isinstance(fmt, str) else fmt
@@ -101,12 +126,22 @@ def rescored_ranks(
         raise AuditError("the fast and exact models do not share one candidate tree (different tokenizers?)")
     t = engine.score_secrets(sx, cf_exact, secrets, batch)
     tf = engine.score_secrets(sf, cf_fast, secrets, batch)
+    calibrated = float(np.abs(tf - t).max())
+    if calibration:
+        probe = fmt.sample(random.Random(f"exposure-audit:{o.seed}:rescore:{fmt.source}"), calibration)
+        cx = engine.score_secrets_shared(sx, cf_exact, probe, batch)
+        cq = engine.score_secrets_shared(sf, cf_fast, probe, batch)
+        calibrated = max(calibrated, float(np.abs(cq - cx).max()))
+    if delta is None:
+        delta = max(MIN_DELTA, CALIBRATION_FACTOR * calibrated)
     lo_edge, hi_edge = t - delta + TIE_TOLERANCE, t + delta + TIE_TOLERANCE
     below = np.zeros(len(secrets), dtype=np.int64)
     band = np.zeros(len(secrets), dtype=np.int64)
     kept: list[list[np.ndarray]] = [[] for _ in secrets]  # per canary: indices in its band
+    fast_cost: dict[int, float] = {}  # the walk's (fast) cost of every kept candidate
 
     def on_leaves(costs: np.ndarray, index: np.ndarray) -> None:
+        index = np.asarray(index)
         for i in range(len(secrets)):
             below[i] += int(np.count_nonzero(costs <= lo_edge[i]))
             inside = (costs > lo_edge[i]) & (costs <= hi_edge[i])
@@ -114,12 +149,13 @@ def rescored_ranks(
             if k:
                 band[i] += k
                 if band[i] <= max_band:
-                    kept[i].append(np.asarray(index)[inside])
+                    kept[i].append(index[inside])
+                    fast_cost.update(zip(index[inside].tolist(), costs[inside].tolist()))
 
     t0, s0 = time.perf_counter(), sf.steps
-    result = engine.walk(sf, cf_fast, on_leaves, bound=float(t.max()) + delta, max_steps=max_steps, batch=batch)
+    result = engine.walk(sf, cf_fast, on_leaves, bound=float(t.max()) + delta, max_steps=o.max_steps, batch=batch)
     if not result.complete:
-        raise AuditError(f"the bfloat16 walk ran past its budget of {max_steps} model steps; no rank is claimed")
+        raise AuditError(f"the bfloat16 walk ran past its budget of {o.max_steps} model steps; no rank is claimed")
     walk = (sf.steps - s0, time.perf_counter() - t0)
 
     # rescore every band that fits, each candidate once
@@ -127,13 +163,14 @@ def rescored_ranks(
     wanted = [i for i in range(len(secrets)) if band[i] <= max_band]
     pool = np.unique(np.concatenate([np.concatenate(kept[i]) for i in wanted if kept[i]] or [np.zeros(0, np.int64)]))
     cand = [fmt.fill(int(ix)) for ix in pool]
-    exact_costs = engine.score_secrets(sx, cf_exact, cand, batch) if cand else np.zeros(0)
-    fast_costs = engine.score_secrets(sf, cf_fast, cand, batch) if cand else np.zeros(0)
+    exact_costs = engine.score_secrets_shared(sx, cf_exact, cand, batch)
+    fast_costs = np.array([fast_cost[int(ix)] for ix in pool])
     where = {int(ix): j for j, ix in enumerate(pool)}
     errors = np.abs(np.concatenate([fast_costs - exact_costs, tf - t]))
     max_error = float(errors.max()) if errors.size else 0.0
     if run is not None:
         run.update(asdict(RescoreRun(walk[0], round(walk[1], 3), len(cand), round(time.perf_counter() - t1, 3))))
+        run.update(delta=delta, calibrated_error=calibrated, calibration=calibration)
     out = []
     for i, s in enumerate(secrets):
         rank = None
@@ -158,4 +195,12 @@ def rescored_ranks(
     return out
 
 
-__all__ = ["DEFAULT_DELTA", "DEFAULT_MAX_BAND", "RescoreRun", "RescoredRank", "rescored_ranks"]
+__all__ = [
+    "CALIBRATION_FACTOR",
+    "DEFAULT_CALIBRATION",
+    "DEFAULT_MAX_BAND",
+    "MIN_DELTA",
+    "RescoreRun",
+    "RescoredRank",
+    "rescored_ranks",
+]
