@@ -383,6 +383,19 @@ def part_e(load, fmt_source: str, truth: str, label: str, seed: int = 2) -> None
         f"      rescored {took:.1f} s (walk {run['walk_seconds']:.1f} s, {run['walk_steps']:,} steps; "
         f"rescore {run['rescore_seconds']:.1f} s); float32 enumeration / rescored time: {seconds['float32'] / took:.2f}x"
     )
+    # the same with small bands only: exact where the band is small, the rank interval elsewhere
+    cap = 100
+    t0 = time.perf_counter()
+    capped = rescored_ranks(models["bfloat16"], models["float32"], fmt, secrets, max_band=cap)
+    took = time.perf_counter() - t0
+    exact = [g for g in capped if g.rank is not None]
+    held = sum(g.rank_bounds[0] <= a.rank <= g.rank_bounds[1] for g, a in zip(capped, f32))
+    print(
+        f"      rescored, max_band {cap}: {len(exact)} of {len(secrets)} exact (equal to float32's: "
+        f"{sum(g.rank == a.rank for g, a in zip(capped, f32) if g.rank is not None)}), the others as intervals "
+        f"(float32's rank inside: {held} of {len(secrets)}); {took:.1f} s; float32 enumeration / this: "
+        f"{seconds['float32'] / took:.2f}x"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -141,6 +141,8 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
             r"bands [\d,]+-[\d,]+ candidates, [\d,]+ rescored; max \|bf16 - fp32\| seen [\d.]+ bits \(sound\)$",
             rf"^      rescored {NUM} s \(walk {NUM} s, [\d,]+ steps; rescore {NUM} s\); "
             rf"float32 enumeration / rescored time: {NUM}x$",
+            rf"^      rescored, max_band 100: [0-6] of 6 exact \(equal to float32's: [0-6]\), the others as intervals "
+            rf"\(float32's rank inside: 6 of 6\); {NUM} s; float32 enumeration / this: {NUM}x$",
         ],
     ),
     "insert_memory": (
