@@ -20,8 +20,9 @@ Not a test: timings vary by machine.
     .venv/bin/python benchmarks/hf.py --tiny          # seconds: every part, on tiny random Llamas
 
     .venv/bin/python benchmarks/hf.py --bf16-ranks    # (e): SmolLM2's ranks in bfloat16 against float32
+    .venv/bin/python benchmarks/hf.py --pi            # (f): SmolLM2's proven pi extraction by batch size
 
-``--tiny`` runs (a) to (e) on 2x32 random Llamas (benchmarks/_tiny.py; one stands in
+``--tiny`` runs (a) to (f) on 2x32 random Llamas (benchmarks/_tiny.py; one stands in
 for SmolLM2 in (c)) with 10^3 / 10^4 formats, small budgets and short timing loops.
 """
 
@@ -342,6 +343,27 @@ def part_d(
     line(f"measure, pruned ({r.model_steps:,} steps)", r.model_steps / (time.perf_counter() - t0))
 
 
+def part_f(model, label: str, fmt_source: str, batches: list[int | None], sizes: Sizes = Sizes()) -> None:
+    """The whole proven top-1 extraction of ``fmt_source`` at each popped-batch size (None: the
+    default), beside the fp32 matmul roof measured in the same run."""
+    fmt = Format.parse(fmt_source)
+    roof = matmul_roof(torch.float32, sizes.matmul_n, sizes.seconds)
+    flop = step_gflop(model)
+    print(f"   {label}, {fmt_source!r}: fp32 roof {roof:.0f} GFLOP/s = {roof / flop:,.0f} steps/s")
+    for b in batches:
+        t0 = time.perf_counter()
+        ex = best_first(model, fmt, top=1, max_steps=10**7, batch=b)
+        took = time.perf_counter() - t0
+        rate = ex.model_steps / took
+        best = ex.candidates[0]
+        print(
+            f"      batch {'default' if b is None else b:>7}: {best.secret} {best.log_perplexity:.2f} bits "
+            f"{'proven' if ex.proven else 'NOT proven'}, {ex.model_steps:,} steps in {took:.1f} s = {rate:,.0f} steps/s "
+            f"= {100 * rate * flop / roof:.0f}% of the roof; peak search memory "
+            f"{ex.details['peak_search_memory_bytes'] / 1e9:.2f} GB"
+        )
+
+
 def part_e(load, fmt_source: str, truth: str, label: str, seed: int = 2) -> None:
     """Ranks in bfloat16 against float32: the same canaries (``truth`` and 5 uniform fillings)
     ranked exactly by enumeration under the model loaded in each dtype."""
@@ -408,11 +430,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-small", action="store_true", help="part (d) without the random Llama")
     ap.add_argument("--device", default="cpu", help="part (d) on SmolLM2: cpu or cuda (benchmarks/gpu.sh)")
     ap.add_argument("--bf16-ranks", action="store_true", help="only part (e) on SmolLM2: bf16 ranks vs fp32")
+    ap.add_argument("--pi", action="store_true", help="only part (f) on SmolLM2: the pi proof by batch size")
     ap.add_argument("--tiny", action="store_true", help="every part in seconds, on tiny random Llamas")
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
     if args.tiny:
         tiny(min(args.roof_steps, 200))
+        return
+    if args.pi:
+        print("== (f) the proven pi extraction by popped-batch size (SmolLM2-135M, float32, 2 threads)")
+        model = _smollm2()
+        if model is not None:
+            part_f(model, "SmolLM2-135M", PI, [256, None])
         return
     if args.bf16_ranks:
         print("== (e) ranks under bfloat16 against float32 (SmolLM2-135M, 2 threads)")
@@ -465,6 +494,8 @@ def tiny(roof_steps: int) -> None:
         part_d(models["split"], "random 2x32 Llama", TINY.nine, roof_steps, "123", TINY)
         print("== (e) ranks under bfloat16 against float32")
         part_e(lambda dt: load_model(Path(tmp) / "split", dtype=dt), TINY.nine, "123", "random 2x32 Llama")
+        print("== (f) the proven extraction by popped-batch size")
+        part_f(models["split"], "random 2x32 Llama", TINY.nine, [4, None], TINY)
 
 
 if __name__ == "__main__":

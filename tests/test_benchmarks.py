@@ -143,6 +143,10 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
             rf"float32 enumeration / rescored time: {NUM}x$",
             rf"^      rescored, max_band 100: [0-6] of 6 exact \(equal to float32's: [0-6]\), the others as intervals "
             rf"\(float32's rank inside: 6 of 6\); {NUM} s; float32 enumeration / this: {NUM}x$",
+            r"^== \(f\) the proven extraction by popped-batch size$",
+            rf"^      batch +4: \d+ {NUM} bits proven, [\d,]+ steps in {NUM} s = [\d,]+ steps/s = \d+% of the roof; "
+            rf"peak search memory {NUM} GB$",
+            rf"^      batch default: \d+ {NUM} bits proven",
         ],
     ),
     "insert_memory": (

@@ -12,8 +12,8 @@ exact over candidates (a non-canonical path is a way of writing a candidate, not
 
 Frontier entries are (cost, node, edge): a child is only stepped through the model when it is
 popped, so memory holds one state per expanded node, not per frontier entry. Many entries are
-popped and stepped per model call (``batch``); a model whose batch rows must share a length
-(a KV cache) steps each depth of a batch separately.
+popped per round (``batch``); a model whose batch rows must share a length (a KV cache) steps
+each depth of a round separately, in calls of at most ``CALL_ROWS`` rows.
 
 ``beam_search`` keeps the ``width`` best prefixes per token depth: faster, approximate.
 """
@@ -143,10 +143,12 @@ def _extraction(cf: CompiledFormat, candidates: list[Candidate], steps: int, t0:
 
 
 BATCH_RAGGED = 256  # entries popped per round where rows of any length share a call (char-LSTM)
-# Where each depth is its own call (KV caches). 1024 ran the SmolLM2 pi proof in 37 s against 47 s
-# at 256 (docs/benchmarks.md), but the budget reserves a full call's caches per row (3 MB a row
-# for SmolLM2 there), so 1024 rows would leave the 4GB default little room for states.
-BATCH_BY_DEPTH = 256
+# Where each depth is its own call (KV caches): 1024 popped per round ran the SmolLM2 pi proof in
+# 37 s against 47 s at 256 (docs/benchmarks.md): the rows of one depth make larger calls. A call
+# spells out its caches in full (3 MB a row for SmolLM2 there), so calls are cut at CALL_ROWS rows
+# and the budget reserves that call beside the round's new states, not 1024 spelled-out rows.
+BATCH_BY_DEPTH = 1024
+CALL_ROWS = 256
 ENTRY_BYTES = 160  # a frontier entry: a tuple of four plus its float and ints, and its heap slot
 FRONTIER_SHARE = 0.9  # past this share of the budget the frontier is cut (states get the rest)
 
@@ -360,8 +362,11 @@ class _Search:
         self.edges, self.end = cf.edges, cf.end
         self.budget = scorer.budget
         self.size = state_size(scorer, cf)
-        # one call's gathered input, its output and log-probabilities, beside the root's state
-        self.working = batch * self.size.call + self.size.whole
+        # one call's gathered input, its output and log-probabilities, beside the root's state;
+        # where each depth is its own call (cut at CALL_ROWS rows), the round's other new states
+        self.call_rows = batch if scorer.model.ragged else min(batch, CALL_ROWS)
+        held = (batch - self.call_rows) * self.size.deepest
+        self.working = self.call_rows * self.size.call + held + self.size.whole
         self.budget.require(
             self.working + self.size.whole + ENTRY_BYTES * self.size.fanout,
             f"extraction of {cf.fmt.source!r} in batches of {batch}",
@@ -451,7 +456,11 @@ class _Search:
                 o, self.dealt = self.dealt % team.world, self.dealt + 1
             by.append(o)
         # a model whose rows must share a length (a KV cache) steps each depth separately
-        groups = [list(range(len(popped)))] if self.scorer.model.ragged else _by_depth(popped, self.node_depth)
+        groups = (
+            [list(range(len(popped)))]
+            if self.scorer.model.ragged
+            else _by_depth(popped, self.node_depth, self.call_rows)
+        )
         mine, states, stepped = self._step(popped, by, groups)
         if team.world > 1:
             for part in team.exchange(mine):
@@ -565,12 +574,13 @@ def _halve(frontier: list, store: _Store, edges: list, node_pos: list[int], end:
     return cut
 
 
-def _by_depth(items: list[tuple[float, int, int, int]], node_depth: list[int]) -> list[list[int]]:
-    """Positions of ``items`` grouped by their parent's depth (in order of first appearance)."""
+def _by_depth(items: list[tuple[float, int, int, int]], node_depth: list[int], most: int) -> list[list[int]]:
+    """Positions of ``items`` grouped by their parent's depth (in order of first appearance), each
+    group cut into calls of at most ``most`` rows."""
     groups: dict[int, list[int]] = {}
     for i, item in enumerate(items):
         groups.setdefault(node_depth[item[2]], []).append(i)
-    return list(groups.values())
+    return [g[lo : lo + most] for g in groups.values() for lo in range(0, len(g), most)]
 
 
 def beam_search(
