@@ -52,10 +52,12 @@ def read_canaries(canaries: Any) -> list[Canary]:
     return list(canaries)
 
 
-# what a measurement during training is: auto (exact where the budget allows, else estimated),
-# no bootstrap, and the unbiased importance estimate by default (no ceiling at log2(samples + 1),
-# so a curve does not flatten or jump where the uniform estimate runs out of samples)
-TRACKING = MeasureOptions(method="auto", samples=2000, max_steps=2_000_000, bootstrap=0)
+# what a measurement during training is: auto, prefer balanced as measure's default (exact work
+# bounded by exact_budget per format and measurement, so tracking's overhead is known before
+# training starts; the rest estimated), no bootstrap, and the unbiased importance estimate by
+# default (no ceiling at log2(samples + 1), so a curve does not flatten or jump where the uniform
+# estimate runs out of samples)
+TRACKING = MeasureOptions(method="auto", samples=2000, max_steps=2_000_000, bootstrap=0, prefer="balanced")
 
 
 def tracking_options(cfg: TrackConfig, seed: int) -> MeasureOptions:
@@ -72,8 +74,8 @@ def tracking_options(cfg: TrackConfig, seed: int) -> MeasureOptions:
 
 def measure_tracked(model: Any, canaries: Sequence[Canary], options: MeasureOptions = TRACKING) -> Tracked:
     """Measure ``canaries`` on ``model`` (behind the scoring interface) by ``options``: exact where
-    the budget allows (``prefer="fast"``: only where an exact rank costs no more than the estimate),
-    else estimated."""
+    the exact budget allows (``prefer="fast"``: only where an exact rank costs no more than the
+    estimate), else estimated."""
     t0 = time.perf_counter()
     results = measure(model, canaries, options)
     by_n = by_insertions((c.insertions, r.exposure) for c, r in zip(canaries, results))
