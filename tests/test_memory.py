@@ -195,3 +195,23 @@ def test_bounded_extraction_is_the_true_order(hf):
         assert ex.proven
         assert [c.secret for c in ex.candidates] == [f.fill(int(i)) for i in best]
         assert np.allclose([c.log_perplexity for c in ex.candidates], scores[best], atol=1e-4)
+
+
+def test_large_rounds_shrink_to_fit_the_budget(hf):
+    """A KV-cache model pops 1,024 entries per round by default, each depth stepped in calls of
+    at most CALL_ROWS rows; where that round's new states would take over half the budget, the
+    round shrinks (down to one call), so a budget that held the old 256-entry rounds still runs,
+    with the same proven order."""
+    from exposure_audit.exposure.extract import CALL_ROWS
+
+    _, model = hf
+    f = Format.parse("pin {d:4}")
+    small = best_first(model, f, top=3, max_steps=60_000, batch=CALL_ROWS, max_memory=UNBOUNDED)
+    big = best_first(model, f, top=3, max_steps=60_000, max_memory=UNBOUNDED)
+    assert big.details["working_bytes"] > small.details["working_bytes"]
+    limit = 2 * small.details["working_bytes"] + int(ENTRY_BYTES * big.details["peak_frontier_entries"] / 0.85)
+    assert big.details["working_bytes"] > limit // 2  # the default round would not fit half of it
+    fitted = best_first(model, f, top=3, max_steps=60_000, max_memory=limit)
+    assert small.details["working_bytes"] <= fitted.details["working_bytes"] <= limit // 2
+    assert [c.secret for c in fitted.candidates] == [c.secret for c in big.candidates] and fitted.proven
+    assert fitted.details["peak_search_memory_bytes"] <= limit

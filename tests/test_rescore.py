@@ -110,3 +110,13 @@ def test_shared_prefix_scoring_equals_plain_scoring_in_fewer_steps(models, tiny_
         assert shared == pytest.approx(plain, abs=1e-4)
         assert s2 - s1 < (s1 - s0) * 0.8
     assert engine.score_secrets_shared(scorer, cf, []).shape == (0,)
+
+
+def test_small_and_huge_formats(models):
+    """A format with fewer candidates than the calibration draws is calibrated on all of them;
+    one of 2^62 candidates or more (walked without indices) is refused in one line."""
+    fast, exact = models
+    (r,) = rescored_ranks(fast, exact, "my pin is {d:2}", ["42"])
+    assert 1 <= r.rank <= 100 and r.sound
+    with pytest.raises(AuditError, match="2\\^62"):
+        rescored_ranks(fast, exact, "my pin is {d:19}", ["1" * 19])

@@ -365,8 +365,11 @@ class _Search:
         # one call's gathered input, its output and log-probabilities, beside the root's state;
         # where each depth is its own call (cut at CALL_ROWS rows), the round's other new states
         self.call_rows = batch if scorer.model.ragged else min(batch, CALL_ROWS)
-        held = (batch - self.call_rows) * self.size.deepest
-        self.working = self.call_rows * self.size.call + held + self.size.whole
+        # larger rounds only where their new states leave the stored states half the budget at least
+        while batch > self.call_rows and self._working(batch) > self.budget.limit // 2:
+            batch = max(self.call_rows, batch // 2)
+        self.batch = batch
+        self.working = self._working(batch)
         self.budget.require(
             self.working + self.size.whole + ENTRY_BYTES * self.size.fanout,
             f"extraction of {cf.fmt.source!r} in batches of {batch}",
@@ -388,6 +391,10 @@ class _Search:
         self.noncanonical = 0
         self.steps = 0  # model steps of the search (every rank's together)
         self.push(0, self.child_costs(cf.base_cost, 0, cf.logp))
+
+    def _working(self, batch: int) -> int:
+        """Bytes beside the stored states: one call spelled out, the round's other new states, the root."""
+        return self.call_rows * self.size.call + (batch - self.call_rows) * self.size.deepest + self.size.whole
 
     def child_costs(self, cost: float, node_position: int, logp_row: torch.Tensor) -> list[float]:
         return (cost + self.edges[node_position].bits(logp_row)[0]).tolist()
@@ -486,6 +493,7 @@ class _Search:
         mine: dict[int, list[float]] = {}
         states: dict[int, State] = {}
         stepped: dict[int, list[int]] = {}
+        held = 0  # bytes of this round's new states so far (stored after every group is stepped)
         for g, group in enumerate(groups):
             sel = [i for i in group if by[i] == self.team.rank]
             if sel:
@@ -500,8 +508,9 @@ class _Search:
                 # beside the store: the new states, their gathered input and the call's cache in full
                 full = len(sel) * self.size.spelled(node_depth[parents[0]] + 1)
                 self.budget.note(
-                    store.used + 2 * nbytes(states[g]) + nbytes(logp) + full + ENTRY_BYTES * len(self.frontier)
+                    store.used + held + 2 * nbytes(states[g]) + nbytes(logp) + full + ENTRY_BYTES * len(self.frontier)
                 )
+                held += nbytes(states[g])
                 for r, i in enumerate(sel):
                     nxt = int(edges[node_pos[popped[i][2]]].next[popped[i][3]])
                     mine[i] = self.child_costs(popped[i][0], nxt, logp[r : r + 1])

@@ -197,7 +197,9 @@ def measure(
         out, cf, draws, plan = _measure_format(
             scorer, fmt, [canaries[i] for i in idxs], group_opts, collect is not None, exact_left=left
         )
-        if plan is not None:
+        if (
+            plan is not None and plan.exact_budget is not None
+        ):  # an enumeration cheaper than the estimate is not counted
             exact_left[source] = max(0, left - plan.exact_steps)
         for i, r in zip(idxs, out):
             results[i] = r
@@ -376,10 +378,11 @@ def _plan_balanced(
     cheap: list[int] = []
     spent = 0
     for i in sorted(range(n), key=lambda i: (pred[i], i)):
-        if pred[i] > opts.max_steps or spent + pred[i] > budget:
+        cost = max(1, pred[i])  # a walk takes a step at least (a budget of 0 walks nothing)
+        if cost > opts.max_steps or spent + cost > budget:
             break
         cheap.append(i)
-        spent += pred[i]
+        spent += cost
     predicted["balanced"] = est_steps + spent
     args = (predicted, exact_possible, n, walkable)
     if tree <= min(budget, opts.max_steps) and (len(cheap) < n or tree <= spent):

@@ -122,13 +122,19 @@ def rescored_ranks(
     sf, sx = Scorer.of(fast), Scorer.of(exact)
     cf_fast = engine.compile_format(sf, fmt, context, canaries=secrets)
     cf_exact = engine.compile_format(sx, fmt, context, canaries=secrets)
+    if not cf_fast.track_index:
+        raise AuditError(
+            f"format {fmt.source!r}: rescoring names each candidate by its index, and formats of 2^62 "
+            "candidates or more are walked without indices; rescore a smaller format"
+        )
     if cf_fast.tree_steps() != cf_exact.tree_steps():
         raise AuditError("the fast and exact models do not share one candidate tree (different tokenizers?)")
     t = engine.score_secrets(sx, cf_exact, secrets, batch)
     tf = engine.score_secrets(sf, cf_fast, secrets, batch)
     calibrated = float(np.abs(tf - t).max())
     if calibration:
-        probe = fmt.sample(random.Random(f"exposure-audit:{o.seed}:rescore:{fmt.source}"), calibration)
+        rng = random.Random(f"exposure-audit:{o.seed}:rescore:{fmt.source}")
+        probe = fmt.sample(rng, min(calibration, fmt.space_size))
         cx = engine.score_secrets_shared(sx, cf_exact, probe, batch)
         cq = engine.score_secrets_shared(sf, cf_fast, probe, batch)
         calibrated = max(calibrated, float(np.abs(cq - cx).max()))
@@ -177,7 +183,9 @@ def rescored_ranks(
         if i in wanted:
             ids = np.concatenate(kept[i]) if kept[i] else np.zeros(0, np.int64)
             mine = exact_costs[[where[int(ix)] for ix in ids]] if ids.size else np.zeros(0)
-            rank = int(below[i] + np.count_nonzero(mine <= t[i] + TIE_TOLERANCE))
+            # at least 1: the canary itself (it drops out of its own band only where the premise
+            # fails, which max_error then shows)
+            rank = max(1, int(below[i] + np.count_nonzero(mine <= t[i] + TIE_TOLERANCE)))
         out.append(
             RescoredRank(
                 secret=s,
