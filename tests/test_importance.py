@@ -73,6 +73,12 @@ def test_counting_the_last_level_exactly_keeps_the_estimate_unbiased_and_cuts_it
     # each draw's own candidate is one of its siblings, at its own cost
     assert np.all(np.isclose(s.sibling_cost, s.px[:, None]).any(axis=1))
 
+    # a wide last alphabet followed by long fixed text: the siblings would cost too much, and
+    # the plain term is kept (the estimate's cost stays one path per draw)
+    wide = engine.compile_format(scorer, Format.parse("id {[a-z0-9]:2} and then some more words"))
+    assert _last_level(wide) and importance_samples(scorer, wide, 50, seed=0).sibling_cost is None
+    assert predicted_steps(wide, 50) == 50 * (wide.path_tokens - 1)
+
     cf = engine.compile_format(scorer, Format.parse("id {d:4}"))
     order = exact_order(scorer, cf)
     spread = {}
