@@ -489,6 +489,11 @@ def _measure_overrides(
 )
 @_with(measure_options)
 @_with(model_options)
+@click.option(
+    "--rescore",
+    is_flag=True,
+    help="With --dtype bfloat16/float16: make every exact rank float32's (close calls rescored in float32).",
+)
 @_with(distributed_options)
 @force_option
 @quiet_option
@@ -515,6 +520,7 @@ def measure(
     dtype,
     context,
     base_path,
+    rescore,
     backend,
     dist_timeout,
     force,
@@ -538,8 +544,15 @@ def measure(
     for p in (json_path, junit_path, markdown_path):
         if p is not None:
             check_writable_file(Path(p), force)
+    if rescore and dtype not in ("bfloat16", "float16"):
+        raise AuditError(
+            "--rescore makes a bfloat16 or float16 model's ranks float32's: give --dtype bfloat16 or float16"
+        )
     manifest = Manifest.read(Path(canaries_path))
     model = load_model(Path(model_path), device=model_device(device), dtype=dtype, base=base_path)
+    reference = None
+    if rescore:
+        reference = load_model(Path(model_path), device=model_device(device), dtype="float32", base=base_path)
     try:
         linked = check_model_data(model, manifest, any_model=any_model)
     except AuditError as e:
@@ -551,7 +564,14 @@ def measure(
         redact=redact,
     )
     code, _ = measure_and_report(
-        Target(model, manifest, model_ref=model_path, link_checked=linked, data_folder=Path(canaries_path).parent),
+        Target(
+            model,
+            manifest,
+            model_ref=model_path,
+            link_checked=linked,
+            data_folder=Path(canaries_path).parent,
+            reference=reference,
+        ),
         replace(cfg.measure, seed=cfg.seed, context=_context(context), quiet=quiet),
         outputs=outputs,
         emit=click.echo,

@@ -120,3 +120,59 @@ def test_small_and_huge_formats(models):
     assert 1 <= r.rank <= 100 and r.sound
     with pytest.raises(AuditError, match="2\\^62"):
         rescored_ranks(fast, exact, "my pin is {d:19}", ["1" * 19])
+
+
+def test_measure_with_a_float32_reference_gives_float32_ranks(models):
+    """measure(..., reference=float32 model) on a bfloat16 model: every exact rank and its
+    log-perplexity are float32's, and the report says how each was found."""
+    from exposure_audit.data.manifest import Canary
+    from exposure_audit.exposure.measure import measure
+
+    fast, exact = models
+    fmt = Format.parse(FMT)
+    c32 = all_costs(exact)
+    order32 = np.sort(c32)
+    secrets = fmt.sample(random.Random(11), 6)
+    canaries = [
+        Canary(id=f"c{i}", format=FMT, secret=s, text=fmt.render(s), insertions=1) for i, s in enumerate(secrets)
+    ]
+    res = measure(fast, canaries, method="enumerate", reference=exact, bootstrap=0)
+    want = [int(np.searchsorted(order32, c32[fmt.index(s)] + engine.TIE_TOLERANCE, side="right")) for s in secrets]
+    assert [r.rank for r in res] == want
+    assert all(r.method == "enumerate+rescored" for r in res)
+    assert [r.log_perplexity for r in res] == pytest.approx([c32[fmt.index(s)] for s in secrets], abs=1e-4)
+    assert all("fast_rank" in r.details["rescore"] for r in res)
+    # estimated canaries keep their figures, with the float32 log-perplexity alongside
+    (est,) = measure(fast, canaries[:1], method="estimate", reference=exact, samples=100, bootstrap=0)
+    assert est.rank is None and est.details["log_perplexity_float32"] == pytest.approx(
+        c32[fmt.index(secrets[0])], abs=1e-4
+    )
+
+
+def test_cli_measure_rescore(tmp_path, capsys):
+    """`measure --dtype bfloat16 --rescore`: float32's ranks, in the report; --rescore without a
+    cheaper dtype is one error line and exit 2."""
+    import json
+
+    from exposure_audit.cli import main
+
+    from .conftest import make_corpus
+
+    folder = hf_models.tiny_model(tmp_path / "hf", "llama", tokenizer="split-digits")
+    corpus = tmp_path / "corpus.txt"
+    make_corpus(corpus, lines=300)
+    data = tmp_path / "data"
+    insert = ["insert", "--corpus", corpus, "--out", data, "--format", "pin {d:3}", "--schedule", "0,1", "-q"]
+    assert main([str(a) for a in insert]) == 0
+    argv = ["measure", "--model", folder, "--canaries", data / "canaries.json", "-q", "--any-model"]
+    assert main([str(a) for a in [*argv, "--json", tmp_path / "f32.json"]]) == 0
+    assert main([str(a) for a in [*argv, "--json", tmp_path / "r.json", "--dtype", "bfloat16", "--rescore"]]) == 0
+    f32 = json.loads((tmp_path / "f32.json").read_text())
+    got = json.loads((tmp_path / "r.json").read_text())
+    assert got["model"]["ranks_rescored_in"] == "float32" and f32["model"]["ranks_rescored_in"] is None
+    assert [c["rank"] for c in got["canaries"]] == [c["rank"] for c in f32["canaries"]]
+    assert all(c["method"].endswith("+rescored") for c in got["canaries"])
+    capsys.readouterr()
+    assert main([str(a) for a in [*argv, "--rescore"]]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --rescore")

@@ -64,6 +64,7 @@ class Target:
     model_ref: str | Path  # the model's path, as the report names it
     link_checked: bool = True  # the model's own record says it was trained on the manifest's data
     data_folder: Path | None = None  # the manifest's training data (chat canaries' as-trained context)
+    reference: Any = None  # the same model in float32 (model in a cheaper dtype): exact ranks rescored in it
 
 
 def measure_and_report(
@@ -101,6 +102,7 @@ def measure_and_report(
         plans=plans,
         contexts=contexts.per_canary,
         memory=memory,
+        reference=target.reference,
     )
     threshold = options.fail_above
     ok = passed(results, threshold)
@@ -118,6 +120,7 @@ def measure_and_report(
         "details": described,
         "trained_on_manifest_data": target.link_checked,
         "plan": plans,  # per format: what auto chose, predicted and actual model steps
+        "ranks_rescored_in": "float32" if target.reference is not None else None,
         "search_memory": memory["budget"].to_json(),  # the budget (--max-memory) and the peak held
         **(extra or {}),
     }

@@ -44,6 +44,7 @@ from .math import (
     skewnorm_exposure,
 )
 from .options import DEFAULT_MAX_STEPS, DEFAULT_SAMPLES, ESTIMATORS, METHODS, PREFER, MeasureOptions
+from .rescore import rescored_ranks
 from .tree import CompiledFormat
 
 
@@ -156,6 +157,7 @@ def measure(
     plans: dict[str, Any] | None = None,
     contexts: Mapping[str, str] | None = None,
     memory: dict[str, Any] | None = None,
+    reference: Any = None,
     **settings: Any,
 ) -> list[CanaryResult]:
     """Measure every canary; results come back in the order given.
@@ -173,7 +175,13 @@ def measure(
     ``contexts`` maps canary ids to their own context (a chat canary's rendered conversation up
     to it); the others use ``options.context``. A rank compares candidates in one context, so the
     canaries of a format are measured in one group per distinct context (plans and collected
-    samples of the extra groups are keyed ``"FORMAT @ context N"``)."""
+    samples of the extra groups are keyed ``"FORMAT @ context N"``).
+
+    ``reference``: the same model in float32 where ``model`` runs in a cheaper dtype. Every exact
+    rank is then made float32's (rescore.py: a walk in the fast dtype, the close calls rescored
+    in float32; the rank interval where a band is too large), and every canary's
+    log-perplexity is float32's; estimates keep the fast dtype's figures (their intervals are
+    wider than its rounding)."""
     opts = replace(options or MeasureOptions(), **settings)
     opts.check()
     canaries = [Canary.of(c) for c in canaries]
@@ -201,6 +209,8 @@ def measure(
             plan is not None and plan.exact_budget is not None
         ):  # an enumeration cheaper than the estimate is not counted
             exact_left[source] = max(0, left - plan.exact_steps)
+        if reference is not None:
+            _rescore(scorer, reference, fmt, out, group_opts)
         for i, r in zip(idxs, out):
             results[i] = r
         if plans is not None and plan is not None:
@@ -212,6 +222,47 @@ def measure(
             sk = shared.skewnorm
             collect[source] = {"scores": shared.scores.tolist(), "fit": None if isinstance(sk, str) else sk["fit"]}
     return [r for r in results if r is not None]
+
+
+def _rescore(scorer: Scorer, reference: Any, fmt: Format, out: list[CanaryResult], opts: MeasureOptions) -> None:
+    """Make ``out``'s exact ranks and their log-perplexities the ``reference`` (float32) model's;
+    an estimated canary keeps its figures (its interval is wider than the rounding), with its
+    float32 log-perplexity in its details."""
+    if opts.terminator != "\n":
+        raise AuditError("rescoring in float32 ranks lines that end in a newline; not supported here")
+    exact = [k for k, r in enumerate(out) if r.rank is not None]
+    rest = [k for k in range(len(out)) if out[k].rank is None]
+    size = fmt.space_size
+    if exact:
+        got = rescored_ranks(
+            scorer,
+            reference,
+            fmt,
+            [out[k].canary.secret for k in exact],
+            context=opts.context,
+            max_steps=opts.max_steps,
+            batch=opts.batch,
+            seed=opts.seed,
+        )
+        for k, g in zip(exact, got):
+            r = out[k]
+            r.details["rescore"] = {**g.to_json(), "fast_rank": r.rank, "fast_log_perplexity": r.log_perplexity}
+            r.log_perplexity = g.log_perplexity
+            if g.rank is not None:
+                r.rank, r.rank_bounds = g.rank, (g.rank, g.rank)
+                r.exposure = exposure_from_rank(g.rank, size)
+            else:  # a band too large to rescore: float32's rank lies in the interval
+                lo, hi = g.rank_bounds
+                r.rank, r.rank_bounds = None, (lo, hi)
+                r.exposure_ci = (exposure_from_rank(hi, size), exposure_from_rank(lo, size))
+                r.exposure = min(max(r.exposure, r.exposure_ci[0]), r.exposure_ci[1])
+            r.method += "+rescored" if g.sound else "+rescored(unsound: widen delta)"
+    if rest:
+        sx = Scorer.of(reference)
+        secrets = [out[k].canary.secret for k in rest]
+        cf = engine.compile_format(sx, fmt, opts.context, canaries=secrets, seed=opts.seed)
+        for k, p in zip(rest, engine.score_secrets(sx, cf, secrets, opts.batch)):
+            out[k].details["log_perplexity_float32"] = float(p)
 
 
 @dataclass
