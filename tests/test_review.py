@@ -106,6 +106,9 @@ def test_report_opens_with_a_verdict_and_has_real_tables(audits):
     assert prov["corpus sha256"] == manifest["corpus"]["sha256"]
     assert prov["seed"] == "0" and prov["model path"].endswith("plain/model")
     assert "no differential privacy" in prov["trained with"]
+    assert prov["measured with"].startswith(
+        "method auto (prefer balanced, exact budget 2,000,000 model steps per format), 200 samples"
+    )
     assert all(src.startswith("data:image/png;base64,") for src in page.srcs)  # nothing external
     assert "How the bands" not in text and any("Risk levels are bands" in t for t in text)
 

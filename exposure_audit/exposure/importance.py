@@ -217,22 +217,25 @@ def _last_level(cf: CompiledFormat) -> dict[int, list[int]]:
 SIBLING_MAX_RATIO = 8  # siblings' extra steps per draw, at most this many times a path's own
 
 
-def _siblings_that_pay(cf: CompiledFormat) -> dict[int, list[int]]:
-    """:func:`_last_level`, unless scoring the siblings would cost over ``SIBLING_MAX_RATIO``
-    times a draw's own steps (a wide last alphabet followed by long fixed text): then the plain
-    term is kept, and the estimate's cost stays near ``m`` x the path's tokens."""
-    last = _last_level(cf)
-    extra = max((len(cf.edges[p]) * len(tail) for p, tail in last.items()), default=0)
-    return last if extra <= SIBLING_MAX_RATIO * max(1, cf.path_tokens - 1) else {}
+def _sibling_steps(cf: CompiledFormat, last: dict[int, list[int]]) -> int:
+    """Most model steps a draw spends on its siblings: ``k`` per token forced after the level."""
+    return max((len(cf.edges[p]) * len(tail) for p, tail in last.items()), default=0)
+
+
+def _siblings_that_pay(cf: CompiledFormat, proposal: Proposal) -> dict[int, list[int]]:
+    """:func:`_last_level` where ``proposal.siblings`` asks for it, unless scoring the siblings
+    would cost over ``SIBLING_MAX_RATIO`` times a draw's own steps (a wide last alphabet followed
+    by long fixed text): then the plain term is kept, and the estimate's cost stays near ``m`` x
+    the path's tokens."""
+    last = _last_level(cf) if proposal.siblings else {}
+    return last if _sibling_steps(cf, last) <= SIBLING_MAX_RATIO * max(1, cf.path_tokens - 1) else {}
 
 
 def predicted_steps(cf: CompiledFormat, m: int, proposal: Proposal | None = None) -> int:
     """Model steps of :func:`importance_samples` with ``m`` draws: each walks one path below the
     shared tokens, and steps every sibling through the tokens forced after its last branching."""
-    proposal = proposal or Proposal()
-    last = _siblings_that_pay(cf) if proposal.siblings else {}
-    extra = max((len(cf.edges[p]) * len(tail) for p, tail in last.items()), default=0)
-    return m * (max(1, cf.path_tokens - 1) + extra)
+    last = _siblings_that_pay(cf, proposal or Proposal())
+    return m * (max(1, cf.path_tokens - 1) + _sibling_steps(cf, last))
 
 
 def importance_samples(
@@ -264,7 +267,7 @@ def importance_samples(
     for j, n in enumerate(counts[1:]):
         rows.extend([(None, j)] * n)
     log2_paths = _log2_paths(cf)
-    last = _siblings_that_pay(cf) if proposal.siblings else {}
+    last = _siblings_that_pay(cf, proposal)
     betas = torch.tensor([b for b, _ in proposal.tempered], dtype=torch.float64)
     size = fmt.space_size
     px = np.empty(m)

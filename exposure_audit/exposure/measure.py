@@ -205,9 +205,8 @@ def measure(
         out, cf, draws, plan = _measure_format(
             scorer, fmt, [canaries[i] for i in idxs], group_opts, collect is not None, exact_left=left
         )
-        if (
-            plan is not None and plan.exact_budget is not None
-        ):  # an enumeration cheaper than the estimate is not counted
+        # what the balanced plan spent (an enumeration cheaper than the estimate is not counted)
+        if plan is not None and plan.exact_budget is not None:
             exact_left[source] = max(0, left - plan.exact_steps)
         if reference is not None:
             _rescore(scorer, reference, fmt, out, group_opts)

@@ -74,6 +74,9 @@ class RescoreRun:
     walk_seconds: float
     rescore_candidates: int
     rescore_seconds: float
+    delta: float  # the band's half-width used (given, or calibrated)
+    calibrated_error: float  # the largest |fast - exact| over the calibration candidates and canaries
+    calibration: int  # calibration candidates asked for
 
 
 @dataclass(frozen=True)
@@ -175,8 +178,8 @@ def rescored_ranks(
     errors = np.abs(np.concatenate([fast_costs - exact_costs, tf - t]))
     max_error = float(errors.max()) if errors.size else 0.0
     if run is not None:
-        run.update(asdict(RescoreRun(walk[0], round(walk[1], 3), len(cand), round(time.perf_counter() - t1, 3))))
-        run.update(delta=delta, calibrated_error=calibrated, calibration=calibration)
+        rescore_s = round(time.perf_counter() - t1, 3)
+        run.update(asdict(RescoreRun(walk[0], round(walk[1], 3), len(cand), rescore_s, delta, calibrated, calibration)))
     out = []
     for i, s in enumerate(secrets):
         rank = None

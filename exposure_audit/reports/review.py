@@ -425,8 +425,18 @@ def provenance(report: Report | dict[str, Any]) -> dict[str, str]:
         ),
         "seed": _e("" if m.seed is None else m.seed),
         "measured with": _e(
-            f"method {measure.get('method', '')}, {measure.get('samples', '')} samples, "
+            f"method {measure.get('method', '')}{_prefer(measure)}, {measure.get('samples', '')} samples, "
             f"{'' if m.seconds is None else m.seconds} s"
         ),
     }
     return out
+
+
+def _prefer(measure: dict) -> str:
+    """How auto weighed exact work, for the reader: `` (prefer balanced, exact budget N steps per format)``."""
+    if measure.get("method") != "auto" or "prefer" not in measure:
+        return ""
+    budget = measure.get("exact_budget")
+    if measure["prefer"] == "balanced" and budget is not None:
+        return f" (prefer balanced, exact budget {budget:,} model steps per format)"
+    return f" (prefer {measure['prefer']})"
