@@ -1,7 +1,7 @@
 """torchrun scaling on this machine: enumeration of a 10^6 format and DDP training, at world
 size 1 and 2 (one thread per process), side by side with the speedup and scaling efficiency.
 
-    python benchmarks/distributed.py [--world 2] [--hidden 128] [--train-chars 1000000]
+    python benchmarks/distributed.py [--world 2] [--hidden 128] [--train-chars 1000000] [--runs 3] [--baseline]
 
 Each configuration runs the real command (``exposure-audit measure --method enumerate`` and
 ``exposure-audit train``), under ``torchrun`` for world sizes above 1. The times are the
@@ -34,9 +34,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+BASELINE = {"EXPOSURE_AUDIT_ALLREDUCE": "backend", "EXPOSURE_AUDIT_MALLOC": "default"}
+SETTINGS: dict[str, str] = {}  # the environment of the configuration being measured
+
+
 def launch(world: int, args: list[str], cwd: Path) -> float:
     """Run one command at ``world`` ranks (torchrun above 1); its wall time in seconds."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **SETTINGS}
     if world == 1:
         cmd = [sys.executable, "-m", "exposure_audit", *args]
     else:
@@ -94,11 +98,61 @@ def train_at(world: int, root: Path, hidden: int, layers: int = 2) -> tuple[floa
     return last["seconds"], wall, last["step"], last
 
 
+def compare(root: Path, world: int, hidden: int, layers: int) -> dict:
+    """One run of every configuration at world size 1 and ``world``."""
+    e1, w1, r1 = enumerate_at(1, root)
+    eN, wN, rN = enumerate_at(world, root)
+    same = [(c["rank"], c["exposure"]) for c in r1["canaries"]] == [
+        (c["rank"], c["exposure"]) for c in rN["canaries"]
+    ] and r1["table"] == rN["table"]
+    t1, tw1, st1, m1 = train_at(1, root, hidden, layers)
+    tN, twN, stN, mN = train_at(world, root, hidden, layers)
+    return {
+        "enum": (e1, eN, r1["canaries"][0]["model_steps"], same, w1, wN),
+        "train": (t1, tN, st1, m1["valid_bpc"], mN["valid_bpc"], tw1, twN),
+    }
+
+
+def table(runs: list[tuple[str, dict]], world: int, fmt: str) -> None:
+    head = f"{'':40}{'world 1':>12}{'world ' + str(world):>12}{'speedup':>10}{'efficiency':>12}"
+    print(head)
+    print("-" * len(head))
+
+    def row(name: str, one: float, many: float, unit: str, higher_better: bool) -> None:
+        speedup = many / one if higher_better else one / many
+        print(f"{name:40}{one:>10.1f}{unit:>2}{many:>10.1f}{unit:>2}{speedup:>9.2f}x{speedup / world:>11.0%}")
+
+    for label, r in runs:
+        e1, eN, steps, _, _, _ = r["enum"]
+        t1, tN, st, _, _, _, _ = r["train"]
+        tokens = st * 64 * 100  # steps x global batch x window
+        row(f"{label}enumerate {fmt}: seconds", e1, eN, " s", False)
+        row("  model steps per second (k)", steps / e1 / 1e3, steps / eN / 1e3, "  ", True)
+        row(f"{label}train (DDP): seconds, 1 epoch", t1, tN, " s", False)
+        row("  tokens per second (k)", tokens / t1 / 1e3, tokens / tN / 1e3, "  ", True)
+    for label, r in runs:
+        _, _, steps, same, w1, wN = r["enum"]
+        _, _, st, v1, vN, tw1, twN = r["train"]
+        print(
+            f"\n{label}enumeration: {steps:,} model steps; reports identical across world sizes: {'yes' if same else 'NO'}"
+        )
+        print(
+            f"{label}training: {st} steps of 64 x 100 tokens; validation {v1:.6f} (world 1) vs {vN:.6f} (world {world}) bits/char"
+        )
+        print(
+            f"{label}wall time of each launch (start-up included): enumerate {w1:.1f} s / {wN:.1f} s, train {tw1:.1f} s / {twN:.1f} s"
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--world", type=int, default=2, help="the world size compared with 1")
     ap.add_argument("--hidden", type=int, default=128, help="LSTM units per layer (2 layers)")
     ap.add_argument("--train-chars", type=int, default=1_000_000, help="characters of the training corpus")
+    ap.add_argument("--runs", type=int, default=1, help="repeat the comparison this many times")
+    ap.add_argument(
+        "--baseline", action="store_true", help="also run with gloo's all-reduce and glibc's malloc defaults"
+    )
     ap.add_argument("--tiny", action="store_true", help="a 1x8 LSTM, 'pin {d:3}', 5,000 characters, world 2")
     a = ap.parse_args(argv)
     fmt, layers = "pin {d:6}", 2
@@ -107,37 +161,18 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="exposure-audit-dist-") as tmp:
         root = Path(tmp)
         setup(root, a.hidden, a.train_chars, fmt, layers)
-        print(f"one thread per process; {os.cpu_count()} CPU cores; char-LSTM {layers}x{a.hidden}\n")
-
-        e1, w1, r1 = enumerate_at(1, root)
-        eN, wN, rN = enumerate_at(a.world, root)
-        steps = r1["canaries"][0]["model_steps"]
-        same = [(c["rank"], c["exposure"]) for c in r1["canaries"]] == [
-            (c["rank"], c["exposure"]) for c in rN["canaries"]
-        ] and r1["table"] == rN["table"]
-        t1, tw1, st1, m1 = train_at(1, root, a.hidden, layers)
-        tN, twN, stN, mN = train_at(a.world, root, a.hidden, layers)
-        tokens = st1 * 64 * 100  # steps x global batch x window
-
-        head = f"{'':34}{'world 1':>12}{'world ' + str(a.world):>12}{'speedup':>10}{'efficiency':>12}"
-        print(head)
-        print("-" * len(head))
-
-        def row(name: str, one: float, many: float, unit: str, higher_better: bool) -> None:
-            speedup = many / one if higher_better else one / many
-            print(f"{name:34}{one:>10.1f}{unit:>2}{many:>10.1f}{unit:>2}{speedup:>9.2f}x{speedup / a.world:>11.0%}")
-
-        row(f"enumerate {fmt}: seconds", e1, eN, " s", False)
-        row("  model steps per second (k)", steps / e1 / 1e3, steps / eN / 1e3, "  ", True)
-        row("train (DDP): seconds, 1 epoch", t1, tN, " s", False)
-        row("  tokens per second (k)", tokens / t1 / 1e3, tokens / tN / 1e3, "  ", True)
-        print(f"\nenumeration: {steps:,} model steps; reports identical across world sizes: {'yes' if same else 'NO'}")
-        print(
-            f"training: {st1} steps of 64 x 100 tokens; validation {m1['valid_bpc']:.6f} (world 1) vs "
-            f"{mN['valid_bpc']:.6f} (world {a.world}) bits/char"
-        )
-        print(f"wall time of each launch (start-up included): enumerate {w1:.1f} s / {wN:.1f} s, ", end="")
-        print(f"train {tw1:.1f} s / {twN:.1f} s")
+        print(f"one thread per process; {os.cpu_count()} CPU cores; char-LSTM {layers}x{a.hidden}")
+        for k in range(a.runs):
+            runs = []
+            for label, env in (("", {}), *((("baseline: ", BASELINE),) if a.baseline else ())):
+                SETTINGS.clear()
+                SETTINGS.update(env)
+                runs.append((label, compare(root, a.world, a.hidden, layers)))
+            print(
+                f"\nrun {k + 1} of {a.runs}"
+                + (" (baseline: " + ", ".join(f"{k}={v}" for k, v in BASELINE.items()) + ")" if a.baseline else "")
+            )
+            table(runs, a.world, fmt)
 
 
 if __name__ == "__main__":

@@ -1157,8 +1157,10 @@ def _internal_error(e: BaseException, *, debug: bool) -> str:
 
 def run() -> None:
     """Console-script entry point (and ``python -m exposure_audit``)."""
+    from .allocator import tune
     from .distributed import leave
 
+    tune()  # this process's malloc keeps its working memory (exposure_audit/allocator.py)
     leave(main())
 
 

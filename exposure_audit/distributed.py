@@ -52,6 +52,7 @@ class Team:
     backend: str | None = None
     device: str = "cpu"
     control: Any = None  # the gloo group that carries exchanges (the default group unless that is NCCL)
+    timeout: float = DEFAULT_TIMEOUT  # seconds a rank waits for the others at a collective
     finished: bool = False  # the last exchange of a command's normal path was made (:meth:`finish`)
 
     @property
@@ -234,7 +235,7 @@ def start(backend: str = "auto", *, timeout: float = DEFAULT_TIMEOUT, uses_cuda:
     except Exception as e:
         first = _first_sentence(e)
         raise AuditError(f"cannot join the torchrun job ({chosen}): {first}") from None
-    _TEAM = Team(rank, world, local, local_world, chosen, device, control)
+    _TEAM = Team(rank, world, local, local_world, chosen, device, control, timeout)
     return _TEAM
 
 

@@ -113,6 +113,7 @@ class Ddp(Plain):
                 f"train.batch_size {cfg.batch_size} is the global batch, smaller than the {self.team.world} ranks: "
                 "every rank needs a window of each batch; use fewer ranks or a larger batch"
             )
+        self.reducer: Any = None  # SharedReducer where the ranks share one machine (wrap)
 
     def agree(self, identity: str, saved: Any, seed: int) -> Any:
         # Every rank has the same weights (same seed) and window order (same rng); the ranks
@@ -127,8 +128,14 @@ class Ddp(Plain):
     def wrap(self, model: torch.nn.Module, opt: torch.optim.Optimizer, windows: int, seed: int) -> None:
         from torch.nn.parallel import DistributedDataParallel
 
+        from .allreduce import SharedReducer
+
         super().wrap(model, opt, windows, seed)
         self.net = DistributedDataParallel(model)  # averages the ranks' gradients in backward
+        # one machine: the gradients are summed in shared memory, not over loopback TCP
+        self.reducer = SharedReducer.connect(self.team)
+        if self.reducer is not None:
+            self.net.register_comm_hook(None, self.reducer.comm_hook)
 
     def rows(self, group: np.ndarray) -> np.ndarray:
         """Every world-th window from this rank's. A short last batch can leave a rank none; it
@@ -150,8 +157,16 @@ class Ddp(Plain):
         import torch.distributed as dist
 
         t = torch.tensor([self._local.item()], dtype=torch.float64)
-        dist.all_reduce(t)
+        if self.reducer is not None:
+            self.reducer.all_reduce_(t)
+        else:
+            dist.all_reduce(t)
         return float(t[0]) / self._tokens
 
     def rng_states(self) -> list[torch.Tensor] | None:
         return self.team.exchange(torch.get_rng_state())  # every rank's dropout stream
+
+    def finish(self, steps: int, unit: str) -> dict[str, Any] | None:
+        if self.reducer is not None:
+            self.reducer.close()
+        return super().finish(steps, unit)
