@@ -23,7 +23,7 @@ import os
 
 ENV = "EXPOSURE_AUDIT_MALLOC"
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
-MMAP_BYTES = 32 << 20  # glibc's ceiling for its own adaptive mmap threshold (64-bit)
+MMAP_BYTES = 256 << 20  # blocks up to this size come from the heap (glibc adapts up to 32 MB only)
 TRIM_BYTES = 512 << 20
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import datetime
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +53,7 @@ class Team:
     device: str = "cpu"
     control: Any = None  # the gloo group that carries exchanges (the default group unless that is NCCL)
     timeout: float = DEFAULT_TIMEOUT  # seconds a rank waits for the others at a collective
+    claims: int = 0  # counters taken by :meth:`claim` (every rank takes them in the same order)
     finished: bool = False  # the last exchange of a command's normal path was made (:meth:`finish`)
 
     @property
@@ -109,6 +110,28 @@ class Team:
         order, and the sum of the ranks' model steps: what one process would have done."""
         parts = self.exchange((chunks, steps))
         return [c for part, _ in parts for c in part], sum(st for _, st in parts)
+
+    def claim(self, total: int) -> Iterator[int]:
+        """Each of ``0 .. total-1`` to exactly one rank, handed out in order as ranks ask for
+        more (an atomic counter in the job's store): a rank that runs faster takes more pieces,
+        so no rank waits at the end for a slower one. A collective: every rank calls it, in the
+        same order as the others."""
+        if not self.active:
+            yield from range(total)
+            return
+        import torch.distributed as dist
+
+        self.claims += 1
+        key = f"exposure-audit/claim/{self.claims}"
+        store = dist.distributed_c10d._get_default_store()
+        while True:
+            try:
+                i = int(store.add(key, 1)) - 1
+            except Exception as e:  # the store's host (torchrun's agent or rank 0) is gone
+                raise LostPeer(f"lost contact with the job's store: {_first_sentence(e)}") from None
+            if i >= total:
+                return
+            yield i
 
     def split(self, size: int, align: int = 1) -> tuple[int, int]:
         """This rank's contiguous share ``[lo, hi)`` of ``range(size)``, the boundaries at

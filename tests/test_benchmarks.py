@@ -34,6 +34,14 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
             rf"^  unmerged / merged time: {NUM}x \(same ranks\)$",
         ],
     ),
+    "allocator": (
+        [],
+        [
+            r"^char-LSTM 1x16, one thread; a step = forward \+ backward \+ Adam on batch x 100 characters$",
+            r"^ +batch +run +glibc defaults +exposure-audit +speedup$",
+            rf"^ +8 +1 +{NUM} ms \(sd +{NUM}\) +{NUM} ms \(sd +{NUM}\) +{NUM}x$",
+        ],
+    ),
     "defaults": (
         ["--exact"],
         [
@@ -48,6 +56,7 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
         [],
         [
             r"^one thread per process; \d+ CPU cores; char-LSTM 1x8$",
+            r"^run 1 of 1$",
             rf"^enumerate pin \{{d:3\}}: seconds +{NUM} s +{NUM} s +{NUM}x +\d+%$",
             rf"^  model steps per second \(k\) +{NUM} +{NUM} +{NUM}x +\d+%$",
             rf"^train \(DDP\): seconds, 1 epoch +{NUM} s +{NUM} s +{NUM}x +\d+%$",

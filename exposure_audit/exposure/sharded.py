@@ -9,7 +9,7 @@ Outside torchrun (a world of one) each is its engine function.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -23,11 +23,15 @@ from .tree import CompiledFormat
 ProgressFn = Callable[[int], None] | None
 
 
-def subtree_align(fmt: Format, world: int) -> int:
+PIECES_PER_RANK = 16  # pieces of a shared walk per rank: the slowest rank's wait is at most one
+
+
+def subtree_align(fmt: Format, world: int, per_rank: int = 4) -> int:
     """Candidates under one node after the first hole characters: shards made of whole such
-    subtrees share no node below them. Enough subtrees for every rank (4 each where |R| allows)."""
+    subtrees share no node below them. Enough subtrees for every rank (``per_rank`` each where
+    |R| allows)."""
     blocks, k = 1, 0
-    while k < len(fmt.radices) and blocks < 4 * world:
+    while k < len(fmt.radices) and blocks < per_rank * world:
         blocks *= len(fmt.radices[k])
         k += 1
     return max(1, fmt.space_size // blocks)
@@ -44,6 +48,21 @@ def _shard(cf: CompiledFormat, align: int, quiet: bool) -> tuple[int, int]:
     return team.split(size, align)
 
 
+def _pieces(cf: CompiledFormat, quiet: bool) -> Iterator[tuple[int, int]]:
+    """This rank's pieces ``[lo, hi)`` of the format's index range: whole subtrees, handed out
+    as the ranks ask for them (:meth:`~exposure_audit.distributed.Team.claim`)."""
+    team = distributed.team()
+    size = cf.fmt.space_size
+    align = subtree_align(cf.fmt, team.world, PIECES_PER_RANK)
+    pieces = -(-size // align)
+    if pieces < team.world and not quiet:
+        distributed.note(
+            f"format {cf.fmt.source!r}: {pieces} shard(s) of work for {team.world} ranks; {team.world - pieces} idle"
+        )
+    for i in team.claim(pieces):
+        yield i * align, min(size, (i + 1) * align)
+
+
 def _team_steps(scorer: Scorer, since: int, steps: int) -> None:
     """The scorer's counter, from ``since`` on, reads the ``steps`` of the whole team."""
     scorer.steps = since + steps
@@ -57,9 +76,12 @@ def enumerate_counts(
     if team.world == 1 or not cf.track_index:
         return engine.enumerate_counts(scorer, cf, px, batch=batch, progress=progress)[0]
     s0 = scorer.steps
-    lo, hi = _shard(cf, subtree_align(cf.fmt, team.world), quiet)
-    counts, res = engine.enumerate_counts(scorer, cf, px, batch=batch, index_range=(lo, hi), progress=progress)
-    *total, steps = team.all_sum([*counts.tolist(), res.steps - res.foreign_steps])
+    counts, steps = np.zeros(len(px), dtype=np.int64), 0
+    for lo, hi in _pieces(cf, quiet):
+        part, res = engine.enumerate_counts(scorer, cf, px, batch=batch, index_range=(lo, hi), progress=progress)
+        counts += part
+        steps += res.steps - res.foreign_steps
+    *total, steps = team.all_sum([*counts.tolist(), steps])
     _team_steps(scorer, s0, steps)
     return np.asarray(total, dtype=np.int64)
 
@@ -104,10 +126,17 @@ def pruned_rank(
     if team.world == 1 or not cf.track_index:
         return engine.pruned_rank(scorer, cf, px, **single)
     s0 = scorer.steps
-    lo, hi = team.split(cf.fmt.space_size, subtree_align(cf.fmt, team.world))
-    pr = engine.pruned_rank(scorer, cf, px, index_range=(lo, hi), **single)
-    res = pr.result
-    found, steps, unfinished = team.all_sum([pr.found, res.steps - res.foreign_steps, 0 if res.complete else 1])
+    found = steps = unfinished = 0
+    for lo, hi in _pieces(cf, quiet=True):
+        left = None if max_steps is None else max_steps - steps  # this rank's share of the budget so far
+        if left is not None and left <= 0:
+            unfinished += 1  # the team's steps are over the budget already: the one walk decides
+            break
+        pr = engine.pruned_rank(scorer, cf, px, index_range=(lo, hi), **{**single, "max_steps": left})
+        res = pr.result
+        found, steps = found + pr.found, steps + res.steps - res.foreign_steps
+        unfinished += 0 if res.complete else 1
+    found, steps, unfinished = team.all_sum([found, steps, unfinished])
     if not unfinished and steps <= max_steps:
         rank = max(1, found)
         _team_steps(scorer, s0, steps)
