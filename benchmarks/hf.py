@@ -432,8 +432,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--bf16-ranks", action="store_true", help="only part (e) on SmolLM2: bf16 ranks vs fp32")
     ap.add_argument("--pi", action="store_true", help="only part (f) on SmolLM2: the pi proof by batch size")
     ap.add_argument("--tiny", action="store_true", help="every part in seconds, on tiny random Llamas")
+    ap.add_argument(
+        "--glibc-malloc", action="store_true", help="keep glibc's malloc defaults (the command tunes them: allocator.py)"
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
+    if not args.glibc_malloc:
+        from exposure_audit.allocator import tune
+
+        print(f"malloc: {'the command-line settings (exposure_audit/allocator.py)' if tune() else 'defaults'}")
     if args.tiny:
         tiny(min(args.roof_steps, 200))
         return
