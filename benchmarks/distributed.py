@@ -9,6 +9,11 @@ command's own (from its JSON report and metrics), so process start-up and model 
 left out; the wall time of each launch is printed beside them. Nothing is asserted: the figures
 are printed for docs/distributed.md. It also checks that the reports agree across world sizes.
 
+The *ceiling* line says what the machine itself allows: ``--world`` independent single-process
+runs of the same command at once (no torchrun, no communication). Where cores slow each other
+down (a shared memory bus, a shared clock budget, a busy host under a virtual machine), no split
+of the work can beat ``world x (time alone) / (mean time together)``.
+
     python benchmarks/distributed.py --tiny   # a 1x8 model, a {d:3} format, 5,000 training characters
 """
 
@@ -53,6 +58,41 @@ def launch(world: int, args: list[str], cwd: Path) -> float:
     return time.perf_counter() - t0
 
 
+def launch_together(args: list[list[str]], cwd: Path) -> None:
+    """Run several world-size-1 commands at once, as independent processes (no torchrun)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **SETTINGS}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "exposure_audit", *a],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for a in args
+    ]
+    for a, p in zip(args, procs):
+        _, err = p.communicate()
+        if p.returncode != 0:
+            sys.exit(f"failed ({a[0]}, {len(args)} independent processes):\n{err.decode()[-2000:]}")
+
+
+def ceiling(root: Path, world: int, hidden: int, layers: int) -> dict:
+    """What the machine allows: ``world`` independent single-process runs of the same command at
+    once. Each does the whole job, so a perfect split of one job over ``world`` ranks would take
+    their mean time / ``world``; the ceiling on the speedup is ``world x alone / mean``."""
+    enum = [_enumerate_args(root / f"alone-enum-{i}.json") for i in range(world)]
+    launch_together(enum, root)
+    e = [json.loads((root / f"alone-enum-{i}.json").read_text())["canaries"][0]["seconds"] for i in range(world)]
+    train = [_train_args(root / f"alone-train-{i}", hidden, layers) for i in range(world)]
+    launch_together(train, root)
+    t = [
+        json.loads((root / f"alone-train-{i}" / "metrics.jsonl").read_text().splitlines()[-1])["seconds"]
+        for i in range(world)
+    ]
+    return {"enum": sum(e) / world, "train": sum(t) / world}
+
+
 def setup(root: Path, hidden: int, chars: int, fmt: str = "pin {d:6}", layers: int = 2) -> None:
     """A model of the chosen size (random weights: enumeration costs the same whatever they are),
     a manifest with a {d:6} format, and a synthetic training corpus."""
@@ -74,26 +114,32 @@ def setup(root: Path, hidden: int, chars: int, fmt: str = "pin {d:6}", layers: i
     torch.manual_seed(0)
     vocab = Vocabulary.from_chars(set("".join(lines)) | set("0123456789\n"))
     model = CharLSTM(vocab, CharLSTMConfig(embedding=16, hidden=hidden, layers=layers))
+    (root / "threads.yaml").write_text("train: {threads: 1}\n")
     (root / "model").mkdir()
     save_checkpoint(model.eval(), root / "model", {})
 
 
+def _enumerate_args(out: Path) -> list[str]:
+    args = ["measure", "--model", "model", "--canaries", "data/canaries.json", "--any-model"]
+    return [*args, "--method", "enumerate", "--json", str(out), "-q", "--force"]
+
+
+def _train_args(out: Path, hidden: int, layers: int) -> list[str]:
+    args = ["train", "--data", "data", "--out", str(out), "--config", "threads.yaml", "--hidden", str(hidden)]
+    args += ["--embedding", "16", "--layers", str(layers), "--epochs", "1", "--seq-len", "100", "--batch-size", "64"]
+    return [*args, "-q", "--force"]
+
+
 def enumerate_at(world: int, root: Path) -> tuple[float, float, dict]:
     out = root / f"enum-{world}.json"
-    args = ["measure", "--model", "model", "--canaries", "data/canaries.json", "--any-model"]
-    args += ["--method", "enumerate", "--json", str(out), "-q", "--force"]
-    wall = launch(world, args, root)
+    wall = launch(world, _enumerate_args(out), root)
     report = json.loads(out.read_text())
     return report["canaries"][0]["seconds"], wall, report
 
 
 def train_at(world: int, root: Path, hidden: int, layers: int = 2) -> tuple[float, float, int, dict]:
     out = root / f"train-{world}"
-    (root / "threads.yaml").write_text("train: {threads: 1}\n")
-    args = ["train", "--data", "data", "--out", str(out), "--config", "threads.yaml", "--hidden", str(hidden)]
-    args += ["--embedding", "16", "--layers", str(layers), "--epochs", "1", "--seq-len", "100", "--batch-size", "64"]
-    args += ["-q", "--force"]
-    wall = launch(world, args, root)
+    wall = launch(world, _train_args(out, hidden, layers), root)
     last = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()][-1]
     return last["seconds"], wall, last["step"], last
 
@@ -110,6 +156,7 @@ def compare(root: Path, world: int, hidden: int, layers: int) -> dict:
     return {
         "enum": (e1, eN, r1["canaries"][0]["model_steps"], same, w1, wN),
         "train": (t1, tN, st1, m1["valid_bpc"], mN["valid_bpc"], tw1, twN),
+        "ceiling": ceiling(root, world, hidden, layers),
     }
 
 
@@ -130,6 +177,13 @@ def table(runs: list[tuple[str, dict]], world: int, fmt: str) -> None:
         row("  model steps per second (k)", steps / e1 / 1e3, steps / eN / 1e3, "  ", True)
         row(f"{label}train (DDP): seconds, 1 epoch", t1, tN, " s", False)
         row("  tokens per second (k)", tokens / t1 / 1e3, tokens / tN / 1e3, "  ", True)
+    for label, r in runs:
+        e1, t1, c = r["enum"][0], r["train"][0], r["ceiling"]
+        print(
+            f"\n{label}ceiling: {world} independent world-1 runs at once took {c['enum']:.1f} s (enumerate) and"
+            f" {c['train']:.1f} s (train) on average, so a perfect split allows {world * e1 / c['enum']:.2f}x"
+            f" and {world * t1 / c['train']:.2f}x"
+        )
     for label, r in runs:
         _, _, steps, same, w1, wN = r["enum"]
         _, _, st, v1, vN, tw1, twN = r["train"]

@@ -433,7 +433,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--pi", action="store_true", help="only part (f) on SmolLM2: the pi proof by batch size")
     ap.add_argument("--tiny", action="store_true", help="every part in seconds, on tiny random Llamas")
     ap.add_argument(
-        "--glibc-malloc", action="store_true", help="keep glibc's malloc defaults (the command tunes them: allocator.py)"
+        "--glibc-malloc",
+        action="store_true",
+        help="keep glibc's malloc defaults (the command tunes them: allocator.py)",
     )
     args = ap.parse_args(argv)
     torch.set_num_threads(2)

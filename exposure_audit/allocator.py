@@ -2,14 +2,15 @@
 
 glibc's malloc gives a large freed block back to the kernel at once (its *trim threshold* and
 *mmap threshold* adapt, to at most 64 MB and 32 MB). A training step of the char-LSTM frees and
-allocates far more than that in activations, so every step faulted the same pages back in:
-a 2x128 LSTM step at batch 32 took 70-83 ms (standard deviation 8-10 ms) with glibc's defaults,
-and 62-65 ms (2.3-2.9 ms) with the settings below, in the same session (docs/distributed.md,
-"Scaling"). The jitter matters twice under ``torchrun``: every rank waits for the slowest at
-each gradient all-reduce.
+allocates far more than that in activations, so every step faulted the same pages back in.
+``benchmarks/allocator.py`` (2x128 LSTM training steps, one thread), two runs: at batch 32,
+72.6 and 68.8 ms a step (standard deviation 10.3 and 7.5) with glibc's defaults against 57.8
+and 57.3 ms (3.1 and 3.4) with the settings below; at batch 64, 166.2 and 153.1 ms against
+108.6 and 110.0. The jitter matters twice under ``torchrun``: every rank waits for the slowest
+at each gradient all-reduce.
 
-:func:`tune` keeps blocks of up to 32 MB in the heap (mmap threshold, glibc's own ceiling for
-its adaptive one) and up to ``TRIM_BYTES`` of free memory at the heap's top (trim threshold).
+:func:`tune` keeps blocks of up to ``MMAP_BYTES`` (256 MiB) in the heap (mmap threshold; at
+32 MB, glibc's ceiling for its adaptive one, batch-64 steps still re-faulted) and up to ``TRIM_BYTES`` of free memory at the heap's top (trim threshold).
 That holds on to memory already used, never more than the peak: it changes how fast memory goes
 back to the system, not how much a run needs. It is applied only by the command-line entry point
 (a library caller's process keeps its own allocator), only with glibc, and not where the user

@@ -42,6 +42,17 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
             rf"^ +8 +1 +{NUM} ms \(sd +{NUM}\) +{NUM} ms \(sd +{NUM}\) +{NUM}x$",
         ],
     ),
+    "allreduce": (
+        [],
+        [
+            r"^all-reduce alone +gloo +shared memory +ratio$",
+            rf"^  850,012 bytes +{NUM} ms +{NUM} ms +{NUM}x$",
+            r"^DDP step, char-LSTM 1x16, batch 32 x 100 per rank \(mean of 3 steps, rank 0\)$",
+            rf"^  gloo +{NUM} ms +{NUM} ms$",
+            rf"^  shared memory +{NUM} ms +{NUM} ms$",
+            rf"^  no communication +{NUM} ms +{NUM} ms$",
+        ],
+    ),
     "defaults": (
         ["--exact"],
         [
@@ -60,6 +71,7 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
             rf"^enumerate pin \{{d:3\}}: seconds +{NUM} s +{NUM} s +{NUM}x +\d+%$",
             rf"^  model steps per second \(k\) +{NUM} +{NUM} +{NUM}x +\d+%$",
             rf"^train \(DDP\): seconds, 1 epoch +{NUM} s +{NUM} s +{NUM}x +\d+%$",
+            rf"^ceiling: 2 independent world-1 runs at once took {NUM} s \(enumerate\) and {NUM} s \(train\) on average, so a perfect split allows {NUM}x and {NUM}x$",
             r"^enumeration: [\d,]+ model steps; reports identical across world sizes: yes$",
             rf"^training: \d+ steps of 64 x 100 tokens; validation {NUM} \(world 1\) vs {NUM} \(world 2\) bits/char$",
         ],
