@@ -54,6 +54,7 @@ class Team:
     control: Any = None  # the gloo group that carries exchanges (the default group unless that is NCCL)
     timeout: float = DEFAULT_TIMEOUT  # seconds a rank waits for the others at a collective
     claims: int = 0  # counters taken by :meth:`claim` (every rank takes them in the same order)
+    generation: int = 0  # which team of the job this is (teams started again get new counters)
     finished: bool = False  # the last exchange of a command's normal path was made (:meth:`finish`)
 
     @property
@@ -122,7 +123,7 @@ class Team:
         import torch.distributed as dist
 
         self.claims += 1
-        key = f"exposure-audit/claim/{self.claims}"
+        key = f"exposure-audit/claim/{self.generation}/{self.claims}"
         store = dist.distributed_c10d._get_default_store()
         while True:
             try:
@@ -259,7 +260,16 @@ def start(backend: str = "auto", *, timeout: float = DEFAULT_TIMEOUT, uses_cuda:
         first = _first_sentence(e)
         raise AuditError(f"cannot join the torchrun job ({chosen}): {first}") from None
     _TEAM = Team(rank, world, local, local_world, chosen, device, control, timeout)
+    # A job-wide number for this team: torchrun's store outlives the process group, so a team
+    # started again in the same job must not meet the counters of the last one.
+    _TEAM.generation = _TEAM.exchange(_next_generation() if _TEAM.main else None)[0]
     return _TEAM
+
+
+def _next_generation() -> int:
+    import torch.distributed as dist
+
+    return int(dist.distributed_c10d._get_default_store().add("exposure-audit/generation", 1))
 
 
 def stop(*, lost: bool = False) -> None:

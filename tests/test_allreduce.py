@@ -19,7 +19,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from exposure_audit import distributed
+from exposure_audit import allocator, distributed
 from exposure_audit.errors import AuditError
 from exposure_audit.training import allreduce
 from exposure_audit.training.allreduce import SharedReducer
@@ -144,13 +144,85 @@ def test_a_dead_rank_is_noticed_within_seconds(tmp_path):
 
 @pytest.mark.parametrize(
     ("env", "tuned"),
-    [({}, True), ({"EXPOSURE_AUDIT_MALLOC": "default"}, False), ({"MALLOC_ARENA_MAX": "2"}, False)],
+    [
+        ({}, True),
+        ({"EXPOSURE_AUDIT_MALLOC": "default"}, False),
+        ({"MALLOC_ARENA_MAX": "2"}, False),
+        ({"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=1000000"}, False),
+    ],
 )
 def test_the_command_tunes_glibcs_malloc_unless_told_otherwise(env, tuned):
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "EXPOSURE_AUDIT_MALLOC"}
+    skip = ("EXPOSURE_AUDIT_MALLOC", "GLIBC_TUNABLES")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k not in skip}
     code = "from exposure_audit.allocator import tune; print(tune())"
     p = subprocess.run(
         [sys.executable, "-c", code], env={**clean, **env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True
     )
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == str(tuned)
+
+
+class _Libc:
+    """glibc's mallopt as a fake: which calls it accepts, and which it was given."""
+
+    def __init__(self, refuse_mmap_above: int | None) -> None:
+        self.calls: list[tuple[int, int]] = []
+        self.cap = refuse_mmap_above
+
+    def gnu_get_libc_version(self) -> None:
+        pass
+
+    def mallopt(self, what: int, value: int) -> int:
+        self.calls.append((what, value))
+        if what == allocator.M_MMAP_THRESHOLD and self.cap is not None and value > self.cap:
+            return 0
+        return 1
+
+
+@pytest.mark.parametrize(
+    ("cap", "tuned", "mmap_set", "trim_set"),
+    [
+        (None, True, allocator.MMAP_BYTES, True),  # takes the first threshold
+        (32 << 20, True, allocator.MMAP_FALLBACK, True),  # a glibc that caps it: the fallback
+        (1 << 20, False, None, False),  # refuses both: trim is left alone too (or glibc would freeze 128 KiB)
+    ],
+)
+def test_tune_falls_back_where_glibc_refuses_the_threshold(monkeypatch, cap, tuned, mmap_set, trim_set):
+    import ctypes
+
+    for k in [k for k in os.environ if k.startswith("MALLOC_")] + ["EXPOSURE_AUDIT_MALLOC", "GLIBC_TUNABLES"]:
+        monkeypatch.delenv(k, raising=False)
+    libc = _Libc(cap)
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: libc)
+    assert allocator.tune() is tuned
+    accepted = [v for w, v in libc.calls if w == allocator.M_MMAP_THRESHOLD and (cap is None or v <= cap)]
+    assert (accepted[0] if accepted else None) == mmap_set
+    assert any(w == allocator.M_TRIM_THRESHOLD for w, _ in libc.calls) is trim_set
+
+
+def test_a_shared_memory_block_that_cannot_be_backed_is_refused_not_used(monkeypatch):
+    """A tmpfs too small for the block (a container's /dev/shm): no block (so gloo is used, or an
+    error where 'shared-memory' was asked for) and none left behind, never a rank killed by
+    SIGBUS at its first write."""
+    import errno
+
+    asked = []
+
+    def full(fd, offset, length):
+        asked.append(length)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def blocks() -> set[str]:
+        return set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+
+    before = blocks()
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    assert SharedReducer._create(1 << 20) == (None, None) and asked == [1 << 20]
+    assert blocks() == before  # the refused block was unlinked
+    monkeypatch.undo()
+    shm, name = SharedReducer._create(1 << 20)  # with room: a block
+    try:
+        assert shm is not None and name is not None
+    finally:
+        allreduce._close(shm)
+        shm.unlink()

@@ -390,3 +390,28 @@ def test_shards_cover_the_range_once():
         assert parts[0][0] == 0 and parts[-1][1] == size
         assert all(a[1] == b[0] for a, b in zip(parts, parts[1:]))
         assert all(lo % align == 0 for lo, _ in parts)
+
+
+def test_a_rank_that_gets_no_piece_still_reports_the_teams_exact_rank(monkeypatch):
+    """The other ranks may take every piece of a pruned walk (fewer pieces than ranks, or a rank
+    that starts late): this rank walks nothing and reports the team's sums."""
+    from types import SimpleNamespace
+
+    from exposure_audit import distributed
+    from exposure_audit.exposure import sharded
+
+    class OthersTookAll(distributed.Team):
+        def claim(self, total):
+            return iter(())
+
+        def all_sum(self, values):
+            assert list(values) == [0, 0, 0]  # nothing found, stepped or left unfinished here
+            return [7, 123, 0]  # the other rank's: 7 candidates at or under the canary, 123 steps
+
+    monkeypatch.setattr(distributed, "_TEAM", OthersTookAll(rank=1, world=2))
+    scorer = SimpleNamespace(steps=5)
+    cf = SimpleNamespace(track_index=True, fmt=Format.parse("pin {d:2}"))
+    pr = sharded.pruned_rank(scorer, cf, 1.0, max_steps=1000, batch=8)
+    assert (pr.rank, pr.bounds, pr.found) == (7, (7, 7), 7)
+    assert pr.result.steps == 123 and pr.result.complete
+    assert scorer.steps == 5 + 123

@@ -9,6 +9,7 @@ Outside torchrun (a world of one) each is its engine function.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -125,12 +126,15 @@ def pruned_rank(
     single: dict[str, Any] = dict(max_steps=max_steps, batch=batch, progress=progress)
     if team.world == 1 or not cf.track_index:
         return engine.pruned_rank(scorer, cf, px, **single)
-    s0 = scorer.steps
+    s0, t0 = scorer.steps, time.perf_counter()
     found = steps = unfinished = 0
+    # A rank may get no piece at all (fewer pieces than ranks, or the others took them all first).
     for lo, hi in _pieces(cf, quiet=True):
-        left = None if max_steps is None else max_steps - steps  # this rank's share of the budget so far
+        # What this rank has stepped so far (its own nodes): past the budget, the team's steps
+        # are too, so it stops taking pieces and the one walk below decides.
+        left = None if max_steps is None else max_steps - steps
         if left is not None and left <= 0:
-            unfinished += 1  # the team's steps are over the budget already: the one walk decides
+            unfinished += 1
             break
         pr = engine.pruned_rank(scorer, cf, px, index_range=(lo, hi), **{**single, "max_steps": left})
         res = pr.result
@@ -140,7 +144,8 @@ def pruned_rank(
     if not unfinished and steps <= max_steps:
         rank = max(1, found)
         _team_steps(scorer, s0, steps)
-        return engine.PrunedRank(rank, (rank, rank), res, found)
+        whole = engine.WalkResult(steps, True, 0, time.perf_counter() - t0)  # the team's walk
+        return engine.PrunedRank(rank, (rank, rank), whole, found)
     _team_steps(scorer, s0, 0)
     return engine.pruned_rank(scorer, cf, px, **single)
 

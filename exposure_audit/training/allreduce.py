@@ -120,7 +120,11 @@ class SharedReducer:
             head[2 * team.world + team.rank] = os.getpid()
         seen = team.exchange(os.getpid())  # after this, every rank has written its pid
         shared = shm is not None and head[2 * team.world : 3 * team.world].tolist() == seen
-        agreed = all(team.exchange(shared))
+        # Every rank is alive until it has joined the next exchange, so the pids are checked
+        # here: a rank that leaves at once after connecting must not look dead already.
+        visible = all(_alive(p) for p in seen)  # False: pids of another namespace, the timeout alone
+        votes = team.exchange((shared, visible))
+        agreed = all(v for v, _ in votes)
         if team.main and shm is not None:
             shm.unlink()  # every rank has it mapped: the name goes, the memory stays until closed
         if not agreed:
@@ -128,8 +132,7 @@ class SharedReducer:
                 del head
                 _close(shm)
             return cls._refuse(want, "the ranks do not share memory")
-        watch = all(_alive(p) for p in seen)  # pids of another namespace: the timeout alone
-        return cls(team, shm, slot_bytes, seen, watch)
+        return cls(team, shm, slot_bytes, seen, all(w for _, w in votes))
 
     @staticmethod
     def _create(size: int) -> tuple[Any, str | None]:
@@ -138,6 +141,14 @@ class SharedReducer:
         try:
             shm = shared_memory.SharedMemory(create=True, size=size)
         except OSError:
+            return None, None
+        try:
+            # Reserve the pages now: a tmpfs too small for the block (a container's 64 MiB
+            # /dev/shm) would otherwise kill a rank with SIGBUS at its first write.
+            os.posix_fallocate(shm._fd, 0, size)
+        except (OSError, AttributeError):
+            _close(shm)
+            shm.unlink()
             return None, None
         return shm, shm.name
 
