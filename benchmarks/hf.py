@@ -21,8 +21,10 @@ Not a test: timings vary by machine.
 
     .venv/bin/python benchmarks/hf.py --bf16-ranks    # (e): SmolLM2's ranks in bfloat16 against float32
     .venv/bin/python benchmarks/hf.py --pi            # (f): SmolLM2's proven pi extraction by batch size
+    .venv/bin/python benchmarks/hf.py --profile       # (g): where that proof's time goes, by operator,
+                                                      #      and a pruned walk's on the random 4x256 Llama
 
-``--tiny`` runs (a) to (f) on 2x32 random Llamas (benchmarks/_tiny.py; one stands in
+``--tiny`` runs (a) to (g) on 2x32 random Llamas (benchmarks/_tiny.py; one stands in
 for SmolLM2 in (c)) with 10^3 / 10^4 formats, small budgets and short timing loops.
 """
 
@@ -33,7 +35,7 @@ import random
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -431,6 +433,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default="cpu", help="part (d) on SmolLM2: cpu or cuda (benchmarks/gpu.sh)")
     ap.add_argument("--bf16-ranks", action="store_true", help="only part (e) on SmolLM2: bf16 ranks vs fp32")
     ap.add_argument("--pi", action="store_true", help="only part (f) on SmolLM2: the pi proof by batch size")
+    ap.add_argument("--profile", action="store_true", help="only part (g) on SmolLM2: the pi proof's profile")
     ap.add_argument("--tiny", action="store_true", help="every part in seconds, on tiny random Llamas")
     ap.add_argument(
         "--glibc-malloc",
@@ -451,6 +454,16 @@ def main(argv: list[str] | None = None) -> None:
         model = _smollm2()
         if model is not None:
             part_f(model, "SmolLM2-135M", PI, [256, None])
+        return
+    if args.profile:
+        print("== (g) where a search's time goes (float32, 2 threads, torch's profiler)")
+        if not args.no_small:
+            with tempfile.TemporaryDirectory() as tmp:
+                small = small_model(Path(tmp) / "split", "split")
+                part_g(small, "random 4x256 Llama", NINE, replace(Sizes(), pruned_steps=30_000), pruned="123456789")
+        model = _smollm2()
+        if model is not None:
+            part_g(model, "SmolLM2-135M", PI)
         return
     if args.bf16_ranks:
         print("== (e) ranks under bfloat16 against float32 (SmolLM2-135M, 2 threads)")
@@ -484,6 +497,78 @@ def main(argv: list[str] | None = None) -> None:
         part_c()
 
 
+# (g): the operator classes of a profile, by the name torch's profiler gives each operator
+OP_CLASSES = (
+    ("matmul (mm, addmm, bmm)", ("aten::mm", "aten::addmm", "aten::bmm")),
+    ("attention (scaled dot product)", ("aten::_scaled_dot_product_flash_attention_for_cpu",)),
+    ("log-softmax over the vocabulary, / ln 2", ("aten::_log_softmax", "aten::div")),
+    ("KV-cache copies (cat, index_select, copy_)", ("aten::cat", "aten::index_select", "aten::copy_")),
+)
+
+
+def part_g(model, label: str, fmt_source: str, sizes: Sizes = Sizes(), pruned: str | None = None) -> None:
+    """Where the time of the proven top-1 extraction of ``fmt_source`` goes (with ``pruned``: of
+    the pruned walk that ranks that secret, capped at ``sizes.pruned_steps``): torch's profiler,
+    operators' own time by class, the rows per model call, and the matmuls' own GFLOP/s against
+    the roof (the ceiling of the whole step at these shapes, were everything else free)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fmt = Format.parse(fmt_source)
+    roof = matmul_roof(torch.float32, sizes.matmul_n, sizes.seconds)
+    flop = step_gflop(model)
+    calls: list[int] = []
+    forward = model._forward  # count the model calls and their rows (the engine's batch shapes)
+
+    def counted(ids, state):
+        calls.append(int(ids.shape[0]))
+        return forward(ids, state)
+
+    scorer = Scorer(model)
+    cf = engine.compile_format(scorer, fmt)
+    cost = float(engine.score_secrets(scorer, cf, [pruned])[0]) if pruned is not None else 0.0
+
+    def run() -> int:
+        if pruned is None:
+            return best_first(model, fmt, top=1, max_steps=10**7).model_steps
+        # the walk alone (measure would go on to an estimate where the cap stops the walk)
+        return engine.pruned_rank(scorer, cf, cost, max_steps=sizes.pruned_steps).result.steps
+
+    model._forward = counted
+    try:
+        best_first(model, fmt, top=1, max_steps=sizes.pi_steps // 10)  # warm up
+        calls.clear()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            t0 = time.perf_counter()
+            steps = run()
+            took = time.perf_counter() - t0
+    finally:
+        del model._forward
+    own = {e.key: e.self_cpu_time_total / 1e6 for e in prof.key_averages()}
+    total = sum(own.values())
+    rate = steps / took
+    what = "extract" if pruned is None else f"pruned walk of {pruned}"
+    print(
+        f"   {label}, {what}, {fmt_source!r}: {steps:,} steps in {took:.1f} s under the profiler = {rate:,.0f} steps/s"
+        f" = {100 * rate * flop / roof:.0f}% of the {roof:.0f} GFLOP/s roof; {len(calls)} model calls,"
+        f" {sum(calls) / max(len(calls), 1):.0f} rows each on average (at most {max(calls, default=0)})"
+    )
+    rest = total
+    for name, ops in OP_CLASSES:
+        t = sum(own.get(op, 0.0) for op in ops)
+        rest -= t
+        print(f"      {name:46} {t:7.2f} s {100 * t / took:5.1f}%")
+    print(f"      {'other operators (norms, rotary, activations)':46} {rest:7.2f} s {100 * rest / took:5.1f}%")
+    outside = max(0.0, took - total)
+    print(f"      {'outside operators (Python: engine, model code)':46} {outside:7.2f} s {100 * outside / took:5.1f}%")
+    mm = sum(own.get(op, 0.0) for op in OP_CLASSES[0][1])
+    if mm > 0:
+        g = steps * flop / mm
+        print(
+            f"      the matmuls alone: {g:.0f} GFLOP/s = {100 * g / roof:.0f}% of the roof "
+            f"(the step's ceiling at these shapes)"
+        )
+
+
 def tiny(roof_steps: int) -> None:
     """Parts (a)-(d) at ``TINY`` sizes on 2x32 random Llamas; a third stands in for SmolLM2."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -505,6 +590,9 @@ def tiny(roof_steps: int) -> None:
         part_e(lambda dt: load_model(Path(tmp) / "split", dtype=dt), TINY.nine, "123", "random 2x32 Llama")
         print("== (f) the proven extraction by popped-batch size")
         part_f(models["split"], "random 2x32 Llama", TINY.nine, [4, None], TINY)
+        print("== (g) where the proven extraction's time goes (torch's profiler)")
+        part_g(models["split"], "random 2x32 Llama", TINY.nine, TINY)
+        part_g(models["split"], "random 2x32 Llama", TINY.nine, TINY, pruned="123")
 
 
 if __name__ == "__main__":

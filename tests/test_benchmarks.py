@@ -168,6 +168,13 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
             rf"^      batch +4: \d+ {NUM} bits proven, [\d,]+ steps in {NUM} s = [\d,]+ steps/s = \d+% of the roof; "
             rf"peak search memory {NUM} GB$",
             rf"^      batch default: \d+ {NUM} bits proven",
+            r"^== \(g\) where the proven extraction's time goes",
+            rf"^   random 2x32 Llama, .*: [\d,]+ steps in {NUM} s under the profiler = [\d,]+ steps/s = \d+% of the {NUM} "
+            r"GFLOP/s roof; \d+ model calls, \d+ rows each on average \(at most \d+\)$",
+            rf"^      matmul \(mm, addmm, bmm\) +{NUM} s +{NUM}%$",
+            rf"^      other operators \(norms, rotary, activations\) +{NUM} s +{NUM}%$",
+            rf"^      outside operators \(Python: engine, model code\) +{NUM} s +{NUM}%$",
+            rf"^      the matmuls alone: {NUM} GFLOP/s = \d+% of the roof",
         ],
     ),
     "insert_memory": (
