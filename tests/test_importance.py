@@ -246,3 +246,28 @@ def test_estimators_are_selectable_and_reported_side_by_side(tiny_model):
     assert by["skewnorm"].method in ("estimate:sampling", "estimate:skewnorm")
     with pytest.raises(Exception, match="estimator"):
         measure(tiny_model, group, method="estimate", estimator="nope")
+
+
+def test_a_walk_cut_off_then_estimated_counts_each_model_step_once(tiny_model):
+    """A pruned walk that runs out of budget, then the estimate: a canary's model steps are its
+    walk's plus the draws', each once (the draws were counted twice for the canary they were
+    made for), so one canary's add up to what the scorer stepped."""
+    opts = dict(method="pruned", max_steps=300, samples=400, bootstrap=0)
+
+    def overhead(secrets):  # the shared tokens' and the canaries' own scoring: in no canary's figure
+        s = Scorer.of(tiny_model)
+        engine.score_secrets(s, engine.compile_format(s, Format.parse("{d:5}"), None), secrets)
+        return s.steps
+
+    cf = engine.compile_format(Scorer.of(tiny_model), Format.parse("{d:5}"), None)
+    draws = importance_samples(Scorer.of(tiny_model), cf, 400, seed=0).steps
+    scorer = Scorer.of(tiny_model)
+    (r,) = measure(scorer, [C("{d:5}", "12345", 0)], **opts)
+    assert r.rank is None and r.method == "pruned-bounds+estimate:importance"
+    assert r.model_steps == scorer.steps - overhead(["12345"])
+    assert 0 < r.model_steps - draws <= 300  # the walk's share: within its cap
+    # two canaries share one set of draws: each reports its own walk and the draws
+    scorer = Scorer.of(tiny_model)
+    a, b = measure(scorer, [C("{d:5}", "12345", 0), C("{d:5}", "54321", 0)], **opts)
+    assert a.model_steps == r.model_steps
+    assert a.model_steps + b.model_steps == scorer.steps - overhead(["12345", "54321"]) + draws

@@ -557,11 +557,9 @@ def _measure_format(
                 out.append(_exact(c, fmt, float(p), pr.rank, "pruned", steps, seconds, **extra))
                 continue
             bounds = pr.bounds
-        t1, s1 = time.perf_counter(), scorer.steps
         draws = _draws(scorer, cf, px, opts, importance=use_importance, uniform=use_uniform, have=draws)
-        r = _estimated(
-            c, fmt, float(p), i, draws, bounds, opts, steps + scorer.steps - s1, seconds + time.perf_counter() - t1
-        )
+        # the walk's own figures: _estimated adds the draws' (made here or for an earlier canary)
+        r = _estimated(c, fmt, float(p), i, draws, bounds, opts, steps, seconds)
         if plan is not None:
             r.details["predicted_pruned_steps"] = plan.predicted_pruned_steps[i]
         out.append(r)
