@@ -277,3 +277,20 @@ def test_bad_paths_devices_and_gguf(tmp_path, models):
         (tmp_path / "x.gguf").write_bytes(garbage)
         assert is_hf_checkpoint(tmp_path / "x.gguf")
         one_line_error(lambda: load_hf(tmp_path / "x.gguf", device="cpu"))
+
+
+@pytest.mark.parametrize("has_bf16", [False, True])
+def test_bfloat16_on_a_cpu_without_bf16_matmul_says_it_will_be_slow(monkeypatch, capsys, has_bf16):
+    """An AVX2 CPU emulates bfloat16 matmuls (far slower than float32): asking for it
+    gets a one-line note, not a silent crawl; a CPU with AVX512_BF16 or AMX gets none."""
+    from exposure_audit.models import hf
+
+    monkeypatch.setattr(hf, "_cpu_has_bf16_matmul", lambda: has_bf16)
+    assert hf._resolve_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
+    err = capsys.readouterr().err
+    if has_bf16:
+        assert err == ""
+    else:
+        assert err.startswith("note: this CPU has no bfloat16 matrix instructions") and err.count("\n") == 1
+    assert hf._resolve_dtype("float32", torch.device("cpu")) == torch.float32
+    assert capsys.readouterr().err == ""

@@ -435,7 +435,22 @@ def _resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
         raise AuditError(f"dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
     if dtype == "float16" and device.type == "cpu":
         raise AuditError("dtype float16 needs CUDA; on the CPU use float32 or bfloat16")
+    if dtype == "bfloat16" and device.type == "cpu" and not _cpu_has_bf16_matmul():
+        from .. import distributed
+
+        distributed.note(
+            "this CPU has no bfloat16 matrix instructions (AVX512_BF16 or AMX): bfloat16 runs far "
+            "slower than float32 here; float32 is both faster and exact"
+        )
     return DTYPES[dtype]
+
+
+def _cpu_has_bf16_matmul() -> bool:
+    """Whether oneDNN has a bfloat16 matmul path on this CPU (without one, torch emulates it)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return True  # cannot tell: say nothing
 
 
 def _folder_weights(folder: Path) -> list[Path]:
