@@ -352,6 +352,31 @@ def test_ddp_training_matches_one_process_up_to_reduction_order_and_resumes_bit_
     assert [json.loads(x)["train_bpc"] for x in ma] == [json.loads(x)["train_bpc"] for x in mb]
 
 
+def test_a_rank_killed_in_ddp_training_stops_the_other_with_exit_3(data, tmp_path):
+    """The other rank is waiting inside backward, in the gradient all-reduce (the shared-memory
+    hook): it must end with the lost-peer line and exit 3, not a traceback or exit 2."""
+    out = tmp_path / "m"
+    args = ["train", "--data", data / "data", "--out", out, *TRAIN, "--timeout", "60"]
+    args[args.index("--epochs") + 1] = "1000"
+    job = Ranks([args, args], tmp_path)
+    try:
+        deadline = time.time() + LIMIT
+        state = staging_path(out, "train") / "train_state.json"
+        while not state.exists() and time.time() < deadline:
+            assert all(p.poll() is None for p in job.procs), job.text(0, 1)
+            time.sleep(0.05)
+        killed = time.time()
+        job.procs[1].send_signal(signal.SIGKILL)
+        code = job.procs[0].wait(timeout=45)
+        err = job.text(0, 1)
+        assert code == 3 and time.time() - killed < 20, err
+        assert "lost contact with another rank" in err and "Traceback" not in err
+        assert err.count("error:") == 1
+        assert not out.exists()
+    finally:
+        job.close()
+
+
 def test_dp_sgd_under_torchrun_is_refused_in_one_line(data, tmp_path):
     args = ["train", "--data", data / "data", "--out", tmp_path / "m", *TRAIN, "--dp", "--noise-multiplier", "1"]
     codes, outs, errs = run_ranks([args, args], tmp_path)
