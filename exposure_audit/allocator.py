@@ -10,10 +10,11 @@ and 57.3 ms (3.1 and 3.4) with the settings below; at batch 64, 166.2 and 153.1 
 at each gradient all-reduce.
 
 :func:`tune` keeps blocks of up to ``MMAP_BYTES`` (256 MiB) in the heap (mmap threshold; at
-32 MB, glibc's ceiling for its adaptive one, batch-64 steps still re-faulted) and up to ``TRIM_BYTES`` of free memory at the heap's top (trim threshold).
-That holds on to memory already used (up to ``TRIM_BYTES`` more than is in use, more where the
-heap is fragmented): it changes how fast memory goes back to the system, not how much a run
-needs. It is applied only by the command-line entry point
+32 MB, glibc's ceiling for its adaptive one, batch-64 steps still re-faulted) and up to
+``TRIM_BYTES`` of free memory at the heap's top (trim threshold). That holds on to memory
+already used (up to ``TRIM_BYTES`` more than is in use, more where the heap is fragmented): it
+changes how fast memory goes back to the system, not how much a run needs. It is applied only
+by the command-line entry point
 (a library caller's process keeps its own allocator), only with glibc, and not where the user
 chose already: any ``MALLOC_*`` setting in the environment, or ``EXPOSURE_AUDIT_MALLOC=default``,
 leaves glibc's defaults.

@@ -120,11 +120,9 @@ class Team:
         if not self.active:
             yield from range(total)
             return
-        import torch.distributed as dist
-
         self.claims += 1
         key = f"exposure-audit/claim/{self.generation}/{self.claims}"
-        store = dist.distributed_c10d._get_default_store()
+        store = _store()
         while True:
             try:
                 i = int(store.add(key, 1)) - 1
@@ -266,10 +264,15 @@ def start(backend: str = "auto", *, timeout: float = DEFAULT_TIMEOUT, uses_cuda:
     return _TEAM
 
 
-def _next_generation() -> int:
+def _store() -> Any:
+    """The job's key-value store (the one torchrun's rendezvous set up; a private torch API)."""
     import torch.distributed as dist
 
-    return int(dist.distributed_c10d._get_default_store().add("exposure-audit/generation", 1))
+    return dist.distributed_c10d._get_default_store()
+
+
+def _next_generation() -> int:
+    return int(_store().add("exposure-audit/generation", 1))
 
 
 def stop(*, lost: bool = False) -> None:
