@@ -20,7 +20,8 @@ Not a test: timings vary by machine.
     .venv/bin/python benchmarks/hf.py --tiny          # seconds: every part, on tiny random Llamas
 
     .venv/bin/python benchmarks/hf.py --bf16-ranks    # (e): SmolLM2's ranks in bfloat16 against float32
-    .venv/bin/python benchmarks/hf.py --pi            # (f): SmolLM2's proven pi extraction by batch size
+    .venv/bin/python benchmarks/hf.py --pi            # (f): SmolLM2's proven pi extraction by batch size,
+                                                      #      and with a call per depth (the old engine)
     .venv/bin/python benchmarks/hf.py --profile       # (g): where that proof's time goes, by operator,
                                                       #      and a pruned walk's on the random 4x256 Llama
 
@@ -44,7 +45,7 @@ import torch
 from exposure_audit.data.formats import Format
 from exposure_audit.data.manifest import Canary
 from exposure_audit.exposure import engine
-from exposure_audit.exposure.extract import best_first
+from exposure_audit.exposure.extract import CALL_ROWS, best_first
 from exposure_audit.exposure.measure import measure
 from exposure_audit.exposure.rescore import rescored_ranks
 from exposure_audit.models import Scorer, load_model
@@ -347,23 +348,44 @@ def part_d(
 
 def part_f(model, label: str, fmt_source: str, batches: list[int | None], sizes: Sizes = Sizes()) -> None:
     """The whole proven top-1 extraction of ``fmt_source`` at each popped-batch size (None: the
-    default), beside the fp32 matmul roof measured in the same run."""
+    default), beside the fp32 matmul roof measured in the same run; last, the default as the
+    engine ran it before padded calls (each depth of a round its own call of at most 256 rows)."""
+    from exposure_audit.exposure import extract
+
     fmt = Format.parse(fmt_source)
     roof = matmul_roof(torch.float32, sizes.matmul_n, sizes.seconds)
     flop = step_gflop(model)
     print(f"   {label}, {fmt_source!r}: fp32 roof {roof:.0f} GFLOP/s = {roof / flop:,.0f} steps/s")
-    for b in batches:
-        t0 = time.perf_counter()
-        ex = best_first(model, fmt, top=1, max_steps=10**7, batch=b)
-        took = time.perf_counter() - t0
-        rate = ex.model_steps / took
-        best = ex.candidates[0]
-        print(
-            f"      batch {'default' if b is None else b:>7}: {best.secret} {best.log_perplexity:.2f} bits "
-            f"{'proven' if ex.proven else 'NOT proven'}, {ex.model_steps:,} steps in {took:.1f} s = {rate:,.0f} steps/s "
-            f"= {100 * rate * flop / roof:.0f}% of the roof; peak search memory "
-            f"{ex.details['peak_search_memory_bytes'] / 1e9:.2f} GB"
-        )
+    calls: list[int] = []
+    forward = model._forward  # count the model calls and their rows
+
+    def counted(ids, state):
+        calls.append(int(ids.shape[0]))
+        return forward(ids, state)
+
+    model._forward = counted
+    try:
+        for b, by_depth in [(b, False) for b in batches] + [(None, True)]:
+            calls.clear()
+            if by_depth:
+                model.ragged, extract.CALL_ROWS = False, 256
+            try:
+                t0 = time.perf_counter()
+                ex = best_first(model, fmt, top=1, max_steps=10**7, batch=b)
+                took = time.perf_counter() - t0
+            finally:
+                model.ragged, extract.CALL_ROWS = type(model).ragged, CALL_ROWS
+            rate = ex.model_steps / took
+            best = ex.candidates[0]
+            name = "by depth" if by_depth else "default" if b is None else b
+            print(
+                f"      batch {name:>8}: {best.secret} {best.log_perplexity:.2f} bits "
+                f"{'proven' if ex.proven else 'NOT proven'}, {ex.model_steps:,} steps in {took:.1f} s = {rate:,.0f} steps/s "
+                f"= {100 * rate * flop / roof:.0f}% of the roof; {len(calls)} calls of {sum(calls) / len(calls):.0f} rows"
+                f" on average; peak search memory {ex.details['peak_search_memory_bytes'] / 1e9:.2f} GB"
+            )
+    finally:
+        del model._forward
 
 
 def part_e(load, fmt_source: str, truth: str, label: str, seed: int = 2) -> None:

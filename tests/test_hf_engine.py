@@ -83,6 +83,33 @@ def test_enumerate_pruned_and_extract_equal_brute_force(models, case):
     assert strictly_better <= {c.secret for c in ex.candidates}
 
 
+@pytest.mark.parametrize("case", [("gpt2", "merged-digits"), ("llama", "merged-digits")])
+def test_padded_calls_extract_what_a_call_per_depth_does(models, case, monkeypatch):
+    """Best-first steps the rows of a round's different depths together, padded: the same proven
+    candidates and costs as stepping each depth on its own (the engine for a model whose rows
+    must share a length), in fewer model calls, some of which mixed depths."""
+    model = models[case]
+    fmt = Format.parse("my pin is {d:3}")
+    calls: list[bool] = []
+    forward = model._forward
+    monkeypatch.setattr(
+        model,
+        "_forward",
+        lambda ids, state: calls.append(state is not None and state.lengths is not None) or forward(ids, state),
+    )
+    padded = best_first(model, fmt, top=8, batch=96)
+    mixed, n_padded = sum(calls), len(calls)
+    calls.clear()
+    monkeypatch.setattr(model, "ragged", False)
+    by_depth = best_first(model, fmt, top=8, batch=96)
+    assert padded.proven and by_depth.proven and not any(calls)
+    assert [c.secret for c in padded.candidates] == [c.secret for c in by_depth.candidates]
+    np.testing.assert_allclose(
+        [c.log_perplexity for c in padded.candidates], [c.log_perplexity for c in by_depth.candidates], atol=1e-4
+    )
+    assert mixed > 0 and n_padded < len(calls)
+
+
 def test_two_holes_and_ten_thousand_candidates(models):
     model = models["gpt2", "split-digits"]  # one token path per candidate: 10^4 leaves, a fast walk
     fmt = Format.parse("code {d:2}-{d:2} ok")

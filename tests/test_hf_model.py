@@ -78,7 +78,7 @@ def test_loads_and_describes(models, arch, tok):
     m: LanguageModel = models[arch, tok]
     # LanguageModel is not runtime_checkable: check its members by name
     members = [*LanguageModel.__annotations__, *(n for n in vars(LanguageModel) if not n.startswith("_"))]
-    assert all(hasattr(m, name) for name in members) and m.ragged is False
+    assert all(hasattr(m, name) for name in members) and m.ragged is True and m.padded is True
     d = m.describe()
     assert d["kind"] == "hf" and d["model_type"] == arch and d["device"] == "cpu" and d["dtype"] == "float32"
     assert d["model_class"] == {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM"}[arch]
@@ -223,8 +223,50 @@ def test_take_and_cat_match_single_rows_and_never_mutate(models, arch):
 
     for old, new in ((before, snapshot(root)), (state_before, snapshot(state))):
         assert all(torch.equal(a, b) for a, b in zip(old, new))
-    with pytest.raises(ValueError, match="different numbers of tokens"):
-        m.cat([root, state])
+
+
+@pytest.mark.parametrize("arch", hf_models.ARCHS)
+@pytest.mark.parametrize("shared", [False, True])
+def test_rows_of_different_lengths_share_a_state_padded(models, arch, shared):
+    """Rows that read 2, 4 and 3 tokens after the root are stepped in one padded call, and again
+    after it (each row's new token moved to its first free slot): every row's log-probabilities
+    equal its own unpadded steps', and taking rows of one length back out of the padded state
+    gives an unpadded state. ``shared``: every row continues one root state (held once, as the
+    prefix); else each its own start (different prefixes: the rows are spelled out in full)."""
+    m = models[arch, "merged-digits"]
+    ctx, line = m.encode_lines(["the secret code is 4821 and my pin is 0375"], None)[0]
+    root, _ = m.start(ctx + line[:1])
+
+    def walk(tokens):
+        one = root if shared else m.start(ctx + line[:1])[0]
+        state = m.take(one, torch.tensor([0]))  # rows continuing a one-row state share it as their prefix
+        for t in tokens:
+            state, logp = m.step(state, torch.tensor([t]))
+        return state, logp
+
+    paths = [line[1:3], line[1:5], line[2:5]]
+    singles = [walk(p)[0] for p in paths]
+    mixed = m.cat(singles)
+    assert mixed.lengths is not None and mixed.lengths.tolist() == [s.length for s in singles]
+    assert (mixed.prefix is not None) == shared and mixed.length == max(s.length for s in singles)
+    nxt, after = torch.tensor(line[5:8]), torch.tensor(line[8:11])
+    once, logp = m.step(mixed, nxt)
+    twice, logp2 = m.step(once, after)
+    for r, path in enumerate(paths):
+        own, own_logp = walk(list(path) + [int(nxt[r])])
+        assert torch.allclose(logp[r], own_logp[0], atol=1e-4)
+        _, own_logp2 = m.step(own, after[r : r + 1])
+        assert torch.allclose(logp2[r], own_logp2[0], atol=1e-4)
+    assert twice.lengths.tolist() == [s.length + 2 for s in singles]
+    back = m.take(twice, torch.tensor([2, 1]))  # read 3 + 2 and 4 + 2 tokens: still padded
+    assert back.lengths.tolist() == [singles[2].length + 2, singles[1].length + 2]
+    alone = m.take(twice, torch.tensor([1, 1]))
+    assert alone.lengths is None and alone.length == singles[1].length + 2
+    assert alone.keys[0].shape[2] == alone.length - (0 if alone.prefix is None else alone.prefix.length)
+    _, logp3 = m.step(alone, after[:2])
+    own = walk([*paths[1], int(nxt[1]), int(after[1])])[0]
+    _, own3 = m.step(m.take(own, torch.tensor([0, 0])), after[:2])
+    assert torch.allclose(logp3, own3, atol=1e-4)
 
 
 def test_max_positions(models):

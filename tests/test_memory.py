@@ -198,20 +198,23 @@ def test_bounded_extraction_is_the_true_order(hf):
 
 
 def test_large_rounds_shrink_to_fit_the_budget(hf):
-    """A KV-cache model pops 1,024 entries per round by default, each depth stepped in calls of
-    at most CALL_ROWS rows; where that round's new states would take over half the budget, the
-    round shrinks (down to one call), so a budget that held the old 256-entry rounds still runs,
-    with the same proven order."""
-    from exposure_audit.exposure.extract import CALL_ROWS
+    """A KV-cache model pops 1,024 entries per round by default, stepped in padded calls of at
+    most CALL_ROWS rows; where that round's new states would take over half the budget, the
+    calls shrink first (to MIN_CALL_ROWS), then the round (down to one call), so a budget that
+    held one-call rounds still runs, with the same proven order."""
+    from exposure_audit.exposure.extract import CALL_ROWS, MIN_CALL_ROWS
 
     _, model = hf
     f = Format.parse("pin {d:4}")
     small = best_first(model, f, top=3, max_steps=60_000, batch=CALL_ROWS, max_memory=UNBOUNDED)
     big = best_first(model, f, top=3, max_steps=60_000, max_memory=UNBOUNDED)
+    assert (big.details["round_entries"], big.details["call_rows"]) == (1024, CALL_ROWS)
     assert big.details["working_bytes"] > small.details["working_bytes"]
     limit = 2 * small.details["working_bytes"] + int(ENTRY_BYTES * big.details["peak_frontier_entries"] / 0.85)
     assert big.details["working_bytes"] > limit // 2  # the default round would not fit half of it
     fitted = best_first(model, f, top=3, max_steps=60_000, max_memory=limit)
-    assert small.details["working_bytes"] <= fitted.details["working_bytes"] <= limit // 2
+    d = fitted.details
+    assert d["working_bytes"] <= limit // 2
+    assert d["call_rows"] == MIN_CALL_ROWS  # the calls shrank first
     assert [c.secret for c in fitted.candidates] == [c.secret for c in big.candidates] and fitted.proven
-    assert fitted.details["peak_search_memory_bytes"] <= limit
+    assert d["peak_search_memory_bytes"] <= limit

@@ -12,8 +12,9 @@ exact over candidates (a non-canonical path is a way of writing a candidate, not
 
 Frontier entries are (cost, node, edge): a child is only stepped through the model when it is
 popped, so memory holds one state per expanded node, not per frontier entry. Many entries are
-popped per round (``batch``); a model whose batch rows must share a length (a KV cache) steps
-each depth of a round separately, in calls of at most ``CALL_ROWS`` rows.
+popped per round (``batch``); a model that pads rows of different lengths into one state (a KV
+cache) steps a round in calls of at most ``CALL_ROWS`` rows of neighbouring depths, and one whose
+rows must share a length steps each depth of a round separately.
 
 ``beam_search`` keeps the ``width`` best prefixes per token depth: faster, approximate.
 """
@@ -143,12 +144,15 @@ def _extraction(cf: CompiledFormat, candidates: list[Candidate], steps: int, t0:
 
 
 BATCH_RAGGED = 256  # entries popped per round where rows of any length share a call (char-LSTM)
-# Where each depth is its own call (KV caches): 1024 popped per round ran the SmolLM2 pi proof in
-# 37 s against 47 s at 256 (docs/benchmarks.md): the rows of one depth make larger calls. A call
-# spells out its caches in full (3 MB a row for SmolLM2 there), so calls are cut at CALL_ROWS rows
-# and the budget reserves that call beside the round's new states, not 1024 spelled-out rows.
+# KV caches: 1024 popped per round ran the SmolLM2 pi proof in 37 s against 47 s at 256, when each
+# depth was its own call (docs/benchmarks.md): larger rounds make larger calls. A call spells out
+# its caches in full (3 MB a row for SmolLM2 there), so calls are cut at CALL_ROWS rows (of
+# neighbouring depths, padded) and the budget reserves that call beside the round's new states.
+# Padded calls of up to 512 rows ran that proof in 32 s against 41 s for a call per depth of up
+# to 256 (the rounds there are halved to 512 entries to leave the stored states half the budget).
 BATCH_BY_DEPTH = 1024
-CALL_ROWS = 256
+CALL_ROWS = 512
+MIN_CALL_ROWS = 256  # calls are halved towards this where the budget is tight (_Search)
 ENTRY_BYTES = 160  # a frontier entry: a tuple of four plus its float and ints, and its heap slot
 FRONTIER_SHARE = 0.9  # past this share of the budget the frontier is cut (states get the rest)
 
@@ -257,8 +261,10 @@ class _Store:
         for p in np.unique(part):
             sel = np.nonzero(part == p)[0]
             state = self.parts[int(p)][0]
-            if len(sel) == len(self.parts[int(p)][1]) and (rows[sel] == np.arange(len(sel))).all():
+            if p > 0 and len(sel) == len(self.parts[int(p)][1]) and (rows[sel] == np.arange(len(sel))).all():
                 pieces.append(state)  # the whole part in its order: no copy
+            # (the root's state is taken even then: rows taken from it share it, and so do their
+            # children, so a call mixing the root's children with deeper rows shares it too)
             else:
                 pieces.append(self.scorer.take(state, torch.as_tensor(rows[sel], dtype=torch.long)))
             order.append(sel)
@@ -325,8 +331,9 @@ def best_first(
     check_extraction(top=top, max_steps=max_steps)
     scorer = Scorer.of(model, max_memory)
     if batch is None:
-        # a KV-cache model steps each depth of a popped batch separately (see BATCH_BY_DEPTH)
-        batch = BATCH_RAGGED if scorer.model.ragged else BATCH_BY_DEPTH
+        # a KV-cache model's calls are cut at CALL_ROWS rows (see BATCH_BY_DEPTH)
+        m = scorer.model
+        batch = BATCH_RAGGED if m.ragged and not getattr(m, "padded", False) else BATCH_BY_DEPTH
     with memory_errors_as_audit_errors(scorer.budget.limit):
         return _best_first(scorer, fmt, top, max_steps, context, batch, progress, terminator)
 
@@ -364,8 +371,12 @@ class _Search:
         self.size = state_size(scorer, cf)
         # one call's gathered input, its output and log-probabilities, beside the root's state;
         # where each depth is its own call (cut at CALL_ROWS rows), the round's other new states
-        self.call_rows = batch if scorer.model.ragged else min(batch, CALL_ROWS)
-        # larger rounds only where their new states leave the stored states half the budget at least
+        self.padded = bool(getattr(scorer.model, "padded", False))  # ragged by padding (a KV cache)
+        self.call_rows = batch if scorer.model.ragged and not self.padded else min(batch, CALL_ROWS)
+        # larger calls, then larger rounds, only where they leave the stored states half the budget
+        # at least (each state evicted for them is a step to recompute)
+        while self.call_rows > MIN_CALL_ROWS and self._working(batch) > self.budget.limit // 2:
+            self.call_rows //= 2
         while batch > self.call_rows and self._working(batch) > self.budget.limit // 2:
             batch = max(self.call_rows, batch // 2)
         self.batch = batch
@@ -462,12 +473,15 @@ class _Search:
             if o < 0:
                 o, self.dealt = self.dealt % team.world, self.dealt + 1
             by.append(o)
-        # a model whose rows must share a length (a KV cache) steps each depth separately
-        groups = (
-            [list(range(len(popped)))]
-            if self.scorer.model.ragged
-            else _by_depth(popped, self.node_depth, self.call_rows)
-        )
+        # a model whose rows must share a length steps each depth separately; one that pads them
+        # (a KV cache) steps calls of neighbouring depths, so that little of a call is padding
+        if not self.scorer.model.ragged:
+            groups = _by_depth(popped, self.node_depth, self.call_rows)
+        elif self.padded and len(popped) > self.call_rows:
+            order = sorted(range(len(popped)), key=lambda i: self.node_depth[popped[i][2]])
+            groups = [order[lo : lo + self.call_rows] for lo in range(0, len(order), self.call_rows)]
+        else:
+            groups = [list(range(len(popped)))]
         mine, states, stepped = self._step(popped, by, groups)
         if team.world > 1:
             for part in team.exchange(mine):
@@ -506,7 +520,7 @@ class _Search:
                 states[g], logp = self.scorer.step(store.gather(parents), ids)
                 stepped[g] = sel  # the state's rows are these entries, in this order
                 # beside the store: the new states, their gathered input and the call's cache in full
-                full = len(sel) * self.size.spelled(node_depth[parents[0]] + 1)
+                full = len(sel) * self.size.spelled(max(node_depth[p] for p in parents) + 1)
                 self.budget.note(
                     store.used + held + 2 * nbytes(states[g]) + nbytes(logp) + full + ENTRY_BYTES * len(self.frontier)
                 )
@@ -547,7 +561,14 @@ class _Search:
                     node_of[i] = len(parent) - 1
                 self.push(len(parent) - 1, costs)
             if g in states:
-                store.add(states.pop(g), [node_of[i] for i in stepped[g]])
+                state, rows = states.pop(g), stepped[g]
+                depths = {self.node_depth[popped[i][2]] for i in rows}
+                if not self.padded or len(depths) == 1:
+                    store.add(state, [node_of[i] for i in rows])
+                    continue
+                for d in sorted(depths):  # stored unpadded: a row's own tokens, as after a call per depth
+                    sel = [r for r, i in enumerate(rows) if self.node_depth[popped[i][2]] == d]
+                    store.add(self.scorer.take(state, torch.as_tensor(sel)), [node_of[rows[r]] for r in sel])
 
     def extraction(self, top: int, proven: bool, t0: float) -> Extraction:
         found = self.found
@@ -565,6 +586,8 @@ class _Search:
             "peak_state_bytes": self.peak_store,
             "peak_frontier_entries": self.peak_frontier,
             "working_bytes": self.working,
+            "round_entries": self.batch,  # entries popped per round, and rows per model call at most
+            "call_rows": self.call_rows,
         }
         if self.horizon < float("inf"):
             details["frontier_horizon"] = self.horizon

@@ -36,9 +36,11 @@ States
     - ``cat(states) -> state``: rows of several states, one after the other.
 
     ``ragged`` says whether rows that have read different numbers of tokens may share a state
-    (``cat``) and a ``step`` call. An LSTM's state does not depend on the length read, so it
-    is True; a KV cache holds one length for the whole batch, so it is False and the engine only
-    batches rows of equal length together.
+    (``cat``) and a ``step`` call; where it is False the engine only batches rows of equal length
+    together. An LSTM's state does not depend on the length read, so it is True. A KV cache
+    grows with the length: :class:`~.hf.HFModel` pads shorter rows and masks the padding, so it
+    is True too, with ``padded`` True (an optional attribute, False where absent): a padded state
+    costs memory for its padding, so a caller that mixes lengths keeps each call's close.
 
 Model steps
     One *model step* is one row of a ``step`` call: one forward step for one prefix, one token
