@@ -166,8 +166,9 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
             rf"\(float32's rank inside: 6 of 6\); {NUM} s; float32 enumeration / this: {NUM}x$",
             r"^== \(f\) the proven extraction by popped-batch size$",
             rf"^      batch +4: \d+ {NUM} bits proven, [\d,]+ steps in {NUM} s = [\d,]+ steps/s = \d+% of the roof; "
-            rf"peak search memory {NUM} GB$",
-            rf"^      batch default: \d+ {NUM} bits proven",
+            rf"\d+ calls of \d+ rows on average; peak search memory {NUM} GB$",
+            rf"^      batch +default: \d+ {NUM} bits proven",
+            rf"^      batch by depth: \d+ {NUM} bits proven, .* calls of \d+ rows on average",
             r"^== \(g\) where the proven extraction's time goes",
             rf"^   random 2x32 Llama, .*: [\d,]+ steps in {NUM} s under the profiler = [\d,]+ steps/s = \d+% of the {NUM} "
             r"GFLOP/s roof; \d+ model calls, \d+ rows each on average \(at most \d+\)$",
