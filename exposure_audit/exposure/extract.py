@@ -148,8 +148,8 @@ BATCH_RAGGED = 256  # entries popped per round where rows of any length share a 
 # depth was its own call (docs/benchmarks.md): larger rounds make larger calls. A call spells out
 # its caches in full (3 MB a row for SmolLM2 there), so calls are cut at CALL_ROWS rows (of
 # neighbouring depths, padded) and the budget reserves that call beside the round's new states.
-# Padded calls of up to 512 rows ran that proof in 32 s against 41 s for a call per depth of up
-# to 256 (the rounds there are halved to 512 entries to leave the stored states half the budget).
+# Padded calls of up to 512 rows ran that proof in 34.4 s against 38.4 s for a call per depth of
+# up to 256 (benchmarks/hf.py --pi, both in one run).
 BATCH_BY_DEPTH = 1024
 CALL_ROWS = 512
 MIN_CALL_ROWS = 256  # calls are halved towards this where the budget is tight (_Search)
@@ -261,10 +261,11 @@ class _Store:
         for p in np.unique(part):
             sel = np.nonzero(part == p)[0]
             state = self.parts[int(p)][0]
+            # the whole part in its order: no copy; but the root's state is taken even then (rows
+            # taken from it share it as a prefix, and so do their children, so a call mixing the
+            # root's children with deeper rows keeps one prefix)
             if p > 0 and len(sel) == len(self.parts[int(p)][1]) and (rows[sel] == np.arange(len(sel))).all():
-                pieces.append(state)  # the whole part in its order: no copy
-            # (the root's state is taken even then: rows taken from it share it, and so do their
-            # children, so a call mixing the root's children with deeper rows shares it too)
+                pieces.append(state)
             else:
                 pieces.append(self.scorer.take(state, torch.as_tensor(rows[sel], dtype=torch.long)))
             order.append(sel)
@@ -370,7 +371,7 @@ class _Search:
         self.budget = scorer.budget
         self.size = state_size(scorer, cf)
         # one call's gathered input, its output and log-probabilities, beside the root's state;
-        # where each depth is its own call (cut at CALL_ROWS rows), the round's other new states
+        # where a round is cut into calls (of call_rows rows), the round's other new states
         self.padded = bool(getattr(scorer.model, "padded", False))  # ragged by padding (a KV cache)
         self.call_rows = batch if scorer.model.ragged and not self.padded else min(batch, CALL_ROWS)
         # larger calls, then larger rounds, only where they leave the stored states half the budget

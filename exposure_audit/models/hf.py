@@ -40,7 +40,7 @@ States
     padding out of attention and gives each row its own positions, and the new token of every
     row is moved to the row's first free slot. So best-first extraction steps the rows of a
     round's different depths together, not one call per depth: on the SmolLM2 pi proof, calls
-    of 268 rows on average rather than 139 (``docs/benchmarks.md``). A masked slot adds exactly
+    of 316 rows on average rather than 137 (``docs/benchmarks.md``). A masked slot adds exactly
     nothing to attention; what differs from an unpadded call is the float rounding of other
     batch shapes. A state whose rows all read the same number of tokens is stored unpadded.
 """
@@ -150,13 +150,11 @@ def _trim(k: torch.Tensor, width: int) -> torch.Tensor:
 
 
 def _settled(
-    keys: Sequence[torch.Tensor], values: Sequence[torch.Tensor], lengths: torch.Tensor | None, prefix: KVState | None
+    keys: Sequence[torch.Tensor], values: Sequence[torch.Tensor], lengths: torch.Tensor, prefix: KVState | None
 ) -> KVState:
-    """A state of these slots, rows that read ``lengths`` tokens (None: every slot), its
-    padding cut to the longest row and dropped where every row read the same number."""
+    """A state of these slots, rows that read ``lengths`` tokens, its padding cut to the
+    longest row and dropped where every row read the same number."""
     cut = 0 if prefix is None else prefix.length
-    if lengths is None:
-        return KVState(tuple(keys), tuple(values), cut + int(keys[0].shape[2]), prefix)
     lo, hi = int(lengths.min()), int(lengths.max())
     width = hi - cut
     keys, values = tuple(_trim(k, width) for k in keys), tuple(_trim(v, width) for v in values)
@@ -379,10 +377,6 @@ class HFModel:
 
     @torch.inference_mode()
     def cat(self, states: Sequence[KVState]) -> KVState:
-        shared = next((s.prefix for s in states if s.prefix is not None), None)
-        if shared is not None:  # the prefix's own one-row state (a root row beside its children): share it too
-            one = torch.zeros(1, dtype=torch.long, device=self.device)
-            states = [self.take(s, one) if s is shared else s for s in states]
         prefix = states[0].prefix
         if any(s.prefix is not prefix for s in states):  # rows of different prefixes: spell them out
             states = [
