@@ -168,6 +168,7 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
             rf"^      batch +4: \d+ {NUM} bits proven, [\d,]+ steps in {NUM} s = [\d,]+ steps/s = \d+% of the roof; "
             rf"\d+ calls of \d+ rows on average; peak search memory {NUM} GB$",
             rf"^      batch +default: \d+ {NUM} bits proven",
+            rf"^      batch +plain: \d+ {NUM} bits proven, .* calls of \d+ rows on average",
             rf"^      batch by depth: \d+ {NUM} bits proven, .* calls of \d+ rows on average",
             r"^== \(g\) where the proven extraction's time goes",
             rf"^   random 2x32 Llama, .*: [\d,]+ steps in {NUM} s under the profiler = [\d,]+ steps/s = \d+% of the {NUM} "

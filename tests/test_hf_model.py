@@ -269,6 +269,72 @@ def test_rows_of_different_lengths_share_a_state_padded(models, arch, shared):
     assert torch.allclose(logp3, own3, atol=1e-4)
 
 
+def _valid_slots(state, layer: int = 0) -> list[torch.Tensor]:
+    """Each row's keys over the tokens it read, prefix included ([kv_heads, tokens, d] per row)."""
+    keys = state.full()[layer][0]
+    lengths = state.lengths.tolist() if state.lengths is not None else [state.length] * state.rows
+    return [keys[r, :, :n] for r, n in enumerate(lengths)]
+
+
+@pytest.mark.parametrize("arch", hf_models.ARCHS)
+def test_split_steps_attend_in_place_like_plain_steps(models, arch, monkeypatch):
+    """A step attends to the stored state where it lies (models/hf_attention.py): the shared prefix
+    once, each row's own tokens with its padding masked, the new token. Its log-probabilities and
+    its new state equal the plain way's (a DynamicCache of the whole context per call), for rows
+    sharing a prefix, padded rows, and rows spelled out in full; and the split way is what ran."""
+    from exposure_audit.models import hf_attention
+
+    m = models[arch, "merged-digits"]
+    assert m._split
+    runs = []
+    real = hf_attention.run
+    monkeypatch.setattr(hf_attention, "run", lambda *a: runs.append(1) or real(*a))
+    ctx, line = m.encode_lines(["the secret code is 4821 and my pin is 0375"], None)[0]
+    root, _ = m.start(ctx + line[:2])
+    shared = m.take(root, torch.tensor([0, 0, 0]))
+    deeper = m.step(m.take(root, torch.tensor([0])), torch.tensor(line[2:3]))[0]
+    padded = m.cat([shared, deeper])  # rows that read 0, 0, 0 and 1 tokens after the prefix
+    spelled = m.cat([m.start(ctx + line[:3])[0], m.take(root, torch.tensor([0]))])  # no shared prefix
+    assert padded.lengths is not None and spelled.prefix is None
+    for state in (shared, padded, spelled):
+        ids = torch.tensor(line[3 : 3 + state.rows])
+        runs.clear()
+        split_state, split_logp = m.step(state, ids)
+        assert runs and m._split
+        m._split = False
+        try:
+            plain_state, plain_logp = m.step(state, ids)
+        finally:
+            m._split = True
+        assert torch.allclose(split_logp, plain_logp, atol=1e-5)
+        assert split_state.length == plain_state.length
+        assert (split_state.lengths is None) == (plain_state.lengths is None)
+        for a, b in zip(_valid_slots(split_state, -1), _valid_slots(plain_state, -1)):
+            assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5)
+
+
+def test_attention_the_split_cannot_compute_falls_back_to_plain_steps(models, monkeypatch):
+    """Where a layer's attention is given an argument that changes its arithmetic (here: the model's
+    own position ids stand in for a sliding window), the call is redone the plain way and the
+    model is stepped the plain way from then on, with the same results."""
+    from exposure_audit.models import hf_attention
+
+    m = models["llama", "merged-digits"]
+    ctx, line = m.encode_lines(["my pin is 4821"], None)[0]
+    root, _ = m.start(ctx)
+    state = m.take(root, torch.tensor([0, 0]))
+    ids = torch.tensor(line[:2])
+    split_state, split_logp = m.step(state, ids)
+    monkeypatch.setattr(hf_attention, "UNSUPPORTED", (*hf_attention.UNSUPPORTED, "position_ids"))
+    try:
+        fallback_state, fallback_logp = m.step(state, ids)
+        assert not m._split
+    finally:
+        m._split = True
+    assert torch.allclose(split_logp, fallback_logp, atol=1e-5)
+    assert torch.allclose(split_state.keys[0], fallback_state.keys[0], atol=1e-5)
+
+
 def test_max_positions(models):
     m = models["llama", "merged-digits"]
     assert "at most 128" in one_line_error(lambda: m.start([5] * 129))

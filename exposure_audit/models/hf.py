@@ -30,9 +30,12 @@ States
     A :class:`KVState` holds every layer's keys and values, ``[rows, kv_heads, slots, head_dim]``.
     Rows taken from a one-row state (the format's shared tokens) hold that state once as their
     ``prefix`` and only their own tokens after it, so a search's memory grows with the tokens
-    below the shared prefix, not with the whole context. Each forward call builds a fresh
-    ``DynamicCache`` from them (the prefix repeated per row for the call only), so a state is
-    never changed and can be stepped from any number of times.
+    below the shared prefix, not with the whole context. A state is never changed and can be
+    stepped from any number of times. A one-token step attends to it where it lies
+    (``hf_attention.py``: the prefix once, one matrix product for all rows; the new state is one
+    copy of each row's tokens and its new one). A model whose attention is not a plain softmax
+    over the interface, and a longer call (``start``), build a fresh ``DynamicCache`` per call
+    instead (the prefix repeated per row for the call only).
 
     Rows that have read different numbers of tokens may share a state (``ragged`` is True, by
     padding: ``padded``). Each row's tokens then fill its first slots, the rest of the slots
@@ -52,6 +55,7 @@ import importlib.util
 import inspect
 import json
 import math
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -63,7 +67,7 @@ from safetensors import SafetensorError
 
 from ..errors import AuditError
 from ..files import read_json, sha256_file
-from . import registry
+from . import hf_attention, registry
 from .base import NEWLINE, check_finite, pad_rows, spell
 
 if TYPE_CHECKING:  # transformers is imported only when a model is loaded: it takes seconds
@@ -199,6 +203,8 @@ class HFModel:
         # Only the last position's logits are needed; models that can skip the others save a [n, V] matrix.
         keeps = "logits_to_keep" in inspect.signature(model.forward).parameters
         self._last_only = {"logits_to_keep": 1} if keeps else {}
+        # Steps attend to stored states in place where the model's attention allows (hf_attention.py).
+        self._split = not _disable_split(config)
 
     # -- tokens ---------------------------------------------------------------------------
     def token_bytes(self) -> list[bytes | None]:
@@ -288,6 +294,11 @@ class HFModel:
         longest = past if lengths is None else int(lengths.max())
         if self.max_positions is not None and longest + n > self.max_positions:
             raise AuditError(f"the candidate needs {longest + n} tokens; the model takes at most {self.max_positions}")
+        if state is not None and n == 1 and self._split:
+            try:
+                return self._split_step(ids, state)
+            except hf_attention.Unsupported:
+                self._split = False  # this model's attention is not the plain kind: the plain way from now on
         # A new cache per call: the model appends to the cache it is given, and the caller's state must not change.
         cache = DynamicCache() if state is None else DynamicCache(ddp_cache_data=state.full())
         mask = None
@@ -315,6 +326,42 @@ class HFModel:
             new = _settled(*self._left_align(layers, lengths, cut, past), lengths + 1, prefix)
         logp = torch.log_softmax(out.logits[:, -1].float(), dim=-1).div_(LN2)  # in place: one pass fewer
         return new, logp.cpu()
+
+    def _split_step(self, ids: torch.Tensor, state: KVState) -> tuple[KVState, torch.Tensor]:
+        """One token per row, attending to the stored state in place (models/hf_attention.py)."""
+        prefix = state.prefix
+        cut = 0 if prefix is None else prefix.length
+        rows, width = state.rows, int(state.keys[0].shape[2])
+        lengths = state.lengths
+        if lengths is None:
+            positions = torch.full((rows, 1), state.length, dtype=torch.long, device=self.device)
+            valid = None
+        else:
+            positions = lengths.view(rows, 1)
+            valid = torch.arange(width, device=self.device) < (lengths - cut).view(rows, 1)
+        if prefix is not None and (prefix.prefix is not None or prefix.lengths is not None or prefix.rows != 1):
+            raise hf_attention.Unsupported("a prefix of its own kind")  # never built by take(); kept plain
+        call = hf_attention.SplitCall(
+            None if prefix is None else list(zip(prefix.keys, prefix.values)),
+            list(zip(state.keys, state.values)),
+            valid,
+        )
+        logits = hf_attention.run(self.model, call, ids, positions, len(state.keys))
+        keys, values = [], []
+        for i in range(len(state.keys)):
+            nk, nv = call.new[i]
+            for held, old, new in ((keys, state.keys[i], nk), (values, state.values[i], nv)):
+                joined = torch.cat([old, new], dim=2)  # the one copy: own tokens, then the new one
+                if lengths is not None:  # a padded row's new token goes to its first free slot
+                    joined[torch.arange(rows, device=self.device), :, lengths - cut] = new[:, :, 0]
+                held.append(joined)
+        new_state = (
+            KVState(tuple(keys), tuple(values), state.length + 1, prefix)
+            if lengths is None
+            else _settled(keys, values, lengths + 1, prefix)
+        )
+        logp = torch.log_softmax(logits.float(), dim=-1).div_(LN2)
+        return new_state, logp.cpu()
 
     @staticmethod
     def _left_align(
@@ -453,6 +500,18 @@ class HFModel:
                 if key in self._training:
                     info[key] = self._training[key]
         return info
+
+
+def _disable_split(config: PreTrainedConfig) -> bool:
+    """Whether the config asks for attention other than a plain softmax over every earlier token
+    (what a split step computes); hf_attention also checks each call's arguments."""
+    if os.environ.get("EXPOSURE_AUDIT_PLAIN_STEPS"):  # benchmarks compare the two ways
+        return True
+    for name in ("attn_logit_softcapping", "alibi", "position_embedding_type"):
+        value = getattr(config, name, None)
+        if value not in (None, False, "absolute", "rope"):
+            return True
+    return config._attn_implementation not in ("sdpa", "eager")
 
 
 def _sha256_text(text: str) -> str:
