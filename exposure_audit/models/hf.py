@@ -121,7 +121,8 @@ UNICODE_TO_BYTE = {c: b for b, c in _bytes_to_unicode().items()}
 class KVState:
     """Every layer's keys and values, ``[rows, kv_heads, slots, head_dim]``; ``length`` slots in all.
 
-    ``prefix``: a one-row state that every row continues (the format's shared tokens). Its keys
+    ``prefix``: a one-row state that every row continues (the format's shared tokens), itself
+    with no prefix or padding (:meth:`HFModel.take` builds no other). Its keys
     and values are held once, not per row; ``keys``/``values`` then hold only the slots after it.
     A batch taken from a one-row state shares it so (:meth:`HFModel.take`).
 
@@ -324,8 +325,7 @@ class HFModel:
                 new = KVState(keys, tuple(layer.values[:, :, cut:].contiguous() for layer in layers), past + n, prefix)
         else:
             new = _settled(*self._left_align(layers, lengths, cut, past), lengths + 1, prefix)
-        logp = torch.log_softmax(out.logits[:, -1].float(), dim=-1).div_(LN2)  # in place: one pass fewer
-        return new, logp.cpu()
+        return new, _log2_probs(out.logits[:, -1])
 
     def _split_step(self, ids: torch.Tensor, state: KVState) -> tuple[KVState, torch.Tensor]:
         """One token per row, attending to the stored state in place (models/hf_attention.py)."""
@@ -339,8 +339,6 @@ class HFModel:
         else:
             positions = lengths.view(rows, 1)
             valid = torch.arange(width, device=self.device) < (lengths - cut).view(rows, 1)
-        if prefix is not None and (prefix.prefix is not None or prefix.lengths is not None or prefix.rows != 1):
-            raise hf_attention.Unsupported("a prefix of its own kind")  # never built by take(); kept plain
         call = hf_attention.SplitCall(
             None if prefix is None else list(zip(prefix.keys, prefix.values)),
             list(zip(state.keys, state.values)),
@@ -360,8 +358,7 @@ class HFModel:
             if lengths is None
             else _settled(keys, values, lengths + 1, prefix)
         )
-        logp = torch.log_softmax(logits.float(), dim=-1).div_(LN2)
-        return new_state, logp.cpu()
+        return new_state, _log2_probs(logits)
 
     @staticmethod
     def _left_align(
@@ -500,6 +497,11 @@ class HFModel:
                 if key in self._training:
                     info[key] = self._training[key]
         return info
+
+
+def _log2_probs(logits: torch.Tensor) -> torch.Tensor:
+    """[rows, vocab] log2-probabilities on the CPU, in float32 (the division in place: one pass fewer)."""
+    return torch.log_softmax(logits.float(), dim=-1).div_(LN2).cpu()
 
 
 def _disable_split(config: PreTrainedConfig) -> bool:

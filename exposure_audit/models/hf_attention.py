@@ -29,6 +29,7 @@ plain way from then on (:class:`Unsupported`, caught by the caller).
 from __future__ import annotations
 
 import contextvars
+import functools
 from typing import Any
 
 import torch
@@ -69,16 +70,27 @@ def _register() -> None:
         _registered = True
 
 
-def capture_cache(call: SplitCall) -> Any:
-    """A cache for one call that records each layer's new keys and values and hands them back alone."""
+@functools.cache
+def _capture_class() -> type:
     from transformers import DynamicCache
 
     class _Capture(DynamicCache):
+        """A cache for one call that records each layer's new keys and values and hands them back alone."""
+
+        def __init__(self, call: SplitCall) -> None:
+            super().__init__()
+            self.call = call
+
         def update(self, key_states, value_states, layer_idx, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
-            call.new[int(layer_idx)] = (key_states, value_states)
+            self.call.new[int(layer_idx)] = (key_states, value_states)
             return key_states, value_states
 
-    return _Capture()
+    return _Capture
+
+
+def capture_cache(call: SplitCall) -> Any:
+    """A cache for ``call`` that records each layer's new keys and values (the class built once)."""
+    return _capture_class()(call)
 
 
 def run(model: Any, call: SplitCall, ids: torch.Tensor, positions: torch.Tensor, layers: int) -> torch.Tensor:
