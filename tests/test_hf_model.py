@@ -402,3 +402,26 @@ def test_bfloat16_on_a_cpu_without_bf16_matmul_says_it_will_be_slow(monkeypatch,
         assert err.startswith("note: this CPU has no bfloat16 matrix instructions") and err.count("\n") == 1
     assert hf._resolve_dtype("float32", torch.device("cpu")) == torch.float32
     assert capsys.readouterr().err == ""
+
+
+def test_log2_softmax_overwrites_only_a_tensor_that_is_its_whole_storage():
+    from exposure_audit.models.hf import _log2_softmax_
+
+    g = torch.Generator().manual_seed(0)
+    fresh = torch.randn(3, 50, generator=g) * 4
+    expect = torch.log_softmax(fresh, dim=-1) / math.log(2.0)
+    out = _log2_softmax_(fresh)
+    assert out.data_ptr() == fresh.data_ptr()  # the model's own output: written over, no second block
+    assert torch.equal(out, expect)
+    assert torch.allclose(torch.exp2(out).sum(-1), torch.ones(3))
+    # a view into all positions' logits (a model without logits_to_keep) is left as it was
+    every = torch.randn(3, 4, 50, generator=g, dtype=torch.bfloat16)
+    for logits in (every.float()[:, -1], every.float()[0]):
+        before = logits.clone()
+        got = _log2_softmax_(logits)
+        assert torch.equal(logits, before) and got.data_ptr() != logits.data_ptr()
+        assert torch.equal(got, torch.log_softmax(before, dim=-1) / math.log(2.0))
+    # another dtype is converted first: the model's bfloat16 logits are not touched
+    half = every[:, -1].contiguous()
+    kept = half.clone()
+    assert _log2_softmax_(half).dtype == torch.float32 and torch.equal(half, kept)

@@ -395,7 +395,7 @@ class HFModel:
         if self.max_positions is not None and ids.shape[1] > self.max_positions:
             raise AuditError(f"a row needs {ids.shape[1]} tokens; the model takes at most {self.max_positions}")
         out = self.model(input_ids=ids, use_cache=False)
-        return torch.log_softmax(out.logits.float(), dim=-1) / LN2
+        return _log2_softmax_(out.logits)
 
     @torch.inference_mode()
     def step(self, state: KVState, ids: torch.Tensor) -> tuple[KVState, torch.Tensor]:
@@ -500,8 +500,23 @@ class HFModel:
 
 
 def _log2_probs(logits: torch.Tensor) -> torch.Tensor:
-    """[rows, vocab] log2-probabilities on the CPU, in float32 (the division in place: one pass fewer)."""
-    return torch.log_softmax(logits.float(), dim=-1).div_(LN2).cpu()
+    """[rows, vocab] log2-probabilities on the CPU, in float32."""
+    return _log2_softmax_(logits).cpu()
+
+
+def _log2_softmax_(logits: torch.Tensor) -> torch.Tensor:
+    """Log2-probabilities over the last dimension, in float32, written over ``logits`` where the
+    tensor is the whole of its own storage (the model's fresh output), else over a copy.
+
+    In place because the output is the vocabulary times the rows (100 MB for 512 rows of SmolLM2),
+    and a fresh block that size is often fresh pages from the kernel, each faulted in on first
+    write: several times the softmax's own time (docs/benchmarks.md, "The log-softmax in place").
+    The values are bit-identical to an out-of-place log-softmax."""
+    x = logits.float()
+    whole = x.is_contiguous() and x.untyped_storage().nbytes() == x.numel() * x.element_size()
+    if x is logits and not whole:  # a view into a larger tensor (all positions' logits): not ours to overwrite
+        x = x.clone(memory_format=torch.contiguous_format)
+    return torch.log_softmax(x, dim=-1, out=x).div_(LN2)
 
 
 def _disable_split(config: PreTrainedConfig) -> bool:
