@@ -280,3 +280,36 @@ def test_a_token_spanning_more_than_2_to_the_63_fillings_compiles_and_scores(tmp
     (cost,) = engine._score_paths(scorer, cf.state, cf.logp, cf.base_cost, [canonical], 8)
     (px,) = engine.score(model, [fmt.render(key)])
     assert px == pytest.approx(cost, abs=1e-3)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_a_tree_of_one_character_tokens_needs_no_canonical_check(models, arch):
+    """Split digits on a digit format closed by its newline: every token of the tree spells one
+    character, so each text has one path, and it is the tokenizer's own; the leaves are not
+    re-encoded. Fixed text after the hole that a token spans makes the tree ambiguous again."""
+    model = models[arch, "split-digits"]
+    fmt = Format.parse("my pin is {d:3}")
+    scorer = Scorer(model)
+    cf = engine.compile_format(scorer, fmt)
+    assert not cf.ambiguous
+    # one path per candidate, and each is the canonical encoding of its text
+    paths = [0] * (cf.end + 1)
+    paths[0] = 1
+    for p in range(cf.end):
+        for q in cf.edges[p].next.tolist():
+            paths[q] += paths[p]
+    assert paths[cf.end] == fmt.space_size
+    secrets = [fmt.fill(i) for i in range(fmt.space_size)]
+    canonical = cf.line_ids(secrets)
+    assert len({tuple(p) for p in canonical}) == fmt.space_size
+    assert all(len(p) == 4 for p in canonical)  # three digits and the newline, one token each
+    # the ranks, unchecked, are those of whole-string scores
+    scores = brute_scores(model, fmt)
+    picked = ["042", "999", "500"]
+    expected = [int(np.sum(scores <= scores[fmt.index(s)] + engine.TIE_TOLERANCE)) for s in picked]
+    for method in ("enumerate", "pruned"):
+        assert [r.rank for r in measure(model, [C(fmt, s) for s in picked], method=method)] == expected
+    # a word of the vocabulary after the hole: its one token spans several characters
+    word = max((b.decode() for b in model.token_bytes() if b and b.isalpha() and b.isascii()), key=len)
+    assert len(word) > 1
+    assert engine.compile_format(scorer, Format.parse(f"my pin is {{d:3}} {word}")).ambiguous

@@ -11,7 +11,10 @@ For a character model each token is one character, every text has exactly one pa
 tree is the format's character tree. For a subword model a text has many paths (``"123"`` as
 one token or as ``"1" "23"``...). Only the *canonical* one, the tokenizer's own encoding, is a
 candidate: the walk visits the others (they cost model steps) but a leaf counts only if
-re-encoding its text gives its own tokens (:meth:`CompiledFormat.canonical_mask`).
+re-encoding its text gives its own tokens (:meth:`CompiledFormat.canonical_mask`). A subword
+tree whose every token spells one whole character, no two the same one (split digits on a digit
+format), has one path per text like a character model's: that path is the canonical one, and
+the tree is not ``ambiguous`` (no re-encoding).
 
 The first tokens of context + line are the same for every candidate (the context, then the
 fixed text before the first hole as the tokenizer splits it): they are read once (``shared``)
@@ -62,18 +65,6 @@ class _Trie:
                     self.tokens.append([])
                 node = nxt
             self.tokens[node].append(tok)
-        # a tree is unambiguous when every token spells one whole character and no two spell the same
-        self.one_char_each = all(spelled is None or _one_char(spelled) for spelled in table) and all(
-            len(t) <= 1 for t in self.tokens
-        )
-
-
-def _one_char(spelled: bytes) -> bool:
-    """Whether bytes are exactly one whole UTF-8 character."""
-    try:
-        return len(spelled.decode("utf-8")) == 1
-    except UnicodeDecodeError:
-        return False
 
 
 _TRIES: weakref.WeakKeyDictionary[Any, _Trie] = weakref.WeakKeyDictionary()
@@ -223,12 +214,13 @@ def _slots(fmt: Format, lead: str, terminator: str = NEWLINE) -> list[_Slot]:
 
 def _build_edges(
     trie: _Trie, slots: list[_Slot], first: int, lead: int, track: bool
-) -> tuple[list[Edges], int, list[int]]:
+) -> tuple[list[Edges], int, list[int], bool]:
     """Positions reachable from slot ``first`` and the tokens leaving each (depth-first over the
     trie). Slots before ``lead`` are the context's: a token ending there costs nothing. ``track``:
     keep each edge's index arithmetic (``mult``, ``add``); without it (a space of 2^62 or more
     fillings) they are zeros, as a token spanning many slots can step over more than 2^63."""
     n = len(slots)
+    single = True  # every token of the tree spells one whole character, no two the same one
     index: dict[tuple[int, bytes], int] = {(first, b""): 0}
     order: list[tuple[int, bytes]] = [(first, b"")]
     raw: list[list[tuple[int, tuple[int, bytes], int, int]]] = []
@@ -254,6 +246,8 @@ def _build_edges(
                     continue
                 for tok in trie.tokens[child]:
                     found.append((tok, nxt[:2], nxt[2], nxt[3]))
+                if trie.tokens[child] and (nxt[:2] != (i0 + 1, b"") or len(trie.tokens[child]) > 1):
+                    single = False  # a token spans several characters (or part of one), or two spell the same
                 stack.append((child, *nxt))
         for _, pos, _, _ in found:
             if pos not in index and pos != (n, b""):
@@ -281,7 +275,7 @@ def _build_edges(
     for i in range(n - 1, -1, -1):
         below_slot[i] = below_slot[i + 1] * radices[i]
     leaves_below = [below_slot[order[old][0]] for old in ranked] + [1]
-    return edges, end, leaves_below
+    return edges, end, leaves_below, single
 
 
 def check_format(model: LanguageModel, fmt: Format, terminator: str = NEWLINE) -> None:
@@ -389,7 +383,7 @@ def compile_format(
     lead = len(ctx_text)
     first = len(head.decode("utf-8"))
     track_index = fmt.space_size < INDEX_LIMIT
-    edges, end, leaves_below = _build_edges(trie, slots, first, lead, track_index)
+    edges, end, leaves_below, single = _build_edges(trie, slots, first, lead, track_index)
 
     steps0 = scorer.steps
     state, logp = scorer.start(shared[:in_context])
@@ -413,7 +407,7 @@ def compile_format(
         leaves_below=leaves_below,
         prefix_steps=scorer.steps - steps0,
         path_tokens=len(fulls[0]) - len(shared),
-        ambiguous=not trie.one_char_each,
+        ambiguous=not single,
         track_index=track_index,
         terminator=terminator,
     )
