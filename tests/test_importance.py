@@ -89,6 +89,20 @@ def test_counting_the_last_level_exactly_keeps_the_estimate_unbiased_and_cuts_it
     assert sum(spread[True]) < sum(spread[False])
 
 
+def test_a_subword_tree_of_one_character_tokens_counts_its_last_level_unbiased(tmp_path):
+    """Split digits: the tree has one path per candidate, so its last level is counted exactly as
+    for a character model, and the estimate stays unbiased."""
+    from exposure_audit.exposure.importance import _last_level
+
+    scorer = Scorer(load_model(tiny_hf_model(tmp_path, arch="llama", tokenizer="split-digits")))
+    cf = engine.compile_format(scorer, Format.parse("n {d:3}"))
+    assert not cf.ambiguous and _last_level(cf)
+    assert importance_samples(scorer, cf, 50, seed=0).sibling_cost is not None
+    order = exact_order(scorer, cf)
+    assert len(order) == 1000
+    assert_unbiased(scorer, cf, order, [1, 4, 40, 400, 1000], m=400, seeds=4)
+
+
 def test_defensive_mixture_bounds_every_weight(tiny_model):
     """Normalized weight (1/|R|)/q'(x) <= 1/a for every draw (q' >= a/|R| on every candidate),
     even where the model's proposal is very peaked (a model that strongly prefers '7')."""
