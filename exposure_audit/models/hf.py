@@ -505,14 +505,17 @@ def _log2_probs(logits: torch.Tensor) -> torch.Tensor:
 
 
 def _log2_softmax_(logits: torch.Tensor) -> torch.Tensor:
-    """Log2-probabilities over the last dimension, in float32, written over ``logits`` where the
-    tensor is the whole of its own storage (the model's fresh output), else over a copy.
+    """Log2-probabilities over the last dimension, in float32. On the CPU they are written over
+    ``logits`` where the tensor is the whole of its own storage (the model's fresh output), else
+    over a copy.
 
     In place because the output is the vocabulary times the rows (100 MB for 512 rows of SmolLM2),
     and a fresh block that size is often fresh pages from the kernel, each faulted in on first
     write: several times the softmax's own time (docs/benchmarks.md, "The log-softmax in place").
     The values are bit-identical to an out-of-place log-softmax."""
     x = logits.float()
+    if x.device.type != "cpu":  # a GPU's caching allocator has no fresh pages to fault: nothing to gain
+        return torch.log_softmax(x, dim=-1).div_(LN2)
     whole = x.is_contiguous() and x.untyped_storage().nbytes() == x.numel() * x.element_size()
     if x is logits and not whole:  # a view into a larger tensor (all positions' logits): not ours to overwrite
         x = x.clone(memory_format=torch.contiguous_format)
