@@ -47,7 +47,6 @@ from exposure_audit.data.manifest import Canary
 from exposure_audit.exposure import engine
 from exposure_audit.exposure.extract import CALL_ROWS, best_first
 from exposure_audit.exposure.measure import measure
-from exposure_audit.exposure.rescore import rescored_ranks
 from exposure_audit.models import Scorer, load_model
 
 FIVE = "the random number is {d:5}"
@@ -398,23 +397,29 @@ def part_f(model, label: str, fmt_source: str, batches: list[int | None], sizes:
         del model._forward
 
 
-def part_e(load, fmt_source: str, truth: str, label: str, seed: int = 2) -> None:
+def part_e(
+    load, fmt_source: str, truth: str, label: str, seed: int = 2, auto: tuple[str, str, int] | None = None
+) -> None:
     """Ranks in bfloat16 against float32: the same canaries (``truth`` and 5 uniform fillings)
-    ranked exactly by enumeration under the model loaded in each dtype."""
+    ranked exactly by enumeration under the model loaded in each dtype, then in bfloat16 with
+    float32's ranks (``measure(..., reference=)``, what ``measure --dtype bfloat16 --rescore``
+    runs: one bfloat16 walk, its close calls rescored in float32). ``auto``: (format, truth,
+    samples) of a second, default-planned measure (the truth and 3 uniform fillings) in both ways."""
     fmt = Format.parse(fmt_source)
     secrets = [truth] + fmt.sample(random.Random(seed), 5)
+    canaries = [_canary(fmt, x) for x in secrets]
 
     results, seconds, models = {}, {}, {}
     for dtype in ("float32", "bfloat16"):
         model = models[dtype] = load(dtype)
         t0 = time.perf_counter()
-        canaries = [_canary(fmt, x) for x in secrets]
         results[dtype] = measure(model, canaries, method="enumerate", max_steps=10**8, bootstrap=0)
         seconds[dtype] = time.perf_counter() - t0
     f32, b16 = results["float32"], results["bfloat16"]
     print(
         f"   {label}, {fmt_source!r} (|R| = {fmt.space_size:,}) by enumeration: "
-        f"float32 {seconds['float32']:.1f} s, bfloat16 {seconds['bfloat16']:.1f} s"
+        f"float32 {seconds['float32']:.1f} s, bfloat16 {seconds['bfloat16']:.1f} s "
+        f"({seconds['float32'] / seconds['bfloat16']:.2f}x)"
     )
     print("      secret          fp32 bits  bf16 bits   fp32 rank  bf16 rank")
     for x, a, b in zip(secrets, f32, b16):
@@ -422,35 +427,58 @@ def part_e(load, fmt_source: str, truth: str, label: str, seed: int = 2) -> None
     same = sum(a.rank == b.rank for a, b in zip(f32, b16))
     worst = max(abs(a.log_perplexity - b.log_perplexity) for a, b in zip(f32, b16))
     print(f"      ranks equal for {same} of {len(secrets)} canaries; max |bf16 - fp32| {worst:.3f} bits")
-    # exposure/rescore.py: walk in bfloat16, rescore in float32 the candidates within delta bits
-    run: dict = {}
-    t0 = time.perf_counter()
-    got = rescored_ranks(models["bfloat16"], models["float32"], fmt, secrets, run=run)
-    took = time.perf_counter() - t0
-    equal = sum(g.rank == a.rank for g, a in zip(got, f32))
+    for cap in (None, 100):  # every band rescored; then small bands only (the rank interval elsewhere)
+        t0 = time.perf_counter()
+        extra = {} if cap is None else {"max_band": cap}
+        got = measure(
+            models["bfloat16"], canaries, method="enumerate", max_steps=10**8, bootstrap=0,
+            reference=models["float32"], **extra,
+        )  # fmt: skip
+        took = time.perf_counter() - t0
+        rs = [g.details["rescore"] for g in got]
+        held = sum(g.rank_bounds[0] <= a.rank <= g.rank_bounds[1] for g, a in zip(got, f32))
+        exact = [(g, a) for g, a in zip(got, f32) if g.rank is not None]
+        print(
+            f"      rescored measure{'' if cap is None else f', max_band {cap}'} (bf16 walk, fp32 band, delta "
+            f"{rs[0]['delta']:.2f} bits): {len(exact)} of {len(secrets)} exact, equal to float32's: "
+            f"{sum(g.rank == a.rank for g, a in exact)}; float32's rank inside the interval: {held} of "
+            f"{len(secrets)}; bands {min(r['band'] for r in rs):,}-{max(r['band'] for r in rs):,} candidates, "
+            f"{sum(r['rescored'] for r in rs):,} rescored; max |bf16 - fp32| seen {rs[0]['max_error']:.3f} bits "
+            f"({'sound' if all(r['sound'] for r in rs) else 'NOT sound: widen delta'})"
+        )
+        print(
+            f"         {took:.1f} s, {got[0].model_steps:,} model steps; float32 enumeration / this: "
+            f"{seconds['float32'] / took:.2f}x, bfloat16 enumeration / this: {seconds['bfloat16'] / took:.2f}x"
+        )
+    if auto is not None:
+        _part_e_auto(models, *auto, seed)
+
+
+def _part_e_auto(models: dict, fmt_source: str, truth: str, samples: int, seed: int) -> None:
+    """A default (auto, balanced) measure of ``truth`` and 3 uniform fillings of a larger format,
+    in float32 and in bfloat16 with float32's ranks: the memorized one walked, the rest estimated."""
+    fmt = Format.parse(fmt_source)
+    secrets = [truth] + fmt.sample(random.Random(seed), 3)
+    canaries = [_canary(fmt, x) for x in secrets]
+    runs, took = {}, {}
+    for name, model, ref in (
+        ("float32", models["float32"], None),
+        ("bfloat16 rescored", models["bfloat16"], models["float32"]),
+    ):
+        t0 = time.perf_counter()
+        runs[name] = measure(model, canaries, samples=samples, bootstrap=0, reference=ref)
+        took[name] = time.perf_counter() - t0
+    a, b = runs["float32"], runs["bfloat16 rescored"]
+    print(f"   {fmt_source!r} (|R| = {fmt.space_size:,}), the default plan, {samples:,} samples:")
+    for x, p, q in zip(secrets, a, b):
+        how = f"rank {p.rank:,}" if p.rank is not None else f"~{p.exposure:.2f} bits"
+        got = f"rank {q.rank:,}" if q.rank is not None else f"~{q.exposure:.2f} bits"
+        print(f"      {x:14} float32 {p.method:10} {how:16} bf16 rescored {q.method:18} {got}")
+    same = sum(p.rank == q.rank for p, q in zip(a, b) if p.rank is not None)
     print(
-        f"      rescored (bf16 walk, fp32 band, delta {got[0].delta:.2f} bits, calibrated on "
-        f"{run['calibration']} candidates: max |bf16 - fp32| {run['calibrated_error']:.3f}): ranks equal to float32's for "
-        f"{equal} of {len(secrets)}; bands {min(g.band for g in got):,}-{max(g.band for g in got):,} candidates, "
-        f"{run['rescore_candidates']:,} rescored; max |bf16 - fp32| seen {got[0].max_error:.3f} bits "
-        f"({'sound' if all(g.sound for g in got) else 'NOT sound: widen delta'})"
-    )
-    print(
-        f"      rescored {took:.1f} s (walk {run['walk_seconds']:.1f} s, {run['walk_steps']:,} steps; "
-        f"rescore {run['rescore_seconds']:.1f} s); float32 enumeration / rescored time: {seconds['float32'] / took:.2f}x"
-    )
-    # the same with small bands only: exact where the band is small, the rank interval elsewhere
-    cap = 100
-    t0 = time.perf_counter()
-    capped = rescored_ranks(models["bfloat16"], models["float32"], fmt, secrets, max_band=cap)
-    took = time.perf_counter() - t0
-    exact = [g for g in capped if g.rank is not None]
-    held = sum(g.rank_bounds[0] <= a.rank <= g.rank_bounds[1] for g, a in zip(capped, f32))
-    print(
-        f"      rescored, max_band {cap}: {len(exact)} of {len(secrets)} exact (equal to float32's: "
-        f"{sum(g.rank == a.rank for g, a in zip(capped, f32) if g.rank is not None)}), the others as intervals "
-        f"(float32's rank inside: {held} of {len(secrets)}); {took:.1f} s; float32 enumeration / this: "
-        f"{seconds['float32'] / took:.2f}x"
+        f"      float32 {took['float32']:.1f} s, bfloat16 rescored {took['bfloat16 rescored']:.1f} s: "
+        f"{took['float32'] / took['bfloat16 rescored']:.2f}x; exact ranks equal: {same} of "
+        f"{sum(p.rank is not None for p in a)}"
     )
 
 
@@ -499,7 +527,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.bf16_ranks:
         print("== (e) ranks under bfloat16 against float32 (SmolLM2-135M, 2 threads)")
-        part_e(_smollm2, "The first digits of pi are 3.{d:4}", PI_DIGITS[:4], "SmolLM2-135M")
+        six = ("The first digits of pi are 3.{d:6}", PI_DIGITS[:6], 2000)
+        part_e(_smollm2, "The first digits of pi are 3.{d:4}", PI_DIGITS[:4], "SmolLM2-135M", auto=six)
         return
     if args.roof:
         where = "2 threads" if args.device == "cpu" else args.device
@@ -619,7 +648,8 @@ def tiny(roof_steps: int) -> None:
         print("== (d) steps/s against the matmul roof measured in this run (2 threads)")
         part_d(models["split"], "random 2x32 Llama", TINY.nine, roof_steps, "123", TINY)
         print("== (e) ranks under bfloat16 against float32")
-        part_e(lambda dt: load_model(Path(tmp) / "split", dtype=dt), TINY.nine, "123", "random 2x32 Llama")
+        load = lambda dt: load_model(Path(tmp) / "split", dtype=dt)  # noqa: E731
+        part_e(load, TINY.nine, "123", "random 2x32 Llama", auto=("the random number is {d:4}", "1234", 200))
         print("== (f) the proven extraction by popped-batch size")
         part_f(models["split"], "random 2x32 Llama", TINY.nine, [4, None], TINY)
         print("== (g) where the proven extraction's time goes (torch's profiler)")

@@ -494,6 +494,13 @@ def _measure_overrides(
     is_flag=True,
     help="With --dtype bfloat16/float16: make every exact rank float32's (close calls rescored in float32).",
 )
+@click.option(
+    "--max-band",
+    type=int,
+    default=None,
+    help="With --rescore: candidates per canary rescored in float32 (default 10000); a canary with more "
+    "gets the rank interval the rounding allows.",
+)
 @_with(distributed_options)
 @force_option
 @quiet_option
@@ -521,6 +528,7 @@ def measure(
     context,
     base_path,
     rescore,
+    max_band,
     backend,
     dist_timeout,
     force,
@@ -548,6 +556,10 @@ def measure(
         raise AuditError(
             "--rescore makes a bfloat16 or float16 model's ranks float32's: give --dtype bfloat16 or float16"
         )
+    if max_band is not None and not rescore:
+        raise AuditError("--max-band sets how --rescore settles close calls: give --rescore too")
+    if max_band is not None and max_band < 0:
+        raise AuditError("--max-band: the candidates rescored per canary must be at least 0")
     manifest = Manifest.read(Path(canaries_path))
     model = load_model(Path(model_path), device=model_device(device), dtype=dtype, base=base_path)
     reference = None
@@ -572,7 +584,13 @@ def measure(
             data_folder=Path(canaries_path).parent,
             reference=reference,
         ),
-        replace(cfg.measure, seed=cfg.seed, context=_context(context), quiet=quiet),
+        replace(
+            cfg.measure,
+            seed=cfg.seed,
+            context=_context(context),
+            quiet=quiet,
+            **({} if max_band is None else {"max_band": max_band}),
+        ),
         outputs=outputs,
         emit=click.echo,
         context_role=context_role,

@@ -157,13 +157,14 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
             r"^== \(e\) ranks under bfloat16 against float32$",
             r"^      123 +[\d.]+ +[\d.]+ +[\d,]+ +[\d,]+$",
             r"^      ranks equal for [0-6] of 6 canaries; max \|bf16 - fp32\| [\d.]+ bits$",
-            r"^      rescored \(bf16 walk, fp32 band, delta [\d.]+ bits, calibrated on 256 candidates: "
-            r"max \|bf16 - fp32\| [\d.]+\): ranks equal to float32's for 6 of 6; "
-            r"bands [\d,]+-[\d,]+ candidates, [\d,]+ rescored; max \|bf16 - fp32\| seen [\d.]+ bits \(sound\)$",
-            rf"^      rescored {NUM} s \(walk {NUM} s, [\d,]+ steps; rescore {NUM} s\); "
-            rf"float32 enumeration / rescored time: {NUM}x$",
-            rf"^      rescored, max_band 100: [0-6] of 6 exact \(equal to float32's: [0-6]\), the others as intervals "
-            rf"\(float32's rank inside: 6 of 6\); {NUM} s; float32 enumeration / this: {NUM}x$",
+            r"^      rescored measure \(bf16 walk, fp32 band, delta [\d.]+ bits\): [0-6] of 6 exact, equal to "
+            r"float32's: 6; float32's rank inside the interval: 6 of 6; bands [\d,]+-[\d,]+ candidates, [\d,]+ "
+            r"rescored; max \|bf16 - fp32\| seen [\d.]+ bits \(sound\)$",
+            rf"^         {NUM} s, [\d,]+ model steps; float32 enumeration / this: {NUM}x, bfloat16 enumeration / this: "
+            rf"{NUM}x$",
+            r"^      rescored measure, max_band 100 \(bf16 walk.*float32's rank inside the interval: 6 of 6; ",
+            r"^      1234 +float32 enumerate +rank [\d,]+ +bf16 rescored enumerate\+rescored rank [\d,]+$",
+            rf"^      float32 {NUM} s, bfloat16 rescored {NUM} s: {NUM}x; exact ranks equal: 4 of 4$",
             r"^== \(f\) the proven extraction by popped-batch size$",
             rf"^      batch +4: \d+ {NUM} bits proven, [\d,]+ steps in {NUM} s = [\d,]+ steps/s = \d+% of the roof; "
             rf"\d+ calls of \d+ rows on average; peak search memory {NUM} GB$",

@@ -172,7 +172,71 @@ def test_cli_measure_rescore(tmp_path, capsys):
     assert got["model"]["ranks_rescored_in"] == "float32" and f32["model"]["ranks_rescored_in"] is None
     assert [c["rank"] for c in got["canaries"]] == [c["rank"] for c in f32["canaries"]]
     assert all(c["method"].endswith("+rescored") for c in got["canaries"])
+    # --max-band 0: no band rescored, float32's rank inside each interval
+    capped = [*argv, "--json", tmp_path / "c.json", "--dtype", "bfloat16", "--rescore", "--max-band", "0"]
+    assert main([str(a) for a in capped]) == 0
+    got = json.loads((tmp_path / "c.json").read_text())["canaries"]
+    for c, f in zip(got, f32["canaries"]):
+        assert c["rank"] is None and c["rank_bounds"][0] <= f["rank"] <= c["rank_bounds"][1]
     capsys.readouterr()
-    assert main([str(a) for a in [*argv, "--rescore"]]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: --rescore")
+    for bad, start in (([], "error: --rescore"), (["--dtype", "bfloat16", "--max-band", "3"], "error: --max-band")):
+        assert main([str(a) for a in [*argv, *(bad or ["--rescore"])]]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(start)
+
+
+def _canaries(secrets):
+    from exposure_audit.data.manifest import Canary
+
+    fmt = Format.parse(FMT)
+    return [Canary(id=f"c{i}", format=FMT, secret=s, text=fmt.render(s), insertions=1) for i, s in enumerate(secrets)]
+
+
+def test_a_rescored_measure_walks_once_in_the_fast_dtype(models):
+    """measure(..., reference=) ranks through one Rescorer walk: the fast model takes exactly the
+    steps a Rescorer alone takes (no enumeration of its own), and the fast dtype's own rank
+    comes out of the same walk."""
+    from exposure_audit.exposure.measure import measure
+    from exposure_audit.exposure.rescore import RescoreOptions, Rescorer
+
+    fast, exact = models
+    fmt = Format.parse(FMT)
+    secrets = fmt.sample(random.Random(13), 5)
+    c16 = all_costs(fast)
+    order16 = np.sort(c16)
+    sf = Scorer.of(fast)
+    res = measure(sf, _canaries(secrets), method="enumerate", reference=exact, bootstrap=0)
+    alone = Scorer.of(fast)
+    Rescorer(alone, exact, fmt, secrets, RescoreOptions()).ranks()
+    assert sf.steps == alone.steps
+    want16 = [int(np.searchsorted(order16, c16[fmt.index(s)] + engine.TIE_TOLERANCE, side="right")) for s in secrets]
+    assert [r.details["rescore"]["fast_rank"] for r in res] == want16
+    assert [r.details["rescore"]["fast_log_perplexity"] for r in res] == pytest.approx(
+        [c16[fmt.index(s)] for s in secrets], abs=1e-4
+    )
+
+
+def test_rescored_pruned_walks_and_intervals(models):
+    """method="pruned" with a reference: float32's ranks, one rescored walk per canary; with
+    max_band=0, every rank the interval that holds float32's, its exposure interval around the
+    point; with no budget for a walk, the estimate, with float32's bits alongside."""
+    from exposure_audit.exposure.measure import measure
+
+    fast, exact = models
+    fmt = Format.parse(FMT)
+    c32 = all_costs(exact)
+    order32 = np.sort(c32)
+    secrets = fmt.sample(random.Random(17), 4)
+    want = [int(np.searchsorted(order32, c32[fmt.index(s)] + engine.TIE_TOLERANCE, side="right")) for s in secrets]
+    res = measure(fast, _canaries(secrets), method="pruned", reference=exact, bootstrap=0)
+    assert [r.rank for r in res] == want and all(r.method == "pruned+rescored" for r in res)
+    capped = measure(fast, _canaries(secrets), method="pruned", reference=exact, bootstrap=0, max_band=0)
+    for r, w in zip(capped, want):
+        assert r.rank is None and r.rank_bounds[0] <= w <= r.rank_bounds[1]
+        assert r.exposure_ci[0] <= r.exposure <= r.exposure_ci[1]
+        assert r.method == "pruned+rescored" and r.log_perplexity == pytest.approx(c32[fmt.index(r.secret)], abs=1e-4)
+    starved = measure(fast, _canaries(secrets[:1]), method="pruned", reference=exact, bootstrap=0, max_steps=3)
+    assert starved[0].rank is None and "rescore" not in starved[0].details
+    assert starved[0].details["log_perplexity_float32"] == pytest.approx(c32[fmt.index(secrets[0])], abs=1e-4)
+    with pytest.raises(AuditError, match="max_band"):
+        measure(fast, _canaries(secrets[:1]), reference=exact, max_band=-1)

@@ -44,7 +44,7 @@ from .math import (
     skewnorm_exposure,
 )
 from .options import DEFAULT_MAX_STEPS, DEFAULT_SAMPLES, ESTIMATORS, METHODS, PREFER, MeasureOptions
-from .rescore import rescored_ranks
+from .rescore import RescoredRank, RescoreOptions, Rescorer
 from .tree import CompiledFormat
 
 
@@ -203,13 +203,17 @@ def measure(
         group_opts = opts if context == opts.context else replace(opts, context=context)
         left = exact_left.setdefault(source, opts.exact_budget)
         out, cf, draws, plan = _measure_format(
-            scorer, fmt, [canaries[i] for i in idxs], group_opts, collect is not None, exact_left=left
+            scorer,
+            fmt,
+            [canaries[i] for i in idxs],
+            group_opts,
+            collect is not None,
+            exact_left=left,
+            reference=reference,
         )
         # what the balanced plan spent (an enumeration cheaper than the estimate is not counted)
         if plan is not None and plan.exact_budget is not None:
             exact_left[source] = max(0, left - plan.exact_steps)
-        if reference is not None:
-            _rescore(scorer, reference, fmt, out, group_opts)
         for i, r in zip(idxs, out):
             results[i] = r
         if plans is not None and plan is not None:
@@ -221,47 +225,6 @@ def measure(
             sk = shared.skewnorm
             collect[source] = {"scores": shared.scores.tolist(), "fit": None if isinstance(sk, str) else sk["fit"]}
     return [r for r in results if r is not None]
-
-
-def _rescore(scorer: Scorer, reference: Any, fmt: Format, out: list[CanaryResult], opts: MeasureOptions) -> None:
-    """Make ``out``'s exact ranks and their log-perplexities the ``reference`` (float32) model's;
-    an estimated canary keeps its figures (its interval is wider than the rounding), with its
-    float32 log-perplexity in its details."""
-    if opts.terminator != "\n":
-        raise AuditError("rescoring in float32 ranks lines that end in a newline; not supported here")
-    exact = [k for k, r in enumerate(out) if r.rank is not None]
-    rest = [k for k in range(len(out)) if out[k].rank is None]
-    size = fmt.space_size
-    if exact:
-        got = rescored_ranks(
-            scorer,
-            reference,
-            fmt,
-            [out[k].canary.secret for k in exact],
-            context=opts.context,
-            max_steps=opts.max_steps,
-            batch=opts.batch,
-            seed=opts.seed,
-        )
-        for k, g in zip(exact, got):
-            r = out[k]
-            r.details["rescore"] = {**g.to_json(), "fast_rank": r.rank, "fast_log_perplexity": r.log_perplexity}
-            r.log_perplexity = g.log_perplexity
-            if g.rank is not None:
-                r.rank, r.rank_bounds = g.rank, (g.rank, g.rank)
-                r.exposure = exposure_from_rank(g.rank, size)
-            else:  # a band too large to rescore: float32's rank lies in the interval
-                lo, hi = g.rank_bounds
-                r.rank, r.rank_bounds = None, (lo, hi)
-                r.exposure_ci = (exposure_from_rank(hi, size), exposure_from_rank(lo, size))
-                r.exposure = min(max(r.exposure, r.exposure_ci[0]), r.exposure_ci[1])
-            r.method += "+rescored" if g.sound else "+rescored(unsound: widen delta)"
-    if rest:
-        sx = Scorer.of(reference)
-        secrets = [out[k].canary.secret for k in rest]
-        cf = engine.compile_format(sx, fmt, opts.context, canaries=secrets, seed=opts.seed)
-        for k, p in zip(rest, engine.score_secrets(sx, cf, secrets, opts.batch)):
-            out[k].details["log_perplexity_float32"] = float(p)
 
 
 @dataclass
@@ -460,15 +423,25 @@ def _measure_format(
     opts: MeasureOptions,
     want_uniform: bool = False,
     exact_left: int | None = None,
+    reference: Any = None,
 ) -> tuple[list[CanaryResult], CompiledFormat, FormatDraws | None, Plan | None]:
     """Measure one format's canaries in one context. ``exact_left``: under ``prefer="balanced"``,
-    what is left of the format's exact budget (its earlier context groups spent the rest)."""
+    what is left of the format's exact budget (its earlier context groups spent the rest).
+    ``reference``: the float32 model; every exact rank is then found by a :class:`Rescorer`
+    (one walk in the fast dtype, its close calls rescored in float32), the plan made in the
+    fast dtype."""
     t0 = time.perf_counter()
     s0 = scorer.steps
     secrets = [c.secret for c in group]
     cf = engine.compile_format(scorer, fmt, opts.context, canaries=secrets, seed=opts.seed, terminator=opts.terminator)
     px = engine.score_secrets(scorer, cf, secrets, opts.batch)
-    setup_steps, setup_seconds = scorer.steps - s0, time.perf_counter() - t0
+    rescorer = None
+    if reference is not None:
+        if opts.terminator != "\n":
+            raise AuditError("rescoring in float32 ranks lines that end in a newline; not supported here")
+        options = RescoreOptions(seed=opts.seed, batch=opts.batch, max_band=opts.max_band)
+        rescorer = Rescorer(scorer, reference, fmt, secrets, options, opts.context, fast_compiled=cf, fast_scores=px)
+    setup_steps, setup_seconds = _spent(scorer, rescorer) - s0, time.perf_counter() - t0
     size = fmt.space_size
     tree_steps = cf.tree_steps()
     method = opts.method
@@ -504,33 +477,13 @@ def _measure_format(
             walk = set(plan.pruned)
 
     if method in ("enumerate", "brute"):
-        t1 = time.perf_counter()
-        s1 = scorer.steps
-        with Progress(
-            total=tree_steps if method == "enumerate" else size,
-            desc=f"{method} {fmt.source}",
-            quiet=opts.quiet,
-            unit="step" if method == "enumerate" else "cand",
-        ) as bar:
-            if method == "enumerate":
-                counts = sharded.enumerate_counts(
-                    scorer, cf, px, batch=opts.batch, progress=bar.update, quiet=opts.quiet
-                )
-            else:
-                counts = sharded.brute_force_counts(
-                    scorer, cf, px, context=opts.context, batch=opts.batch, progress=bar.update, quiet=opts.quiet
-                )
-        steps = scorer.steps - s1 + setup_steps
-        seconds = time.perf_counter() - t1 + setup_seconds
-        results = [
-            _exact(c, fmt, float(p), int(n), method, steps, seconds, work_shared_by=len(group))
-            for c, p, n in zip(group, px, counts)
-        ]
+        results = _enumerate(scorer, cf, group, px, opts, method, rescorer, (setup_steps, setup_seconds))
         if draws is not None:  # auto estimated first: the report keeps those figures too
             for i, r in enumerate(results):
                 r.details.update(_estimate(float(px[i]), i, draws, size, opts)[3])
         if plan is not None:
-            _finish(plan, scorer.steps - s0, len(group), time.perf_counter() - t0, scorer.steps - s1)
+            exact_steps = sum(r.model_steps for r in results[:1]) - setup_steps
+            _finish(plan, _spent(scorer, rescorer) - s0, len(group), time.perf_counter() - t0, exact_steps)
         return results, cf, draws, plan
 
     # pruned / estimate / a planned auto
@@ -540,7 +493,7 @@ def _measure_format(
         order: list[int] = list(range(len(group)))
     else:  # the planned walks, cheapest predicted first
         order = sorted(walk, key=lambda i: (plan.predicted_pruned_steps[i], i))
-    walked = _walks(scorer, cf, px, order, opts, plan.exact_budget if plan is not None else None)
+    walked = _walks(scorer, cf, px, order, opts, plan.exact_budget if plan is not None else None, rescorer)
     exact_steps = sum(steps for _, steps, _ in walked.values())
     out: list[CanaryResult] = []
     for i, (c, p) in enumerate(zip(group, px)):
@@ -548,42 +501,134 @@ def _measure_format(
         steps, seconds = 0, 0.0
         if i in walked:
             pr, steps, seconds = walked[i]
-            if pr.rank is not None:
+            if pr is not None and (isinstance(pr, RescoredRank) or pr.rank is not None):
                 extra = {}
                 if draws is not None:
                     extra = _estimate(float(p), i, draws, size, opts)[3]
                 if plan is not None:
                     extra["predicted_pruned_steps"] = plan.predicted_pruned_steps[i]
-                out.append(_exact(c, fmt, float(p), pr.rank, "pruned", steps, seconds, **extra))
+                if isinstance(pr, RescoredRank):
+                    out.append(_rescored(c, fmt, pr, "pruned", steps, seconds, **extra))
+                else:
+                    out.append(_exact(c, fmt, float(p), pr.rank, "pruned", steps, seconds, **extra))
                 continue
-            bounds = pr.bounds
+            bounds = pr.bounds if pr is not None else None
         draws = _draws(scorer, cf, px, opts, importance=use_importance, uniform=use_uniform, have=draws)
         # the walk's own figures: _estimated adds the draws' (made here or for an earlier canary)
         r = _estimated(c, fmt, float(p), i, draws, bounds, opts, steps, seconds)
         if plan is not None:
             r.details["predicted_pruned_steps"] = plan.predicted_pruned_steps[i]
+        if rescorer is not None:  # the estimate is the fast dtype's; the float32 bits alongside
+            r.details["log_perplexity_float32"] = float(rescorer.t[i])
         out.append(r)
     if plan is not None:
-        _finish(plan, scorer.steps - s0, sum(r.rank is not None for r in out), time.perf_counter() - t0, exact_steps)
+        exact = sum(r.rank is not None for r in out)
+        _finish(plan, _spent(scorer, rescorer) - s0, exact, time.perf_counter() - t0, exact_steps)
     return out, cf, draws, plan
 
 
+def _spent(scorer: Scorer, rescorer: Rescorer | None) -> int:
+    """Model steps so far: the fast model's, and the float32 reference's where ranks are rescored."""
+    return scorer.steps + (rescorer.exact.steps if rescorer is not None else 0)
+
+
+def _enumerate(
+    scorer: Scorer,
+    cf: CompiledFormat,
+    group: list[Canary],
+    px: np.ndarray,
+    opts: MeasureOptions,
+    method: str,
+    rescorer: Rescorer | None,
+    setup: tuple[int, float],
+) -> list[CanaryResult]:
+    """Every canary of the group ranked from one walk of the whole tree (``enumerate``; with a
+    ``rescorer``, the walk pruned at the largest canary's float32 bits + delta) or by scoring
+    every candidate's whole line (``brute``)."""
+    fmt = cf.fmt
+    t1, s1 = time.perf_counter(), _spent(scorer, rescorer)
+    with Progress(
+        total=cf.tree_steps() if method == "enumerate" else fmt.space_size,
+        desc=f"{method} {fmt.source}",
+        quiet=opts.quiet,
+        unit="step" if method == "enumerate" else "cand",
+    ) as bar:
+        if rescorer is not None and method == "enumerate":
+            got = rescorer.ranks(max_steps=opts.max_steps, progress=bar.update)
+            assert got is not None  # the whole tree fits max_steps (checked), and this walk is part of it
+        elif method == "enumerate":
+            counts = sharded.enumerate_counts(scorer, cf, px, batch=opts.batch, progress=bar.update, quiet=opts.quiet)
+        else:
+            counts = sharded.brute_force_counts(
+                scorer, cf, px, context=opts.context, batch=opts.batch, progress=bar.update, quiet=opts.quiet
+            )
+    steps = _spent(scorer, rescorer) - s1 + setup[0]
+    seconds = time.perf_counter() - t1 + setup[1]
+    if rescorer is not None and method == "enumerate":
+        return [_rescored(c, fmt, g, method, steps, seconds, work_shared_by=len(group)) for c, g in zip(group, got)]
+    return [
+        _exact(c, fmt, float(p), int(n), method, steps, seconds, work_shared_by=len(group))
+        for c, p, n in zip(group, px, counts)
+    ]
+
+
+def _rescored(
+    c: Canary, fmt: Format, g: RescoredRank, method: str, steps: int, seconds: float, **details: Any
+) -> CanaryResult:
+    """A canary ranked through a :class:`Rescorer`: float32's rank and bits, or, where its band was
+    too large to rescore, the rank interval the rounding allows (the fast dtype's own rank, held
+    inside it, as the point)."""
+    size = fmt.space_size
+    how = method + ("+rescored" if g.sound else "+rescored(unsound: widen delta)")
+    details = {"rescore": g.to_json(), **details}
+    if g.rank is not None:
+        return _exact(c, fmt, g.log_perplexity, g.rank, how, steps, seconds, **details)
+    lo, hi = g.rank_bounds
+    ci = (exposure_from_rank(hi, size), exposure_from_rank(lo, size))
+    point = min(max(exposure_from_rank(min(g.fast_rank, size), size), ci[0]), ci[1])
+    return _result(
+        c,
+        fmt,
+        g.log_perplexity,
+        rank=None,
+        rank_bounds=(lo, hi),
+        exposure=point,
+        method=how,
+        model_steps=steps,
+        seconds=seconds,
+        exposure_ci=ci,
+        details=details,
+    )
+
+
 def _walks(
-    scorer: Scorer, cf: CompiledFormat, px: np.ndarray, order: list[int], opts: MeasureOptions, budget: int | None
-) -> dict[int, tuple[engine.PrunedRank, int, float]]:
+    scorer: Scorer,
+    cf: CompiledFormat,
+    px: np.ndarray,
+    order: list[int],
+    opts: MeasureOptions,
+    budget: int | None,
+    rescorer: Rescorer | None = None,
+) -> dict[int, tuple[engine.PrunedRank | RescoredRank | None, int, float]]:
     """Pruned walks of the canaries in ``order``: canary -> (walk, model steps, seconds). With a
     ``budget`` (prefer="balanced") each walk is capped by what the earlier ones left of it, so
-    the budget holds even where a walk runs past its prediction; once it is spent, no more walks."""
-    walked: dict[int, tuple[engine.PrunedRank, int, float]] = {}
+    the budget holds even where a walk runs past its prediction; once it is spent, no more walks.
+    With a ``rescorer`` each walk is its :meth:`Rescorer.ranks` (None past the cap), and its
+    steps count the float32 rescoring too."""
+    walked: dict[int, tuple[engine.PrunedRank | RescoredRank | None, int, float]] = {}
     left = budget
     for i in order:
         cap = opts.max_steps if left is None else min(opts.max_steps, left)
         if cap < 1:
             break
-        t1, s1 = time.perf_counter(), scorer.steps
+        t1, s1 = time.perf_counter(), _spent(scorer, rescorer)
         with Progress(total=cap, desc=f"pruned {cf.fmt.source}", quiet=opts.quiet, unit="step") as bar:
-            pr = sharded.pruned_rank(scorer, cf, float(px[i]), max_steps=cap, batch=opts.batch, progress=bar.update)
-        spent = scorer.steps - s1
+            if rescorer is not None:
+                got = rescorer.ranks([i], max_steps=cap, progress=bar.update)
+                pr = None if got is None else got[0]
+            else:
+                pr = sharded.pruned_rank(scorer, cf, float(px[i]), max_steps=cap, batch=opts.batch, progress=bar.update)
+        spent = _spent(scorer, rescorer) - s1
         walked[i] = (pr, spent, time.perf_counter() - t1)
         if left is not None:
             left -= spent

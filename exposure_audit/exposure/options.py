@@ -28,6 +28,9 @@ DEFAULT_MAX_STEPS = 20_000_000
 DEFAULT_EXACT_BUDGET = 2_000_000
 DEFAULT_SAMPLES = 10_000
 DEFAULT_BATCH = 1024  # candidates (or tree nodes) per model call; engine.DEFAULT_BATCH is this
+# a bfloat16 measure rescored in float32 (rescore.py): candidates per canary rescored; past it, the
+# rank interval the rounding allows
+DEFAULT_MAX_BAND = 10_000
 
 PER_RUN = {"per_run": True}  # field metadata: set per run, not a key of the config's measure: section
 
@@ -62,6 +65,9 @@ class MeasureOptions:
     context: str | None = field(default=None, metadata=PER_RUN)  # text before each line; None = the model's
     quiet: bool = field(default=True, metadata=PER_RUN)  # no progress bars
     terminator: str = field(default="\n", metadata=PER_RUN)  # closes each candidate (scan: next char, or "")
+    # with a float32 reference (`measure --rescore`): candidates per canary rescored in float32;
+    # a canary whose band is larger gets the rank interval the rounding allows (rescore.py)
+    max_band: int = field(default=DEFAULT_MAX_BAND, metadata=PER_RUN)
 
     def check(self, where: str = "") -> None:
         """Refuse bad values before any work; ``where`` prefixes the key (``"measure."``)."""
@@ -78,6 +84,8 @@ class MeasureOptions:
             raise AuditError(f"{where}exact_budget: the exact work's model-step budget must be at least 0")
         if self.samples < 1:
             raise AuditError(f"{where}samples: the number of samples must be at least 1")
+        if self.max_band < 0:
+            raise AuditError(f"{where}max_band: the candidates rescored per canary must be at least 0")
         try:
             MemoryBudget.of(self.max_memory)  # None: memory.DEFAULT_MAX_MEMORY
         except AuditError as e:
@@ -115,6 +123,7 @@ class ExtractOptions:
 
 __all__ = [
     "DEFAULT_EXACT_BUDGET",
+    "DEFAULT_MAX_BAND",
     "DEFAULT_MAX_STEPS",
     "DEFAULT_SAMPLES",
     "ESTIMATORS",

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -40,11 +40,12 @@ from ..errors import AuditError
 from ..models.base import Scorer
 from . import engine
 from .engine import TIE_TOLERANCE
+from .options import DEFAULT_MAX_BAND  # candidates per canary rescored in the exact dtype
+from .tree import CompiledFormat
 
 DEFAULT_CALIBRATION = 256  # uniform candidates scored in both dtypes to set delta
 CALIBRATION_FACTOR = 3.0  # delta = this x the largest |fast - exact| seen in calibration
 MIN_DELTA = 0.05  # bits
-DEFAULT_MAX_BAND = 10_000  # candidates per canary rescored in the exact dtype
 
 
 @dataclass
@@ -61,6 +62,7 @@ class RescoredRank:
     delta: float
     max_error: float  # largest |fast - exact| seen over the rescored candidates and the canaries
     sound: bool  # max_error < delta / 2: the premise has a margin on the evidence at hand
+    fast_rank: int  # the fast model's own rank (from the same walk: complete under the premise)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -68,11 +70,12 @@ class RescoredRank:
 
 @dataclass
 class RescoreRun:
-    """What :func:`rescored_ranks` spent: model steps and seconds of each part."""
+    """What :meth:`Rescorer.ranks` spent: model steps and seconds of each part."""
 
     walk_steps: int
     walk_seconds: float
     rescore_candidates: int
+    rescore_steps: int  # the exact model's steps rescoring the bands
     rescore_seconds: float
     delta: float  # the band's half-width used (given, or calibrated)
     calibrated_error: float  # the largest |fast - exact| over the calibration candidates and canaries
@@ -81,7 +84,7 @@ class RescoreRun:
 
 @dataclass(frozen=True)
 class RescoreOptions:
-    """How :func:`rescored_ranks` settles the close calls (see the module's docstring)."""
+    """How :class:`Rescorer` settles the close calls (see the module's docstring)."""
 
     delta: float | None = None  # bits; None: calibrated
     calibration: int = DEFAULT_CALIBRATION  # uniform candidates scored in both dtypes
@@ -89,6 +92,172 @@ class RescoreOptions:
     max_band: int = DEFAULT_MAX_BAND  # candidates per canary rescored; past it, an interval
     max_steps: int | None = None  # of the fast walk; past it the call fails
     batch: int = engine.DEFAULT_BATCH
+
+    def check(self) -> None:
+        if self.delta is not None and not self.delta > 0:
+            raise AuditError("delta: the rescoring band must be wider than 0 bits")
+        if self.calibration < 0:
+            raise AuditError("calibration: the number of calibration candidates must be at least 0")
+        if self.max_band < 0:
+            raise AuditError("max_band must be at least 0")
+
+
+class Rescorer:
+    """One format's canaries (in one context), ranked as the ``exact`` model ranks them through
+    walks of the ``fast`` one (the same model in a cheaper dtype: the same tokenizer and tree).
+    The canaries are scored in both dtypes once, here; ``delta`` is calibrated once, when first
+    needed; each :meth:`ranks` call is one walk of the fast model and one rescoring of its bands.
+    ``measure`` ranks every exact canary this way (no walk of its own in the fast dtype)."""
+
+    def __init__(
+        self,
+        fast: Any,
+        exact: Any,
+        fmt: Format | str,
+        secrets: Sequence[str],
+        options: RescoreOptions | None = None,
+        context: str | None = None,
+        fast_compiled: CompiledFormat | None = None,
+        fast_scores: np.ndarray | None = None,
+    ) -> None:
+        self.options = o = options or RescoreOptions()
+        o.check()
+        self.fmt = Format.parse(fmt) if isinstance(fmt, str) else fmt
+        self.secrets = list(secrets)
+        self.fast, self.exact = Scorer.of(fast), Scorer.of(exact)
+        self._delta, self.calibrated_error = o.delta, 0.0
+        self._compile(context, fast_compiled, fast_scores)
+
+    def _compile(self, context: str | None, fast: CompiledFormat | None, scores: np.ndarray | None) -> None:
+        """Both models' trees of the format and the canaries' bits in both (``fast`` and ``scores``:
+        the fast model's tree and bits, where the caller has them already)."""
+        fmt, secrets, o = self.fmt, self.secrets, self.options
+        self.cf_fast = fast or engine.compile_format(self.fast, fmt, context, canaries=secrets)
+        self.cf_exact = engine.compile_format(self.exact, fmt, context, canaries=secrets)
+        if self.cf_fast.tree_steps() != self.cf_exact.tree_steps():
+            raise AuditError("the fast and exact models do not share one candidate tree (different tokenizers?)")
+        self.t = engine.score_secrets(self.exact, self.cf_exact, secrets, o.batch)  # float32 bits
+        # the fast dtype's
+        self.tf = (
+            np.asarray(scores)
+            if scores is not None
+            else engine.score_secrets(self.fast, self.cf_fast, secrets, o.batch)
+        )
+        self.calibrated_error = float(np.abs(self.tf - self.t).max()) if secrets else 0.0
+
+    @property
+    def delta(self) -> float:
+        """The band's half-width in bits: given, or :data:`CALIBRATION_FACTOR` times the largest
+        difference seen over ``calibration`` uniform candidates and the canaries (at least
+        :data:`MIN_DELTA`), calibrated on first use."""
+        if self._delta is None:
+            o, fmt = self.options, self.fmt
+            if o.calibration:
+                rng = random.Random(f"exposure-audit:{o.seed}:rescore:{fmt.source}")
+                probe = fmt.sample(rng, min(o.calibration, fmt.space_size))
+                cx = engine.score_secrets_shared(self.exact, self.cf_exact, probe, o.batch)
+                cq = engine.score_secrets_shared(self.fast, self.cf_fast, probe, o.batch)
+                self.calibrated_error = max(self.calibrated_error, float(np.abs(cq - cx).max()))
+            self._delta = max(MIN_DELTA, CALIBRATION_FACTOR * self.calibrated_error)
+        return self._delta
+
+    def ranks(
+        self,
+        which: Sequence[int] | None = None,
+        *,
+        max_steps: int | None = None,
+        progress: Callable[[int], None] | None = None,
+        run: dict[str, Any] | None = None,
+    ) -> list[RescoredRank] | None:
+        """The exact model's rank of the canaries ``which`` (indices into ``secrets``; default all)
+        from one walk of the fast model pruned at their largest float32 score + ``delta``, and one
+        rescoring of their bands. None where the walk would pass ``max_steps`` (no rank can be
+        claimed). ``run`` receives a :class:`RescoreRun` as a dict."""
+        which = list(range(len(self.secrets))) if which is None else list(which)
+        if not which:
+            return []
+        if not self.cf_fast.track_index:
+            raise AuditError(
+                f"format {self.fmt.source!r}: rescoring names each candidate by its index, and formats of 2^62 "
+                "candidates or more are walked without indices; rescore a smaller format"
+            )
+        delta, max_band = self.delta, self.options.max_band
+        t, tf = self.t[which], self.tf[which]
+        lo_edge, hi_edge = t - delta + TIE_TOLERANCE, t + delta + TIE_TOLERANCE
+        n = len(which)
+        below, band, fast_rank = (np.zeros(n, dtype=np.int64) for _ in range(3))
+        kept: list[list[np.ndarray]] = [[] for _ in range(n)]  # per canary: indices in its band
+        fast_cost: dict[int, float] = {}  # the walk's (fast) cost of every kept candidate
+
+        def on_leaves(costs: np.ndarray, index: np.ndarray) -> None:
+            index = np.asarray(index)
+            for i in range(n):
+                below[i] += int(np.count_nonzero(costs <= lo_edge[i]))
+                fast_rank[i] += int(np.count_nonzero(costs <= tf[i] + TIE_TOLERANCE))
+                inside = (costs > lo_edge[i]) & (costs <= hi_edge[i])
+                k = int(np.count_nonzero(inside))
+                if k:
+                    band[i] += k
+                    if band[i] <= max_band:
+                        kept[i].append(index[inside])
+                        fast_cost.update(zip(index[inside].tolist(), costs[inside].tolist()))
+
+        t0, s0 = time.perf_counter(), self.fast.steps
+        result = engine.walk(
+            self.fast,
+            self.cf_fast,
+            on_leaves,
+            bound=float(t.max()) + delta,
+            max_steps=max_steps,
+            batch=self.options.batch,
+            progress=progress,
+        )
+        if not result.complete:
+            return None
+        walk = (self.fast.steps - s0, time.perf_counter() - t0)
+        t1, s1 = time.perf_counter(), self.exact.steps
+        wanted = [i for i in range(n) if band[i] <= max_band]
+        pool = np.unique(
+            np.concatenate([np.concatenate(kept[i]) for i in wanted if kept[i]] or [np.zeros(0, np.int64)])
+        )
+        exact_costs = engine.score_secrets_shared(
+            self.exact, self.cf_exact, [self.fmt.fill(int(ix)) for ix in pool], self.options.batch
+        )
+        fast_costs = np.array([fast_cost[int(ix)] for ix in pool])
+        where = {int(ix): j for j, ix in enumerate(pool)}
+        errors = np.abs(np.concatenate([fast_costs - exact_costs, tf - t]))
+        max_error = float(errors.max()) if errors.size else 0.0
+        if run is not None:
+            spent = RescoreRun(
+                walk[0], round(walk[1], 3), len(pool), self.exact.steps - s1, round(time.perf_counter() - t1, 3),
+                delta, self.calibrated_error, self.options.calibration,
+            )  # fmt: skip
+            run.update(asdict(spent))
+        out = []
+        for i, k in enumerate(which):
+            rank = None
+            if i in wanted:
+                ids = np.concatenate(kept[i]) if kept[i] else np.zeros(0, np.int64)
+                mine = exact_costs[[where[int(ix)] for ix in ids]] if ids.size else np.zeros(0)
+                # at least 1: the canary itself (it drops out of its own band only where the premise
+                # fails, which max_error then shows)
+                rank = max(1, int(below[i] + np.count_nonzero(mine <= t[i] + TIE_TOLERANCE)))
+            out.append(
+                RescoredRank(
+                    secret=self.secrets[k],
+                    log_perplexity=float(t[i]),
+                    fast_log_perplexity=float(tf[i]),
+                    rank=rank,
+                    rank_bounds=(max(1, int(below[i])), int(below[i] + band[i])),
+                    band=int(band[i]),
+                    rescored=int(band[i]) if i in wanted else 0,
+                    delta=delta,
+                    max_error=max_error,
+                    sound=max_error < delta / 2,
+                    fast_rank=max(1, int(fast_rank[i])),
+                )
+            )
+        return out
 
 
 def rescored_ranks(
@@ -104,106 +273,19 @@ def rescored_ranks(
 ) -> list[RescoredRank]:
     """The exact model's rank of each secret of ``fmt``, walking the tree with the ``fast`` model
     (the same model in a cheaper dtype: the same tokenizer and tree) and rescoring with ``exact``
-    only the candidates within ``delta`` bits of a canary. ``delta=None`` calibrates it:
-    ``calibration`` uniform candidates (drawn from ``seed``) and the canaries are scored in both
-    dtypes, and ``delta`` is :data:`CALIBRATION_FACTOR` times the largest difference seen (at
-    least :data:`MIN_DELTA`). ``run`` receives a :class:`RescoreRun` as a dict. Past
+    only the candidates within ``delta`` bits of a canary (:class:`Rescorer`, one walk).
+    ``delta=None`` calibrates it. ``run`` receives a :class:`RescoreRun` as a dict. Past
     ``max_steps`` the walk stops and the call fails (no rank can be claimed). ``settings`` are
     :class:`RescoreOptions` fields by name (``delta=0.5``), replacing those of ``options``."""
     o = replace(options or RescoreOptions(), **settings)
-    delta, calibration, max_band, batch = o.delta, o.calibration, o.max_band, o.batch
-    if delta is not None and not delta > 0:
-        raise AuditError("delta: the rescoring band must be wider than 0 bits")
-    if calibration < 0:
-        raise AuditError("calibration: the number of calibration candidates must be at least 0")
-    if max_band < 0:
-        raise AuditError("max_band must be at least 0")
+    o.check()
     fmt = Format.parse(fmt) if isinstance(fmt, str) else fmt
-    secrets = list(secrets)
     if not secrets:
         return []
-    sf, sx = Scorer.of(fast), Scorer.of(exact)
-    cf_fast = engine.compile_format(sf, fmt, context, canaries=secrets)
-    cf_exact = engine.compile_format(sx, fmt, context, canaries=secrets)
-    if not cf_fast.track_index:
-        raise AuditError(
-            f"format {fmt.source!r}: rescoring names each candidate by its index, and formats of 2^62 "
-            "candidates or more are walked without indices; rescore a smaller format"
-        )
-    if cf_fast.tree_steps() != cf_exact.tree_steps():
-        raise AuditError("the fast and exact models do not share one candidate tree (different tokenizers?)")
-    t = engine.score_secrets(sx, cf_exact, secrets, batch)
-    tf = engine.score_secrets(sf, cf_fast, secrets, batch)
-    calibrated = float(np.abs(tf - t).max())
-    if calibration:
-        rng = random.Random(f"exposure-audit:{o.seed}:rescore:{fmt.source}")
-        probe = fmt.sample(rng, min(calibration, fmt.space_size))
-        cx = engine.score_secrets_shared(sx, cf_exact, probe, batch)
-        cq = engine.score_secrets_shared(sf, cf_fast, probe, batch)
-        calibrated = max(calibrated, float(np.abs(cq - cx).max()))
-    if delta is None:
-        delta = max(MIN_DELTA, CALIBRATION_FACTOR * calibrated)
-    lo_edge, hi_edge = t - delta + TIE_TOLERANCE, t + delta + TIE_TOLERANCE
-    below = np.zeros(len(secrets), dtype=np.int64)
-    band = np.zeros(len(secrets), dtype=np.int64)
-    kept: list[list[np.ndarray]] = [[] for _ in secrets]  # per canary: indices in its band
-    fast_cost: dict[int, float] = {}  # the walk's (fast) cost of every kept candidate
-
-    def on_leaves(costs: np.ndarray, index: np.ndarray) -> None:
-        index = np.asarray(index)
-        for i in range(len(secrets)):
-            below[i] += int(np.count_nonzero(costs <= lo_edge[i]))
-            inside = (costs > lo_edge[i]) & (costs <= hi_edge[i])
-            k = int(np.count_nonzero(inside))
-            if k:
-                band[i] += k
-                if band[i] <= max_band:
-                    kept[i].append(index[inside])
-                    fast_cost.update(zip(index[inside].tolist(), costs[inside].tolist()))
-
-    t0, s0 = time.perf_counter(), sf.steps
-    result = engine.walk(sf, cf_fast, on_leaves, bound=float(t.max()) + delta, max_steps=o.max_steps, batch=batch)
-    if not result.complete:
+    got = Rescorer(fast, exact, fmt, secrets, o, context).ranks(max_steps=o.max_steps, run=run)
+    if got is None:
         raise AuditError(f"the bfloat16 walk ran past its budget of {o.max_steps} model steps; no rank is claimed")
-    walk = (sf.steps - s0, time.perf_counter() - t0)
-
-    # rescore every band that fits, each candidate once
-    t1 = time.perf_counter()
-    wanted = [i for i in range(len(secrets)) if band[i] <= max_band]
-    pool = np.unique(np.concatenate([np.concatenate(kept[i]) for i in wanted if kept[i]] or [np.zeros(0, np.int64)]))
-    cand = [fmt.fill(int(ix)) for ix in pool]
-    exact_costs = engine.score_secrets_shared(sx, cf_exact, cand, batch)
-    fast_costs = np.array([fast_cost[int(ix)] for ix in pool])
-    where = {int(ix): j for j, ix in enumerate(pool)}
-    errors = np.abs(np.concatenate([fast_costs - exact_costs, tf - t]))
-    max_error = float(errors.max()) if errors.size else 0.0
-    if run is not None:
-        rescore_s = round(time.perf_counter() - t1, 3)
-        run.update(asdict(RescoreRun(walk[0], round(walk[1], 3), len(cand), rescore_s, delta, calibrated, calibration)))
-    out = []
-    for i, s in enumerate(secrets):
-        rank = None
-        if i in wanted:
-            ids = np.concatenate(kept[i]) if kept[i] else np.zeros(0, np.int64)
-            mine = exact_costs[[where[int(ix)] for ix in ids]] if ids.size else np.zeros(0)
-            # at least 1: the canary itself (it drops out of its own band only where the premise
-            # fails, which max_error then shows)
-            rank = max(1, int(below[i] + np.count_nonzero(mine <= t[i] + TIE_TOLERANCE)))
-        out.append(
-            RescoredRank(
-                secret=s,
-                log_perplexity=float(t[i]),
-                fast_log_perplexity=float(tf[i]),
-                rank=rank,
-                rank_bounds=(max(1, int(below[i])), int(below[i] + band[i])),
-                band=int(band[i]),
-                rescored=int(band[i]) if i in wanted else 0,
-                delta=delta,
-                max_error=max_error,
-                sound=max_error < delta / 2,
-            )
-        )
-    return out
+    return got
 
 
 __all__ = [
@@ -211,7 +293,9 @@ __all__ = [
     "DEFAULT_CALIBRATION",
     "DEFAULT_MAX_BAND",
     "MIN_DELTA",
+    "RescoreOptions",
     "RescoreRun",
     "RescoredRank",
+    "Rescorer",
     "rescored_ranks",
 ]
