@@ -460,16 +460,21 @@ def _part_e_auto(models: dict, fmt_source: str, truth: str, samples: int, seed: 
     fmt = Format.parse(fmt_source)
     secrets = [truth] + fmt.sample(random.Random(seed), 3)
     canaries = [_canary(fmt, x) for x in secrets]
-    runs, took = {}, {}
+    runs, took, plans = {}, {}, {}
     for name, model, ref in (
         ("float32", models["float32"], None),
         ("bfloat16 rescored", models["bfloat16"], models["float32"]),
     ):
         t0 = time.perf_counter()
-        runs[name] = measure(model, canaries, samples=samples, bootstrap=0, reference=ref)
+        plans[name] = {}
+        runs[name] = measure(model, canaries, samples=samples, bootstrap=0, reference=ref, plans=plans[name])
         took[name] = time.perf_counter() - t0
     a, b = runs["float32"], runs["bfloat16 rescored"]
-    print(f"   {fmt_source!r} (|R| = {fmt.space_size:,}), the default plan, {samples:,} samples:")
+    plan = plans["float32"][fmt_source]
+    print(
+        f"   {fmt_source!r} (|R| = {fmt.space_size:,}), the default plan ({plan['chosen']}, exact budget "
+        f"{plan['exact_budget']:,} steps), {samples:,} samples:"
+    )
     for x, p, q in zip(secrets, a, b):
         how = f"rank {p.rank:,}" if p.rank is not None else f"~{p.exposure:.2f} bits"
         got = f"rank {q.rank:,}" if q.rank is not None else f"~{q.exposure:.2f} bits"

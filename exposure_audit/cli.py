@@ -430,7 +430,8 @@ measure_options = [
         "--exact-budget",
         type=click.IntRange(min=0),
         default=None,
-        help=f"prefer balanced: model steps of exact work per format (default {DEFAULT_EXACT_BUDGET:,}).",
+        help=f"prefer balanced: model steps of exact work per format (default {DEFAULT_EXACT_BUDGET:,}, "
+        "proportionally fewer for a model whose step costs more than the char-LSTM's: the same work).",
     ),
     click.option(
         "--fail-above",

@@ -163,6 +163,8 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
             rf"^         {NUM} s, [\d,]+ model steps; float32 enumeration / this: {NUM}x, bfloat16 enumeration / this: "
             rf"{NUM}x$",
             r"^      rescored measure, max_band 100 \(bf16 walk.*float32's rank inside the interval: 6 of 6; ",
+            r"^   'the random number is \{d:4\}' \(\|R\| = 10,000\), the default plan \([a-z+]+, exact budget 2,000,000 "
+            r"steps\), 200 samples:$",
             r"^      1234 +float32 enumerate +rank [\d,]+ +bf16 rescored enumerate\+rescored rank [\d,]+$",
             rf"^      float32 {NUM} s, bfloat16 rescored {NUM} s: {NUM}x; exact ranks equal: 4 of 4$",
             r"^== \(f\) the proven extraction by popped-batch size$",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -86,6 +87,24 @@ def test_loads_and_describes(models, arch, tok):
     assert d["vocab_size"] == m.vocab_size == len(m.tokenizer) == len(m.token_bytes())
     assert d["bos_token"] == hf_models.BOS and d["max_positions"] == 128 and "training" not in d
     assert not m.model.training
+
+
+@pytest.mark.parametrize("arch", hf_models.ARCHS)
+def test_step_flops_counts_each_weight_once_and_no_lookup(models, arch):
+    """2 FLOP per weight a step multiplies by: tied embeddings counted once (as the output head),
+    an untied input embedding not at all (a lookup)."""
+    m = models[arch, "merged-digits"]
+    net = m.model
+    total = sum(p.numel() for p in net.parameters())  # parameters() yields a tied weight once
+    emb, head = net.get_input_embeddings().weight, net.get_output_embeddings().weight
+    want = 2.0 * (total if emb is head else total - emb.numel())
+    assert m.step_flops() == want and 0 < want < 2.0 * (total + emb.numel())
+    untied = copy.deepcopy(net)
+    untied.config.tie_word_embeddings = False
+    untied.get_output_embeddings().weight = torch.nn.Parameter(head.detach().clone())
+    m2 = copy.copy(m)
+    m2.model = untied
+    assert m2.step_flops() == 2.0 * sum(p.numel() for p in untied.parameters()) - 2.0 * emb.numel()
 
 
 def test_training_record_and_bfloat16(tmp_path):

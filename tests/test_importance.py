@@ -217,6 +217,33 @@ def test_balanced_default_spends_at_most_its_exact_budget(tiny_model):
     assert measure(model, group, samples=400, bootstrap=0, exact_budget=0)[0].rank is None
 
 
+def test_the_default_exact_budget_is_the_same_work_whatever_the_model(tiny_model, monkeypatch):
+    """With no exact_budget, balanced spends DEFAULT_EXACT_BUDGET steps on a model whose step costs
+    no more than the default char-LSTM's, and proportionally fewer on a costlier one (so a
+    default measure of a real model finishes in about the char-LSTM's time); a given budget is
+    kept as it is."""
+    from exposure_audit.exposure.options import DEFAULT_EXACT_BUDGET, EXACT_BUDGET_STEP_FLOPS, exact_budget_steps
+
+    model = peaked(tiny_model)
+    lstm = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("embed."))
+    assert Scorer.of(model).step_flops == 2.0 * lstm
+    assert exact_budget_steps(None, 2.0 * lstm) == DEFAULT_EXACT_BUDGET
+    group = [C("{d:5}", "77777", 8), C("{d:5}", "12345", 0)]
+    plans = {}
+    measure(model, group, samples=400, bootstrap=0, plans=plans)
+    assert plans["{d:5}"]["exact_budget"] == DEFAULT_EXACT_BUDGET
+    # the same model, said to cost 1,000x the reference step: a thousandth of the steps
+    monkeypatch.setattr(model, "step_flops", lambda: 1000 * EXACT_BUDGET_STEP_FLOPS, raising=False)
+    plans = {}
+    res = measure(model, group, samples=400, bootstrap=0, plans=plans)
+    plan = plans["{d:5}"]
+    assert plan["exact_budget"] == DEFAULT_EXACT_BUDGET // 1000 and plan["exact_steps"] <= plan["exact_budget"]
+    assert res[0].rank == 1 and res[1].rank is None  # the memorized canary's walk still fits
+    plans = {}
+    measure(model, group, samples=400, bootstrap=0, plans=plans, exact_budget=5)
+    assert plans["{d:5}"]["exact_budget"] == 5
+
+
 def test_balanced_budget_is_shared_by_a_formats_context_groups(tiny_model):
     """Chat canaries each carry their own context (one group each): the format's exact budget is
     spent once over all of them, not once per group."""

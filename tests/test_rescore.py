@@ -53,10 +53,13 @@ def test_rescored_ranks_are_float32_ranks(models):
     assert [r.rank for r in got] == want
     assert all(r.rank_bounds[0] <= r.rank <= r.rank_bounds[1] for r in got)
     assert all(r.sound and r.max_error == pytest.approx(max(r.max_error for r in got)) for r in got)
-    assert got[0].max_error <= np.abs(c16 - c32).max() + 1e-9
-    # the band of each canary: the candidates bfloat16 puts within delta of its float32 score
+    # the shared prefix's rounding, the same for every candidate, centres the band
+    off = got[0].offset
+    assert off != 0.0 and all(r.offset == off for r in got)
+    assert got[0].max_error <= np.abs(c16 - c32 - off).max() + 1e-9
+    # the band of each canary: the candidates bfloat16 puts within delta of its float32 score + offset
     tol = engine.TIE_TOLERANCE
-    bands = [set(np.flatnonzero((c16 > c32[i] - 0.5 + tol) & (c16 <= c32[i] + 0.5 + tol))) for i in idx]
+    bands = [set(np.flatnonzero((c16 > c32[i] + off - 0.5 + tol) & (c16 <= c32[i] + off + 0.5 + tol))) for i in idx]
     assert [r.band for r in got] == [len(b) for b in bands]
     assert run["walk_steps"] > 0 and run["rescore_candidates"] == len(set().union(*bands))
     # the log-perplexities are float32's for the rank, bfloat16's alongside

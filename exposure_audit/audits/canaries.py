@@ -19,7 +19,8 @@ from ..data.formats import Format
 from ..data.manifest import Manifest
 from ..distributed import is_main
 from ..errors import AuditError, gate_exit
-from ..exposure.options import ExtractOptions, MeasureOptions
+from ..exposure.options import ExtractOptions, MeasureOptions, exact_budget_steps
+from ..models.base import Scorer
 
 Emit = Callable[[str], None]
 
@@ -113,7 +114,11 @@ def measure_and_report(
         "model_description": described.get("description"),
         "privacy": privacy,
         "seed": options.seed,
-        "measure": options.settings(),
+        # the exact budget as spent: given, or the default scaled by the model's step cost
+        "measure": {
+            **options.settings(),
+            "exact_budget": exact_budget_steps(options.exact_budget, Scorer.of(model).step_flops),
+        },
         "context": context,
         "context_used": contexts.to_json(),  # which context each canary was scored after
         "seconds": round(time.perf_counter() - t0, 3),

@@ -43,7 +43,15 @@ from .math import (
     sampling_estimate,
     skewnorm_exposure,
 )
-from .options import DEFAULT_MAX_STEPS, DEFAULT_SAMPLES, ESTIMATORS, METHODS, PREFER, MeasureOptions
+from .options import (
+    DEFAULT_MAX_STEPS,
+    DEFAULT_SAMPLES,
+    ESTIMATORS,
+    METHODS,
+    PREFER,
+    MeasureOptions,
+    exact_budget_steps,
+)
 from .rescore import RescoredRank, RescoreOptions, Rescorer
 from .tree import CompiledFormat
 
@@ -187,6 +195,7 @@ def measure(
     canaries = [Canary.of(c) for c in canaries]
     distributed.team().exchange()  # under torchrun: every rank got this far (or all stop with the error)
     scorer = Scorer.of(model, opts.max_memory)
+    opts = replace(opts, exact_budget=exact_budget_steps(opts.exact_budget, scorer.step_flops))
     if memory is not None:
         memory["budget"] = scorer.budget
     results: list[CanaryResult | None] = [None] * len(canaries)

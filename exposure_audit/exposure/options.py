@@ -26,6 +26,10 @@ DEFAULT_MAX_STEPS = 20_000_000
 # auto, prefer="balanced": model steps of exact work (walks, enumeration) per format beyond the
 # estimate; about 25 s of char-LSTM walks on 2 cores (docs/method.md, ``auto``)
 DEFAULT_EXACT_BUDGET = 2_000_000
+# ... for a model whose step costs at most this (the default 2x200 char-LSTM's step, 1.11 MFLOP,
+# rounded up); a costlier step gets proportionally fewer steps (SmolLM2-135M, 0.27 GFLOP: 8,9xx),
+# so the default budget is about the same work, and time, whatever the model (exact_budget_steps)
+EXACT_BUDGET_STEP_FLOPS = 1.2e6
 DEFAULT_SAMPLES = 10_000
 DEFAULT_BATCH = 1024  # candidates (or tree nodes) per model call; engine.DEFAULT_BATCH is this
 # a bfloat16 measure rescored in float32 (rescore.py): candidates per canary rescored; past it, the
@@ -52,7 +56,9 @@ class MeasureOptions:
     # "exact" (exact wherever max_steps allows) or "fast" (exact only where it costs no more than
     # the estimate)
     prefer: str = "balanced"
-    exact_budget: int = DEFAULT_EXACT_BUDGET  # prefer="balanced": exact work per format (model steps)
+    # prefer="balanced": exact work per format (model steps); None: DEFAULT_EXACT_BUDGET scaled
+    # down by the model's step cost (exact_budget_steps)
+    exact_budget: int | None = None
     batch: int = DEFAULT_BATCH
     confidence: float = 0.9
     bootstrap: int = 100
@@ -80,7 +86,7 @@ class MeasureOptions:
                 raise AuditError(f"{where}{key}: {value!r} is not one of {', '.join(choices)}")
         if self.max_steps < 1:
             raise AuditError(f"{where}max_steps: the model-step budget must be at least 1")
-        if self.exact_budget < 0:
+        if self.exact_budget is not None and self.exact_budget < 0:
             raise AuditError(f"{where}exact_budget: the exact work's model-step budget must be at least 0")
         if self.samples < 1:
             raise AuditError(f"{where}samples: the number of samples must be at least 1")
@@ -94,6 +100,17 @@ class MeasureOptions:
     def settings(self) -> dict[str, Any]:
         """The config keys' values, in the config's order (the report's ``model.measure``)."""
         return {f.name: getattr(self, f.name) for f in config_fields(self)}
+
+
+def exact_budget_steps(budget: int | None, step_flops: float | None) -> int:
+    """The exact budget in model steps: ``budget`` where given; else :data:`DEFAULT_EXACT_BUDGET`,
+    times ``EXACT_BUDGET_STEP_FLOPS / step_flops`` where a step costs more than that (a model
+    that does not say what its step costs gets the full default)."""
+    if budget is not None:
+        return budget
+    if not step_flops or step_flops <= EXACT_BUDGET_STEP_FLOPS:
+        return DEFAULT_EXACT_BUDGET
+    return max(1, int(DEFAULT_EXACT_BUDGET * EXACT_BUDGET_STEP_FLOPS / step_flops))
 
 
 def check_extraction(*, top: int, max_steps: int, beam: int | None = None) -> None:
@@ -126,6 +143,7 @@ __all__ = [
     "DEFAULT_MAX_BAND",
     "DEFAULT_MAX_STEPS",
     "DEFAULT_SAMPLES",
+    "EXACT_BUDGET_STEP_FLOPS",
     "ESTIMATORS",
     "METHODS",
     "PER_RUN",
@@ -133,4 +151,5 @@ __all__ = [
     "ExtractOptions",
     "MeasureOptions",
     "check_extraction",
+    "exact_budget_steps",
 ]

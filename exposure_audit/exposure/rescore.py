@@ -6,23 +6,33 @@ candidates whose two scores straddle the canary's move across it: on SmolLM2-135
 differed (docs/benchmarks.md). :func:`rescored_ranks` gets the float32 rank back at close to the
 bfloat16 search's cost:
 
+Every candidate of a format shares its prefix (``The first digits of pi are 3.``), and the
+prefix's own rounding, ``offset = fast - exact`` bits of those shared tokens, is the same for
+every candidate: it moves no rank. So the premise is about what is left, ``|fast - exact -
+offset| < delta`` for every candidate, and the band is centred on ``t + offset``:
+
 1. Score each canary with the exact model (``t``, float32 bits). Unless ``delta`` is given, set
    it from the evidence: score ``calibration`` uniform candidates and the canaries in both
-   dtypes, ``delta = 3 x`` the largest difference seen (at least 0.05 bits).
-2. Walk the candidate tree once with the fast model, pruned at ``max(t) + delta``, counting per
-   canary the candidates the fast model scores at or under ``t - delta`` (``below``) and keeping
-   those in the band ``(t - delta, t + delta]``.
+   dtypes, ``delta = 3 x`` the largest ``|fast - exact - offset|`` seen (at least 0.05 bits).
+2. Walk the candidate tree once with the fast model, pruned at ``max(t) + offset + delta``,
+   counting per canary the candidates the fast model scores at or under ``t + offset - delta``
+   (``below``) and keeping those in the band ``(t + offset - delta, t + offset + delta]``.
 3. Rescore the band's candidates with the exact model: the rank is ``below`` plus the band's
    candidates that score at or under ``t`` in float32.
 
-The result is the float32 rank wherever every candidate's two scores differ by less than
-``delta`` bits; with ``[below, below + band]`` the rank interval the same premise gives when the
-band is too large to rescore (over ``max_band`` candidates for that canary). The premise is not
-proven: it is checked on the evidence at hand, the largest ``|fast - exact|`` over every
-rescored candidate and every canary (``max_error``), reported with each result; ``sound`` is
-False where that evidence comes within a factor 2 of ``delta`` (widen ``delta`` and run again).
+The result is the float32 rank wherever the premise holds; with ``[below, below + band]`` the
+rank interval the same premise gives when the band is too large to rescore (over ``max_band``
+candidates for that canary). The premise is not proven: it is checked on the evidence at hand,
+the largest ``|fast - exact - offset|`` over every rescored candidate and every canary
+(``max_error``), reported with each result; ``sound`` is False where that evidence comes within
+a factor 2 of ``delta`` (widen ``delta`` and run again).
 The band's candidates are rescored with shared prefixes stepped once
 (``engine.score_secrets_shared``); their fast costs come from the walk itself.
+
+:class:`Rescorer` holds one format's canaries scored in both dtypes and the calibrated
+``delta``; each :meth:`Rescorer.ranks` is steps 2-3 for some of them. ``measure(...,
+reference=)`` (``measure --dtype bfloat16 --rescore``) makes each of its enumerations and pruned
+walks one such call, in place of a walk of its own: one bfloat16 walk per exact rank.
 """
 
 from __future__ import annotations
@@ -60,9 +70,10 @@ class RescoredRank:
     band: int  # candidates the fast model put within delta of the canary
     rescored: int  # of those, rescored in the exact dtype (band, or 0 past max_band)
     delta: float
-    max_error: float  # largest |fast - exact| seen over the rescored candidates and the canaries
+    max_error: float  # largest |fast - exact - offset| seen over the rescored candidates and the canaries
     sound: bool  # max_error < delta / 2: the premise has a margin on the evidence at hand
     fast_rank: int  # the fast model's own rank (from the same walk: complete under the premise)
+    offset: float  # the shared prefix's fast - exact bits: the band's centre is t + offset
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -78,7 +89,8 @@ class RescoreRun:
     rescore_steps: int  # the exact model's steps rescoring the bands
     rescore_seconds: float
     delta: float  # the band's half-width used (given, or calibrated)
-    calibrated_error: float  # the largest |fast - exact| over the calibration candidates and canaries
+    calibrated_error: float  # the largest |fast - exact - offset| over the calibration candidates and canaries
+    offset: float  # the shared prefix's fast - exact bits (every candidate's; the band is centred on it)
     calibration: int  # calibration candidates asked for
 
 
@@ -143,7 +155,9 @@ class Rescorer:
             if scores is not None
             else engine.score_secrets(self.fast, self.cf_fast, secrets, o.batch)
         )
-        self.calibrated_error = float(np.abs(self.tf - self.t).max()) if secrets else 0.0
+        # the shared prefix's own rounding: the same for every candidate, so it moves no rank
+        self.offset = float(self.cf_fast.base_cost - self.cf_exact.base_cost)
+        self.calibrated_error = float(np.abs(self.tf - self.t - self.offset).max()) if secrets else 0.0
 
     @property
     def delta(self) -> float:
@@ -157,7 +171,7 @@ class Rescorer:
                 probe = fmt.sample(rng, min(o.calibration, fmt.space_size))
                 cx = engine.score_secrets_shared(self.exact, self.cf_exact, probe, o.batch)
                 cq = engine.score_secrets_shared(self.fast, self.cf_fast, probe, o.batch)
-                self.calibrated_error = max(self.calibrated_error, float(np.abs(cq - cx).max()))
+                self.calibrated_error = max(self.calibrated_error, float(np.abs(cq - cx - self.offset).max()))
             self._delta = max(MIN_DELTA, CALIBRATION_FACTOR * self.calibrated_error)
         return self._delta
 
@@ -183,7 +197,8 @@ class Rescorer:
             )
         delta, max_band = self.delta, self.options.max_band
         t, tf = self.t[which], self.tf[which]
-        lo_edge, hi_edge = t - delta + TIE_TOLERANCE, t + delta + TIE_TOLERANCE
+        centre = t + self.offset  # where the fast model puts a candidate the exact one scores at t
+        lo_edge, hi_edge = centre - delta + TIE_TOLERANCE, centre + delta + TIE_TOLERANCE
         n = len(which)
         below, band, fast_rank = (np.zeros(n, dtype=np.int64) for _ in range(3))
         kept: list[list[np.ndarray]] = [[] for _ in range(n)]  # per canary: indices in its band
@@ -207,7 +222,7 @@ class Rescorer:
             self.fast,
             self.cf_fast,
             on_leaves,
-            bound=float(t.max()) + delta,
+            bound=float(centre.max()) + delta,
             max_steps=max_steps,
             batch=self.options.batch,
             progress=progress,
@@ -225,12 +240,12 @@ class Rescorer:
         )
         fast_costs = np.array([fast_cost[int(ix)] for ix in pool])
         where = {int(ix): j for j, ix in enumerate(pool)}
-        errors = np.abs(np.concatenate([fast_costs - exact_costs, tf - t]))
+        errors = np.abs(np.concatenate([fast_costs - exact_costs, tf - t]) - self.offset)
         max_error = float(errors.max()) if errors.size else 0.0
         if run is not None:
             spent = RescoreRun(
                 walk[0], round(walk[1], 3), len(pool), self.exact.steps - s1, round(time.perf_counter() - t1, 3),
-                delta, self.calibrated_error, self.options.calibration,
+                delta, self.calibrated_error, self.offset, self.options.calibration,
             )  # fmt: skip
             run.update(asdict(spent))
         out = []
@@ -255,6 +270,7 @@ class Rescorer:
                     max_error=max_error,
                     sound=max_error < delta / 2,
                     fast_rank=max(1, int(fast_rank[i])),
+                    offset=self.offset,
                 )
             )
         return out

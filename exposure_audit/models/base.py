@@ -99,6 +99,9 @@ class LanguageModel(Protocol):
 
     def describe(self) -> dict[str, Any]: ...
 
+    # optional: ``step_flops() -> float``, the matmul work of one step (2 FLOP per weight used);
+    # ``measure``'s default exact budget scales by it (Scorer.step_flops)
+
 
 def pad_rows(rows: Sequence[Sequence[int]], device: torch.device | str = "cpu") -> torch.Tensor:
     """Rows of token ids right-padded with id 0 into one ``[B, L]`` tensor. Right padding needs no
@@ -145,6 +148,12 @@ class Scorer:
         self.steps = 0
         # the bytes of states a search over this model may hold (``--max-memory``), and their peak
         self.budget = MemoryBudget.of(max_memory)
+
+    @property
+    def step_flops(self) -> float | None:
+        """The model's matmul work per step, where it says (``step_flops()``); else None."""
+        fn = getattr(self.model, "step_flops", None)
+        return float(fn()) if callable(fn) else None
 
     @staticmethod
     def of(model: Any, max_memory: Any = None) -> Scorer:

@@ -146,6 +146,10 @@ class CharLSTM(nn.Module):
     def cat(states: Sequence[Any]) -> Any:
         return torch.cat([s[0] for s in states], dim=1), torch.cat([s[1] for s in states], dim=1)
 
+    def step_flops(self) -> float:
+        """Matmul work of one model step: 2 FLOP per LSTM and output weight (the embedding is a lookup)."""
+        return 2.0 * sum(p.numel() for name, p in self.named_parameters() if not name.startswith("embed."))
+
     def describe(self) -> dict[str, Any]:
         a = self.config
         info: dict[str, Any] = {

@@ -471,6 +471,15 @@ class HFModel:
                 self._weights_sha256 = _sha256_text("".join(sorted(digests)))
         return self._weights_sha256
 
+    def step_flops(self) -> float:
+        """Matmul work of one model step: 2 FLOP per weight used (an untied input embedding is a
+        lookup, not a product); attention over the context is left out."""
+        net = self.model
+        params = {id(p): p.numel() for p in net.parameters()}  # tied weights once
+        emb, head = net.get_input_embeddings(), net.get_output_embeddings()
+        lookup = 0 if head is not None and emb.weight is head.weight else emb.weight.numel()
+        return 2.0 * (sum(params.values()) - lookup)
+
     def describe(self) -> dict[str, Any]:
         params = sum(p.numel() for p in self.model.parameters())
         info: dict[str, Any] = {
