@@ -493,7 +493,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--skip-small", action="store_true", help="only part (c)")
     ap.add_argument("--roof", action="store_true", help="only part (d): steps/s against the matmul roof")
     ap.add_argument("--roof-steps", type=int, default=4000, help="model steps of part (d)'s extract and measure")
-    ap.add_argument("--dtype", default="float32", help="part (d) on SmolLM2: float32 or bfloat16")
+    ap.add_argument("--dtype", default="float32", help="parts (d) and (g) on SmolLM2: float32 or bfloat16")
     ap.add_argument("--no-small", action="store_true", help="part (d) without the random Llama")
     ap.add_argument("--device", default="cpu", help="part (d) on SmolLM2: cpu or cuda (benchmarks/gpu.sh)")
     ap.add_argument("--bf16-ranks", action="store_true", help="only part (e) on SmolLM2: bf16 ranks vs fp32")
@@ -521,14 +521,14 @@ def main(argv: list[str] | None = None) -> None:
             part_f(model, "SmolLM2-135M", PI, [256, None])
         return
     if args.profile:
-        print("== (g) where a search's time goes (float32, 2 threads, torch's profiler)")
+        print(f"== (g) where a search's time goes ({args.dtype}, 2 threads, torch's profiler)")
         if not args.no_small:
             with tempfile.TemporaryDirectory() as tmp:
                 small = small_model(Path(tmp) / "split", "split")
                 part_g(small, "random 4x256 Llama", NINE, replace(Sizes(), pruned_steps=30_000), pruned="123456789")
-        model = _smollm2()
+        model = _smollm2(args.dtype)
         if model is not None:
-            part_g(model, "SmolLM2-135M", PI)
+            part_g(model, f"SmolLM2-135M ({args.dtype})", PI)
         return
     if args.bf16_ranks:
         print("== (e) ranks under bfloat16 against float32 (SmolLM2-135M, 2 threads)")
@@ -580,7 +580,8 @@ def part_g(model, label: str, fmt_source: str, sizes: Sizes = Sizes(), pruned: s
     from torch.profiler import ProfilerActivity, profile
 
     fmt = Format.parse(fmt_source)
-    roof = matmul_roof(torch.float32, sizes.matmul_n, sizes.seconds)
+    dtype = getattr(model, "dtype", torch.float32)  # the roof of the dtype the model computes in
+    roof = matmul_roof(dtype if dtype == torch.bfloat16 else torch.float32, sizes.matmul_n, sizes.seconds)
     flop = step_gflop(model)
     calls: list[int] = []
     forward = model._forward  # count the model calls and their rows (the engine's batch shapes)

@@ -11,7 +11,7 @@ import pytest
 from exposure_audit.data.formats import Format
 from exposure_audit.errors import AuditError
 from exposure_audit.exposure import engine
-from exposure_audit.exposure.rescore import rescored_ranks
+from exposure_audit.exposure.rescore import RescoreOptions, rescored_ranks
 from exposure_audit.models import Scorer
 from exposure_audit.models.hf import load_hf
 
@@ -243,3 +243,30 @@ def test_rescored_pruned_walks_and_intervals(models):
     assert starved[0].details["log_perplexity_float32"] == pytest.approx(c32[fmt.index(secrets[0])], abs=1e-4)
     with pytest.raises(AuditError, match="max_band"):
         measure(fast, _canaries(secrets[:1]), reference=exact, max_band=-1)
+
+
+def test_a_delta_the_evidence_outgrows_is_widened_and_ranked_again(models):
+    """A calibrated delta that the band's evidence shows too narrow is widened (3x the largest
+    difference seen) and the canaries ranked again, rescoring only candidates not yet rescored:
+    the result is float32's rank, and says how often delta was widened."""
+    from exposure_audit.exposure.rescore import WIDENINGS, Rescorer
+
+    fast, exact = models
+    fmt = Format.parse(FMT)
+    c32 = all_costs(exact)
+    order32 = np.sort(c32)
+    secrets = fmt.sample(random.Random(19), 3)
+    want = [int(np.searchsorted(order32, c32[fmt.index(s)] + engine.TIE_TOLERANCE, side="right")) for s in secrets]
+    r = Rescorer(fast, exact, fmt, secrets)
+    r._delta = 1e-4  # as if calibration had seen almost no rounding
+    got = r.ranks()
+    assert 1 <= got[0].widened <= WIDENINGS and r.widened == got[0].widened
+    assert got[0].delta > 1e-4 and (got[0].sound or got[0].widened == WIDENINGS)
+    if got[0].sound:
+        assert [g.rank for g in got] == want
+    rescored_once = len(r._exact_cost)
+    r.ranks()  # the same canaries again: every band candidate is rescored already
+    assert len(r._exact_cost) == rescored_once
+    # a delta the caller gave is kept, and a result under it flagged instead
+    fixed = Rescorer(fast, exact, fmt, secrets, RescoreOptions(delta=1e-4)).ranks()
+    assert fixed[0].widened == 0 and fixed[0].delta == 1e-4 and not fixed[0].sound

@@ -56,6 +56,7 @@ from .tree import CompiledFormat
 DEFAULT_CALIBRATION = 256  # uniform candidates scored in both dtypes to set delta
 CALIBRATION_FACTOR = 3.0  # delta = this x the largest |fast - exact| seen in calibration
 MIN_DELTA = 0.05  # bits
+WIDENINGS = 2  # times a calibrated delta is widened on the band's evidence before a result is flagged
 
 
 @dataclass
@@ -74,6 +75,7 @@ class RescoredRank:
     sound: bool  # max_error < delta / 2: the premise has a margin on the evidence at hand
     fast_rank: int  # the fast model's own rank (from the same walk: complete under the premise)
     offset: float  # the shared prefix's fast - exact bits: the band's centre is t + offset
+    widened: int = 0  # times delta was widened on the evidence before this result (Rescorer.ranks)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -138,6 +140,8 @@ class Rescorer:
         self.secrets = list(secrets)
         self.fast, self.exact = Scorer.of(fast), Scorer.of(exact)
         self._delta, self.calibrated_error = o.delta, 0.0
+        self.widened = 0  # times delta was widened on the evidence (ranks)
+        self._exact_cost: dict[int, float] = {}  # candidate index -> exact bits, once rescored
         self._compile(context, fast_compiled, fast_scores)
 
     def _compile(self, context: str | None, fast: CompiledFormat | None, scores: np.ndarray | None) -> None:
@@ -184,9 +188,14 @@ class Rescorer:
         run: dict[str, Any] | None = None,
     ) -> list[RescoredRank] | None:
         """The exact model's rank of the canaries ``which`` (indices into ``secrets``; default all)
-        from one walk of the fast model pruned at their largest float32 score + ``delta``, and one
-        rescoring of their bands. None where the walk would pass ``max_steps`` (no rank can be
-        claimed). ``run`` receives a :class:`RescoreRun` as a dict."""
+        from one walk of the fast model pruned at their largest float32 score + offset +
+        ``delta``, and one rescoring of their bands. None where the walk would pass ``max_steps``
+        (no rank can be claimed). ``run`` receives a :class:`RescoreRun` as a dict.
+
+        Where ``delta`` was calibrated (not given) and the band's evidence comes within a factor
+        2 of it (``sound`` False), ``delta`` is widened to :data:`CALIBRATION_FACTOR` times the
+        largest difference seen and the canaries are ranked again (at most :data:`WIDENINGS`
+        times; candidates already rescored are not rescored again), all within ``max_steps``."""
         which = list(range(len(self.secrets))) if which is None else list(which)
         if not which:
             return []
@@ -195,6 +204,24 @@ class Rescorer:
                 f"format {self.fmt.source!r}: rescoring names each candidate by its index, and formats of 2^62 "
                 "candidates or more are walked without indices; rescore a smaller format"
             )
+        s0 = self.fast.steps
+        for attempt in range(WIDENINGS + 1):
+            left = None if max_steps is None else max_steps - (self.fast.steps - s0)
+            got = self._ranks_once(which, left, progress, run)
+            if got is None or got[0].sound or self.options.delta is not None or attempt == WIDENINGS:
+                return got
+            self._delta = CALIBRATION_FACTOR * got[0].max_error
+            self.widened += 1
+        return got  # not reached
+
+    def _ranks_once(
+        self,
+        which: list[int],
+        max_steps: int | None,
+        progress: Callable[[int], None] | None,
+        run: dict[str, Any] | None,
+    ) -> list[RescoredRank] | None:
+        """One walk and one rescoring at the current ``delta`` (:meth:`ranks`)."""
         delta, max_band = self.delta, self.options.max_band
         t, tf = self.t[which], self.tf[which]
         centre = t + self.offset  # where the fast model puts a candidate the exact one scores at t
@@ -235,9 +262,12 @@ class Rescorer:
         pool = np.unique(
             np.concatenate([np.concatenate(kept[i]) for i in wanted if kept[i]] or [np.zeros(0, np.int64)])
         )
-        exact_costs = engine.score_secrets_shared(
-            self.exact, self.cf_exact, [self.fmt.fill(int(ix)) for ix in pool], self.options.batch
+        new = [int(ix) for ix in pool if int(ix) not in self._exact_cost]
+        scored = engine.score_secrets_shared(
+            self.exact, self.cf_exact, [self.fmt.fill(ix) for ix in new], self.options.batch
         )
+        self._exact_cost.update(zip(new, scored.tolist()))
+        exact_costs = np.array([self._exact_cost[int(ix)] for ix in pool])
         fast_costs = np.array([fast_cost[int(ix)] for ix in pool])
         where = {int(ix): j for j, ix in enumerate(pool)}
         errors = np.abs(np.concatenate([fast_costs - exact_costs, tf - t]) - self.offset)
@@ -271,6 +301,7 @@ class Rescorer:
                     sound=max_error < delta / 2,
                     fast_rank=max(1, int(fast_rank[i])),
                     offset=self.offset,
+                    widened=self.widened,
                 )
             )
         return out
@@ -309,6 +340,7 @@ __all__ = [
     "DEFAULT_CALIBRATION",
     "DEFAULT_MAX_BAND",
     "MIN_DELTA",
+    "WIDENINGS",
     "RescoreOptions",
     "RescoreRun",
     "RescoredRank",
