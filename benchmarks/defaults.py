@@ -129,7 +129,10 @@ def main(argv: list[str] | None = None) -> None:
             jobs += [(f"{c}.yaml", ROOT / "configs" / f"{c}.yaml", None, None) for c in args.configs]
             if not args.no_scenario:
                 jobs.append(("issue 24 scenario", None, SCENARIO, None))
-        print("measure with no options (prefer balanced, exact budget 2,000,000 steps per format)")
+        print(
+            "measure with no options (prefer balanced, exact budget 2,000,000 steps per format, "
+            "fewer where a step costs more than the char-LSTM's)"
+        )
         print(
             f"{'audit':<22} {'formats':>7} {'canaries':>8} {'exact':>5} {'train s':>9} {'measure s':>10} {'peak MB':>8} {'walk steps/s':>13}"
         )

@@ -243,6 +243,8 @@ def test_rescored_pruned_walks_and_intervals(models):
     assert starved[0].details["log_perplexity_float32"] == pytest.approx(c32[fmt.index(secrets[0])], abs=1e-4)
     with pytest.raises(AuditError, match="max_band"):
         measure(fast, _canaries(secrets[:1]), reference=exact, max_band=-1)
+    with pytest.raises(AuditError, match="brute force"):
+        measure(fast, _canaries(secrets[:1]), reference=exact, method="brute")
 
 
 def test_a_delta_the_evidence_outgrows_is_widened_and_ranked_again(models):

@@ -448,6 +448,8 @@ def _measure_format(
     if reference is not None:
         if opts.terminator != "\n":
             raise AuditError("rescoring in float32 ranks lines that end in a newline; not supported here")
+        if opts.method == "brute":
+            raise AuditError("brute force scores every line in the model's own dtype; rescore with another method")
         options = RescoreOptions(seed=opts.seed, batch=opts.batch, max_band=opts.max_band)
         rescorer = Rescorer(scorer, reference, fmt, secrets, options, opts.context, fast_compiled=cf, fast_scores=px)
     setup_steps, setup_seconds = _spent(scorer, rescorer) - s0, time.perf_counter() - t0
