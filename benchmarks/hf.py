@@ -89,7 +89,7 @@ TINY = Sizes(
 )
 
 
-def small_model(folder: Path, digits: str, seed: int = 0):
+def small_model(folder: Path, digits: str, seed: int = 0, dtype: str | None = None):
     """A Llama-architecture model (4 layers, width 256) with random weights, and a byte-level BPE
     (4096 tokens) trained on the default corpus: digits split (SmolLM2 / Llama-3 style) or merged
     into multi-digit tokens (GPT-2 style)."""
@@ -131,7 +131,7 @@ def small_model(folder: Path, digits: str, seed: int = 0):
         model.model.norm.weight.mul_(8.0)  # peakier next-token distributions than the default init
     model.eval().save_pretrained(folder, safe_serialization=True)
     fast.save_pretrained(folder)
-    return load_model(folder)
+    return load_model(folder, dtype=dtype)
 
 
 def whole_string_scores(model, texts: list[str], batch: int = 256) -> tuple[np.ndarray, int]:
@@ -493,7 +493,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--skip-small", action="store_true", help="only part (c)")
     ap.add_argument("--roof", action="store_true", help="only part (d): steps/s against the matmul roof")
     ap.add_argument("--roof-steps", type=int, default=4000, help="model steps of part (d)'s extract and measure")
-    ap.add_argument("--dtype", default="float32", help="parts (d) and (g) on SmolLM2: float32 or bfloat16")
+    ap.add_argument("--dtype", default="float32", help="parts (d) and (g): float32 or bfloat16")
     ap.add_argument("--no-small", action="store_true", help="part (d) without the random Llama")
     ap.add_argument("--device", default="cpu", help="part (d) on SmolLM2: cpu or cuda (benchmarks/gpu.sh)")
     ap.add_argument("--bf16-ranks", action="store_true", help="only part (e) on SmolLM2: bf16 ranks vs fp32")
@@ -540,9 +540,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"== (d) steps/s against the matmul roof measured in this run ({where})")
         if not args.no_small:
             with tempfile.TemporaryDirectory() as tmp:
-                part_d(
-                    small_model(Path(tmp) / "split", "split"), "random 4x256 Llama", NINE, args.roof_steps, "123456789"
-                )
+                small = small_model(Path(tmp) / "split", "split", dtype=args.dtype)
+                part_d(small, f"random 4x256 Llama ({args.dtype})", NINE, args.roof_steps, "123456789")
         if args.smollm2:
             model = _smollm2(args.dtype, args.device)
             if model is not None:
