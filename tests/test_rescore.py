@@ -38,6 +38,12 @@ def all_costs(model):
     return costs
 
 
+def ranks_by(costs, fmt, secrets):
+    """Each secret's rank among every candidate by ``costs`` (all_costs: one model's bits)."""
+    order = np.sort(costs)
+    return [int(np.searchsorted(order, costs[fmt.index(s)] + engine.TIE_TOLERANCE, side="right")) for s in secrets]
+
+
 def test_rescored_ranks_are_float32_ranks(models):
     fast, exact = models
     fmt = Format.parse(FMT)
@@ -206,13 +212,12 @@ def test_a_rescored_measure_walks_once_in_the_fast_dtype(models):
     fmt = Format.parse(FMT)
     secrets = fmt.sample(random.Random(13), 5)
     c16 = all_costs(fast)
-    order16 = np.sort(c16)
     sf = Scorer.of(fast)
     res = measure(sf, _canaries(secrets), method="enumerate", reference=exact, bootstrap=0)
     alone = Scorer.of(fast)
     Rescorer(alone, exact, fmt, secrets, RescoreOptions()).ranks()
     assert sf.steps == alone.steps
-    want16 = [int(np.searchsorted(order16, c16[fmt.index(s)] + engine.TIE_TOLERANCE, side="right")) for s in secrets]
+    want16 = ranks_by(c16, fmt, secrets)
     assert [r.details["rescore"]["fast_rank"] for r in res] == want16
     assert [r.details["rescore"]["fast_log_perplexity"] for r in res] == pytest.approx(
         [c16[fmt.index(s)] for s in secrets], abs=1e-4
@@ -228,9 +233,8 @@ def test_rescored_pruned_walks_and_intervals(models):
     fast, exact = models
     fmt = Format.parse(FMT)
     c32 = all_costs(exact)
-    order32 = np.sort(c32)
     secrets = fmt.sample(random.Random(17), 4)
-    want = [int(np.searchsorted(order32, c32[fmt.index(s)] + engine.TIE_TOLERANCE, side="right")) for s in secrets]
+    want = ranks_by(c32, fmt, secrets)
     res = measure(fast, _canaries(secrets), method="pruned", reference=exact, bootstrap=0)
     assert [r.rank for r in res] == want and all(r.method == "pruned+rescored" for r in res)
     capped = measure(fast, _canaries(secrets), method="pruned", reference=exact, bootstrap=0, max_band=0)
@@ -256,9 +260,8 @@ def test_a_delta_the_evidence_outgrows_is_widened_and_ranked_again(models):
     fast, exact = models
     fmt = Format.parse(FMT)
     c32 = all_costs(exact)
-    order32 = np.sort(c32)
     secrets = fmt.sample(random.Random(19), 3)
-    want = [int(np.searchsorted(order32, c32[fmt.index(s)] + engine.TIE_TOLERANCE, side="right")) for s in secrets]
+    want = ranks_by(c32, fmt, secrets)
     r = Rescorer(fast, exact, fmt, secrets)
     r._delta = 1e-4  # as if calibration had seen almost no rounding
     got = r.ranks()
@@ -272,3 +275,19 @@ def test_a_delta_the_evidence_outgrows_is_widened_and_ranked_again(models):
     # a delta the caller gave is kept, and a result under it flagged instead
     fixed = Rescorer(fast, exact, fmt, secrets, RescoreOptions(delta=1e-4)).ranks()
     assert fixed[0].widened == 0 and fixed[0].delta == 1e-4 and not fixed[0].sound
+
+
+def test_a_widening_that_does_not_fit_leaves_the_narrower_result_flagged(models):
+    """Where max_steps leaves no room for a wider walk, ranks() keeps the result it has (flagged,
+    not widened) instead of claiming nothing."""
+    from exposure_audit.exposure.rescore import Rescorer
+
+    fast, exact = models
+    fmt = Format.parse(FMT)
+    secrets = fmt.sample(random.Random(23), 2)
+    run = {}
+    Rescorer(fast, exact, fmt, secrets, RescoreOptions(delta=1e-4)).ranks(run=run)
+    r = Rescorer(fast, exact, fmt, secrets)
+    r._delta = 1e-4  # as if calibration had seen almost no rounding
+    got = r.ranks(max_steps=run["walk_steps"])  # room for exactly one walk at this delta
+    assert got is not None and got[0].widened == 0 and not got[0].sound and r.widened == 0

@@ -494,7 +494,8 @@ def _measure_format(
                 r.details.update(_estimate(float(px[i]), i, draws, size, opts)[3])
         if plan is not None:
             exact_steps = sum(r.model_steps for r in results[:1]) - setup_steps
-            _finish(plan, _spent(scorer, rescorer) - s0, len(group), time.perf_counter() - t0, exact_steps)
+            exact = sum(r.rank is not None for r in results)
+            _finish(plan, _spent(scorer, rescorer) - s0, exact, time.perf_counter() - t0, exact_steps)
         return results, cf, draws, plan
 
     # pruned / estimate / a planned auto
@@ -532,10 +533,22 @@ def _measure_format(
         if rescorer is not None:  # the estimate is the fast dtype's; the float32 bits alongside
             r.details["log_perplexity_float32"] = float(rescorer.t[i])
         out.append(r)
+    if rescorer is not None:
+        _flag_on_the_groups_evidence(out, rescorer)
     if plan is not None:
         exact = sum(r.rank is not None for r in out)
         _finish(plan, _spent(scorer, rescorer) - s0, exact, time.perf_counter() - t0, exact_steps)
     return out, cf, draws, plan
+
+
+def _flag_on_the_groups_evidence(out: list[CanaryResult], rescorer: Rescorer) -> None:
+    """Pruned walks rank one canary per Rescorer call, and each result's ``sound`` saw only its own
+    band: judge every one again on the largest difference any of the group's calls saw."""
+    for r in out:
+        g = r.details.get("rescore")
+        if g is not None and g["sound"] and not rescorer.max_error < g["delta"] / 2:
+            g["sound"], g["max_error"] = False, rescorer.max_error
+            r.method = r.method.replace("+rescored", "+rescored(unsound: widen delta)")
 
 
 def _spent(scorer: Scorer, rescorer: Rescorer | None) -> int:
@@ -566,7 +579,8 @@ def _enumerate(
     ) as bar:
         if rescorer is not None and method == "enumerate":
             got = rescorer.ranks(max_steps=opts.max_steps, progress=bar.update)
-            assert got is not None  # the whole tree fits max_steps (checked), and this walk is part of it
+            if got is None:  # not reached: the whole tree fits max_steps (checked), and the walk is part of it
+                raise AuditError(f"format {fmt.source!r}: the rescoring walk ran past {opts.max_steps} model steps")
         elif method == "enumerate":
             counts = sharded.enumerate_counts(scorer, cf, px, batch=opts.batch, progress=bar.update, quiet=opts.quiet)
         else:
@@ -625,7 +639,9 @@ def _walks(
     ``budget`` (prefer="balanced") each walk is capped by what the earlier ones left of it, so
     the budget holds even where a walk runs past its prediction; once it is spent, no more walks.
     With a ``rescorer`` each walk is its :meth:`Rescorer.ranks` (None past the cap), and its
-    steps count the float32 rescoring too."""
+    steps count the float32 rescoring too: the cap bounds the fast walks (a widened retry
+    included), and the rescoring of their bands (at most ``max_band`` candidates per canary) is
+    charged after them, so a rescored walk may pass what was left by that much."""
     walked: dict[int, tuple[engine.PrunedRank | RescoredRank | None, int, float]] = {}
     left = budget
     for i in order:

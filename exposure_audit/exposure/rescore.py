@@ -23,8 +23,9 @@ offset| < delta`` for every candidate, and the band is centred on ``t + offset``
 The result is the float32 rank wherever the premise holds; with ``[below, below + band]`` the
 rank interval the same premise gives when the band is too large to rescore (over ``max_band``
 candidates for that canary). The premise is not proven: it is checked on the evidence at hand,
-the largest ``|fast - exact - offset|`` over every rescored candidate and every canary
-(``max_error``), reported with each result; ``sound`` is False where that evidence comes within
+the largest ``|fast - exact - offset|`` over every rescored candidate and every canary of the
+call (``max_error``; ``measure`` judges a group's results again on the largest any of its
+calls saw), reported with each result; ``sound`` is False where that evidence comes within
 a factor 2 of ``delta`` (widen ``delta`` and run again).
 The band's candidates are rescored with shared prefixes stepped once
 (``engine.score_secrets_shared``); their fast costs come from the walk itself.
@@ -87,13 +88,14 @@ class RescoreRun:
 
     walk_steps: int
     walk_seconds: float
-    rescore_candidates: int
+    rescore_candidates: int  # candidates rescored in the exact dtype (each once)
     rescore_steps: int  # the exact model's steps rescoring the bands
     rescore_seconds: float
     delta: float  # the band's half-width used (given, or calibrated)
     calibrated_error: float  # the largest |fast - exact - offset| over the calibration candidates and canaries
     offset: float  # the shared prefix's fast - exact bits (every candidate's; the band is centred on it)
     calibration: int  # calibration candidates asked for
+    widened: int = 0  # times delta was widened (the steps and seconds above add up every attempt)
 
 
 @dataclass(frozen=True)
@@ -141,6 +143,7 @@ class Rescorer:
         self.fast, self.exact = Scorer.of(fast), Scorer.of(exact)
         self._delta, self.calibrated_error = o.delta, 0.0
         self.widened = 0  # times delta was widened on the evidence (ranks)
+        self.max_error = 0.0  # the largest |fast - exact - offset| seen by any ranks() call so far
         self._exact_cost: dict[int, float] = {}  # candidate index -> exact bits, once rescored
         self._compile(context, fast_compiled, fast_scores)
 
@@ -204,15 +207,24 @@ class Rescorer:
                 f"format {self.fmt.source!r}: rescoring names each candidate by its index, and formats of 2^62 "
                 "candidates or more are walked without indices; rescore a smaller format"
             )
-        s0 = self.fast.steps
+        self.delta  # noqa: B018 -- calibrate first: max_steps bounds the walks, not the calibration
+        s0, best = self.fast.steps, None
         for attempt in range(WIDENINGS + 1):
             left = None if max_steps is None else max_steps - (self.fast.steps - s0)
-            got = self._ranks_once(which, left, progress, run)
-            if got is None or got[0].sound or self.options.delta is not None or attempt == WIDENINGS:
+            one: dict[str, Any] = {}
+            got = self._ranks_once(which, left, progress, one)
+            if got is None:  # a wider walk that does not fit: the narrower result stands, flagged
+                return best
+            _add_run(run, one, self.widened)
+            self.max_error = max(self.max_error, got[0].max_error)
+            best = got
+            if got[0].sound or self.options.delta is not None or attempt == WIDENINGS:
                 return got
+            if left is not None and left - one["walk_steps"] < one["walk_steps"]:
+                return got  # no room left for a wider walk (it steps at least as many nodes)
             self._delta = CALIBRATION_FACTOR * got[0].max_error
             self.widened += 1
-        return got  # not reached
+        return best  # not reached
 
     def _ranks_once(
         self,
@@ -274,7 +286,7 @@ class Rescorer:
         max_error = float(errors.max()) if errors.size else 0.0
         if run is not None:
             spent = RescoreRun(
-                walk[0], round(walk[1], 3), len(pool), self.exact.steps - s1, round(time.perf_counter() - t1, 3),
+                walk[0], round(walk[1], 3), len(new), self.exact.steps - s1, round(time.perf_counter() - t1, 3),
                 delta, self.calibrated_error, self.offset, self.options.calibration,
             )  # fmt: skip
             run.update(asdict(spent))
@@ -305,6 +317,18 @@ class Rescorer:
                 )
             )
         return out
+
+
+def _add_run(run: dict[str, Any] | None, one: dict[str, Any], widened: int) -> None:
+    """Add one attempt's :class:`RescoreRun` to ``run``: steps, seconds and candidates summed, the
+    rest the latest attempt's."""
+    if run is None:
+        return
+    summed = ("walk_steps", "walk_seconds", "rescore_candidates", "rescore_steps", "rescore_seconds")
+    had = {k: run.get(k, 0) for k in summed}
+    run.update(one)
+    run.update({k: round(had[k] + one[k], 3) if isinstance(one[k], float) else had[k] + one[k] for k in summed})
+    run["widened"] = widened
 
 
 def rescored_ranks(
