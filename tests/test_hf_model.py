@@ -406,6 +406,52 @@ def test_bad_paths_devices_and_gguf(tmp_path, models):
         one_line_error(lambda: load_hf(tmp_path / "x.gguf", device="cpu"))
 
 
+def test_gguf_loads_unpacked_without_a_hub_kernel_fetch(tmp_path, monkeypatch):
+    """transformers 5.25 keeps a GGUF's weights packed when it can fetch a matmul kernel from the
+    Hub: a network request at run time, and a stderr warning about bfloat16 when it cannot. load_hf
+    asks for the weights unpacked, which transformers' GGUF quantizer honours without any fetch."""
+    import transformers
+    from transformers.quantizers import quantizer_gguf
+
+    from exposure_audit.models import hf
+
+    folder = hf_models.tiny_model(tmp_path / "m", "llama", "split-digits")
+    (folder / "m.gguf").write_bytes(b"GGUF")  # stands in for the file; the loaders below are stubbed
+    seen: dict = {}
+    from_pretrained = transformers.AutoModelForCausalLM.from_pretrained
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+
+    def model_from(source, **kwargs):
+        seen.update(kwargs)
+        return from_pretrained(folder, config=kwargs["config"], dtype=kwargs["dtype"])
+
+    real_config = hf._load_config
+    monkeypatch.setattr(hf, "_check_gguf", lambda path: None)
+    monkeypatch.setattr(hf, "_load_config", lambda source, kwargs, where: real_config(folder, {}, where))
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: tokenizer)
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", model_from)
+    model = load_hf(folder / "m.gguf", device="cpu", dtype="bfloat16")
+    assert seen["gguf_file"] == "m.gguf" and seen["local_files_only"] and not seen["trust_remote_code"]
+    assert isinstance(seen["quantization_config"], transformers.GgufConfig)
+    assert model.model.dtype == torch.bfloat16
+
+    if not hasattr(quantizer_gguf, "get_gguf_kernel"):
+        pytest.skip("this transformers has no Hub kernel for GGUF weights")
+
+    def no_fetch():
+        raise AssertionError("the Hub kernel was fetched")
+
+    monkeypatch.setattr(quantizer_gguf, "get_gguf_kernel", no_fetch)
+    warned: list[str] = []
+    monkeypatch.setattr(quantizer_gguf.logger, "warning", lambda msg, *a, **k: warned.append(msg))
+    quantizer = quantizer_gguf.GgufHfQuantizer(hf._dequantized_gguf())
+    quantizer.supported = True
+    quantizer.header = type("Header", (), {"has_quantized_weights": True, "dtype": None})()
+    quantizer.validate_environment()
+    assert quantizer.update_dtype(torch.bfloat16) == torch.bfloat16
+    assert quantizer.quantization_config.dequantize and warned == []
+
+
 @pytest.mark.parametrize("has_bf16", [False, True])
 def test_bfloat16_on_a_cpu_without_bf16_matmul_says_it_will_be_slow(monkeypatch, capsys, has_bf16):
     """An AVX2 CPU emulates bfloat16 matmuls (far slower than float32): asking for it

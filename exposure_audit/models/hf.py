@@ -665,6 +665,20 @@ def _check_gguf(path: Path) -> None:
         raise AuditError(f"model {path} is not a valid GGUF file ({_one_line(e)})") from None
 
 
+def _dequantized_gguf() -> Any:
+    """Ask transformers to unpack a GGUF's weights at load time, as this tool's models need.
+
+    Since transformers 5.25 a GGUF loads with its weights left packed when the `kernels` package
+    (now one of its requirements) fetches a matmul kernel from the Hub. That would be a network
+    request at run time, a model whose weights are unpacked on every forward, and, when the fetch
+    fails offline, a warning on stderr that bfloat16 is slow although the model was unpacked after
+    all. Asked for explicitly, unpacking skips the fetch and the warning; the weights are the same.
+    """
+    from transformers import GgufConfig
+
+    return GgufConfig(dequantize=True)
+
+
 def _load_config(source: Path, kwargs: dict[str, Any], where: Path) -> PreTrainedConfig:
     """The model's config, refused unless it is a decoder-only causal LM (cheap: no weights are read)."""
     from transformers import AutoConfig
@@ -706,7 +720,7 @@ def load_hf(path: Path | str, *, device: str = "auto", dtype: str | None = None)
         _check_gguf(path)
         source, weight_files = path.parent, [path]
         read_kwargs = {**common, "gguf_file": path.name}
-        model_kwargs = read_kwargs
+        model_kwargs = {**read_kwargs, "quantization_config": _dequantized_gguf()}
     else:
         if not (path / CONFIG).is_file():
             hint = "; for a GGUF model give the .gguf file" if any(path.glob("*.gguf")) else ""
