@@ -8,6 +8,7 @@ import json
 import math
 import os
 import pickle
+import sys
 from pathlib import Path
 
 import pytest
@@ -450,6 +451,22 @@ def test_gguf_loads_unpacked_without_a_hub_kernel_fetch(tmp_path, monkeypatch):
     quantizer.validate_environment()
     assert quantizer.update_dtype(torch.bfloat16) == torch.bfloat16
     assert quantizer.quantization_config.dequantize and warned == []
+
+
+def test_the_gguf_unpacking_bar_is_silenced_during_a_load_only(capsys):
+    """transformers unpacks a GGUF's tensors under a bare tqdm that ignores its own progress
+    switch (and so --quiet): load_hf silences that bar while it loads, and only then."""
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    from exposure_audit.models import hf
+
+    drawn = gguf_utils.tqdm
+    with hf._silent_gguf_bar():
+        assert list(gguf_utils.tqdm(range(3), desc="Converting", file=sys.stderr)) == [0, 1, 2]
+    assert "Converting" not in capsys.readouterr().err
+    assert gguf_utils.tqdm is drawn
+    list(gguf_utils.tqdm(range(3), desc="Converting", file=sys.stderr))
+    assert "Converting" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("has_bf16", [False, True])

@@ -57,7 +57,8 @@ import json
 import math
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -679,6 +680,34 @@ def _dequantized_gguf() -> Any:
     return GgufConfig(dequantize=True)
 
 
+@contextmanager
+def _silent_gguf_bar() -> Iterator[None]:
+    """Silence the bar transformers draws while it unpacks a GGUF's tensors.
+
+    It is a bare ``tqdm`` that ignores transformers' own switch for progress bars: on a terminal it
+    would sit beside this tool's bars and outlive ``--quiet``, and in a CI log it writes carriage
+    returns. The unpacking takes a few seconds; the load is reported by the commands themselves.
+    """
+    try:
+        from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:  # no GGUF support in this transformers: nothing draws the bar
+        yield
+        return
+    drawn = getattr(gguf_utils, "tqdm", None)
+    if drawn is None:
+        yield
+        return
+
+    def silent(*args: Any, **kwargs: Any) -> Any:
+        return drawn(*args, **{**kwargs, "disable": True})
+
+    gguf_utils.tqdm = silent
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = drawn
+
+
 def _load_config(source: Path, kwargs: dict[str, Any], where: Path) -> PreTrainedConfig:
     """The model's config, refused unless it is a decoder-only causal LM (cheap: no weights are read)."""
     from transformers import AutoConfig
@@ -759,7 +788,8 @@ def load_hf(path: Path | str, *, device: str = "auto", dtype: str | None = None)
     shown = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # this tool draws its own bars (and --quiet silences them)
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, config=config, dtype=torch_dtype, **model_kwargs)
+        with _silent_gguf_bar():
+            model = AutoModelForCausalLM.from_pretrained(source, config=config, dtype=torch_dtype, **model_kwargs)
     except LOAD_ERRORS as e:
         raise AuditError(f"model {path}: cannot load the weights ({_one_line(e)})") from None
     finally:
