@@ -110,6 +110,35 @@ def test_padded_calls_extract_what_a_call_per_depth_does(models, case, monkeypat
     assert mixed > 0 and n_padded < len(calls)
 
 
+@pytest.mark.parametrize("case", [("gpt2", "merged-digits"), ("llama", "split-digits")])
+def test_the_walks_ask_for_the_formats_tokens_only(models, case, monkeypatch):
+    """Past compiling a format (one row at a time), no search builds a full [rows, V] row of
+    log2-probabilities: enumeration, pruned walks, importance sampling, scoring secrets,
+    best-first and beam extraction all step the model for the tree's tokens (cf.columns)."""
+    from exposure_audit.models import hf
+
+    model = models[case]
+    fmt = Format.parse("my pin is {d:3}")
+    full_rows: list[int] = []
+    whole = hf._log2_softmax_
+    monkeypatch.setattr(hf, "_log2_softmax_", lambda x: full_rows.append(int(x.shape[0])) or whole(x))
+    scorer = Scorer(model)
+    cf = engine.compile_format(scorer, fmt, canaries=["482"])
+    assert cf.logp.shape == (1, len(cf.columns)) and len(cf.columns) < model.vocab_size
+    assert set(cf.columns.tolist()) == {int(t) for e in cf.edges for t in e.ids}
+    px = engine.score_secrets(scorer, cf, ["482", "037"])
+    np.testing.assert_allclose(engine.score_secrets_shared(scorer, cf, ["482", "037"]), px, atol=1e-4)
+    engine.enumerate_counts(scorer, cf, px, batch=64)
+    engine.pruned_rank(scorer, cf, float(px[0]), batch=64)
+    for method in ("enumerate", "pruned", "estimate"):
+        measure(model, [C(fmt, "482")], method=method, samples=64)
+    best_first(model, fmt, top=4)
+    from exposure_audit.exposure.extract import beam_search
+
+    beam_search(model, fmt, width=8, top=4)
+    assert full_rows and set(full_rows) == {1}  # the compiles' context and shared tokens, one row each
+
+
 def test_two_holes_and_ten_thousand_candidates(models):
     model = models["gpt2", "split-digits"]  # one token path per candidate: 10^4 leaves, a fast walk
     fmt = Format.parse("code {d:2}-{d:2} ok")
@@ -136,7 +165,7 @@ def test_multi_digit_tokens_are_walked_and_checked_for_canonicity(models):
         one_by_one = [model.tokenizer.convert_tokens_to_ids(model.tokenizer.tokenize(ch))[0] for ch in f" {secret}\n"]
         if one_by_one == canonical:
             continue
-        costs = engine._score_paths(scorer, cf.state, cf.logp, cf.base_cost, [canonical, one_by_one], 64)
+        costs = engine._score_paths(scorer, cf.state, cf.logp, cf.base_cost, [canonical, one_by_one], 64, cf=cf)
         if costs[1] < costs[0]:
             found = (secret, canonical, one_by_one, costs)
             break
@@ -277,7 +306,7 @@ def test_a_token_spanning_more_than_2_to_the_63_fillings_compiles_and_scores(tmp
     assert not cf.track_index
     assert max(max(len(s) for s in model.tokenizer.convert_ids_to_tokens(e.ids.tolist())) for e in cf.edges) >= 20
     (canonical,) = cf.line_ids([key])
-    (cost,) = engine._score_paths(scorer, cf.state, cf.logp, cf.base_cost, [canonical], 8)
+    (cost,) = engine._score_paths(scorer, cf.state, cf.logp, cf.base_cost, [canonical], 8, cf=cf)
     (px,) = engine.score(model, [fmt.render(key)])
     assert px == pytest.approx(cost, abs=1e-3)
 

@@ -469,6 +469,58 @@ def test_the_gguf_unpacking_bar_is_silenced_during_a_load_only(capsys):
     assert "Converting" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_log2_probs_at_some_columns_are_the_full_rows_bits(dtype):
+    """The tree walks ask for their format's tokens alone: a row-chunked log-softmax that keeps
+    only those columns. Its values are the full row's, bit for bit, for every chunking, for a
+    view into all positions' logits and for bfloat16 logits, and the logits are left as they were."""
+    from exposure_audit.models.hf import _log2_probs, _log2_softmax_columns
+
+    g = torch.Generator().manual_seed(1)
+    every = (torch.randn(37, 3, 500, generator=g) * 5).to(dtype)
+    columns = torch.tensor([0, 7, 123, 498, 499])
+    for logits in (every[:, -1], every[:, -1].contiguous()):
+        before = logits.clone()
+        full = _log2_probs(logits.clone())
+        assert full.shape == (37, 500) and full.dtype == torch.float32
+        for chunk in (1, 16, 37, 64):
+            got = _log2_softmax_columns(logits, columns, chunk)
+            assert got.shape == (37, 5) and torch.equal(got, full[:, columns])
+        assert torch.equal(_log2_probs(logits, columns), full[:, columns])
+        assert torch.equal(logits, before)
+    assert _log2_softmax_columns(every[:0, -1], columns).shape == (0, 5)
+
+
+def test_a_step_at_columns_and_the_scorer_fallback(models):
+    """HFModel.step(columns=) gives the columns of the full step; a model whose step takes no
+    columns gets them cut from its full row by the Scorer."""
+    from exposure_audit.models.base import Scorer
+
+    model = models["llama", "split-digits"]
+    state, _ = model.start(model.context_ids(None))
+    rows = model.take(state, torch.zeros(3, dtype=torch.long))
+    ids = torch.tensor([5, 9, 11])
+    columns = torch.tensor([1, 4, 30, 31])
+    _, full = model.step(rows, ids)
+    _, narrow = model.step(rows, ids, columns=columns)
+    assert torch.equal(narrow, full[:, columns])
+
+    class FullRowsOnly:  # a model implementing only the plain step
+        def __init__(self, inner):
+            self.inner, self.calls = inner, 0
+
+        def step(self, state, ids):
+            self.calls += 1
+            return self.inner.step(state, ids)
+
+    plain = FullRowsOnly(model)
+    scorer = Scorer(plain)
+    _, cut = scorer.step(rows, ids, columns)
+    assert plain.calls == 1 and scorer.steps == 3 and torch.equal(cut, full[:, columns])
+    _, native = Scorer(model).step(rows, ids, columns)
+    assert torch.equal(native, full[:, columns])
+
+
 @pytest.mark.parametrize("has_bf16", [False, True])
 def test_bfloat16_on_a_cpu_without_bf16_matmul_says_it_will_be_slow(monkeypatch, capsys, has_bf16):
     """An AVX2 CPU emulates bfloat16 matmuls (far slower than float32): asking for it

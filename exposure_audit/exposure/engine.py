@@ -62,10 +62,11 @@ class StateSize:
 
     root: int  # bytes one more row adds to a batch of the root's state (0 where rows share it)
     growth: int  # bytes one more token adds to a row (a KV cache grows, an LSTM's state does not)
-    logp: int  # bytes of one row's next-token log-probabilities
+    logp: int  # bytes of one row's next-token log-probabilities (the format's columns)
     depth: int  # most tokens on a path below the root (the closing newline included)
     fanout: int  # most children of one node
     whole: int = 0  # bytes of the root's one-row state (what a model call may spell out per row)
+    out: int = 0  # bytes of one row of a call's whole output (the vocabulary's logits, float32), gone after it
 
     def row(self, depth: int) -> int:
         """State + log-probabilities of one row ``depth`` tokens below the root."""
@@ -83,8 +84,9 @@ class StateSize:
     @property
     def call(self) -> int:
         """Per row of a model call at the deepest level beside the stored states: its gathered
-        input and its output, the caches spelled out, the log-probabilities."""
-        return 2 * (self.root + self.growth * self.depth) + self.spelled(self.depth) + self.logp
+        input and its output, the caches spelled out, the logits over the vocabulary and the
+        log-probabilities kept."""
+        return 2 * (self.root + self.growth * self.depth) + self.spelled(self.depth) + self.out + self.logp
 
 
 def state_size(scorer: Scorer, cf: CompiledFormat) -> StateSize:
@@ -98,7 +100,8 @@ def state_size(scorer: Scorer, cf: CompiledFormat) -> StateSize:
     growth = 0
     if len(cf.edges[0]):
         tok = cf.edges[0].ids[:1]
-        after = nbytes(model.step(two, tok.repeat(2))[0]) - nbytes(model.step(one, tok)[0])
+        probe = Scorer(model)  # uncounted: a scorer of its own
+        after = nbytes(probe.step(two, tok.repeat(2), cf.columns)[0]) - nbytes(probe.step(one, tok, cf.columns)[0])
         growth = max(0, after - root)
     longest = [0] * (cf.end + 1)
     for p in range(cf.end):  # positions are numbered so that every edge goes forward
@@ -106,7 +109,8 @@ def state_size(scorer: Scorer, cf: CompiledFormat) -> StateSize:
             longest[q] = max(longest[q], longest[p] + 1)
     fanout = max((len(e) for e in cf.edges), default=1)
     logp = int(cf.logp.element_size() * cf.logp.shape[-1])
-    size = StateSize(root, growth, logp, longest[cf.end], fanout, nbytes(cf.state))
+    out = 4 * int(model.vocab_size)
+    size = StateSize(root, growth, logp, longest[cf.end], fanout, nbytes(cf.state), out)
     object.__setattr__(cf, "_state_size", size)
     return size
 
@@ -120,10 +124,13 @@ def _score_paths(
     paths: Sequence[Sequence[int]],
     batch: int,
     free: Sequence[int] | None = None,
+    cf: CompiledFormat | None = None,
 ) -> np.ndarray:
     """``base`` + the bits of each path, stepped from a one-row ``state`` whose next-token
     log2-probabilities are ``logp``; the first ``free[i]`` tokens of path i (context) cost
-    nothing. Paths of one length share model calls."""
+    nothing. Paths of one length share model calls. With ``cf``, the paths are paths of its tree
+    and ``logp`` holds its columns (so does every step)."""
+    columns = None if cf is None else cf.columns
     out = np.empty(len(paths))
     by_len: dict[int, list[int]] = defaultdict(list)
     for i, p in enumerate(paths):
@@ -133,16 +140,17 @@ def _score_paths(
             group = idxs[lo : lo + batch]
             n = len(group)
             ids = torch.as_tensor([list(paths[i]) for i in group], dtype=torch.long).view(n, length)
+            at = ids if cf is None else cf.cols_of(ids)  # where each token's log2-probability lies
             st = scorer.take(state, torch.zeros(n, dtype=torch.long))
             lp = logp.expand(n, -1)
             cost = torch.full((n,), base, dtype=torch.float64)
             rows = torch.arange(n)
             counted = None if free is None else torch.as_tensor([free[i] for i in group])
             for d in range(length):
-                bits = lp[rows, ids[:, d]].double()
+                bits = lp[rows, at[:, d]].double()
                 cost -= bits if counted is None else torch.where(counted <= d, bits, 0.0)
                 if d + 1 < length:
-                    st, lp = scorer.step(st, ids[:, d])
+                    st, lp = scorer.step(st, ids[:, d], columns)
             out[group] = cost.numpy()
     return out
 
@@ -152,7 +160,7 @@ def score_secrets(scorer: Scorer, cf: CompiledFormat, secrets: Sequence[str], ba
     if not secrets:
         return np.zeros(0)
     paths = cf.line_ids(secrets)
-    return _score_paths(scorer, cf.state, cf.logp, cf.base_cost, paths, batch, cf.free_tokens(paths))
+    return _score_paths(scorer, cf.state, cf.logp, cf.base_cost, paths, batch, cf.free_tokens(paths), cf)
 
 
 def score_secrets_shared(
@@ -179,7 +187,7 @@ def score_secrets_shared(
         while alive:
             rows = torch.as_tensor([node[j] for j in alive], dtype=torch.long)
             toks = torch.as_tensor([ps[j][d] for j in alive], dtype=torch.long)
-            bits = logp[rows, toks].double().cpu().numpy()
+            bits = logp[rows, cf.cols_of(toks)].double().cpu().numpy()
             for k, j in enumerate(alive):
                 if free is None or free[idx[j]] <= d:
                     cost[j] -= bits[k]
@@ -190,7 +198,7 @@ def score_secrets_shared(
             for j in alive:
                 node[j] = prefix.setdefault((node[j], ps[j][d]), len(prefix))
             parents = torch.as_tensor([r for r, _ in prefix], dtype=torch.long)
-            state, logp = scorer.step(scorer.take(state, parents), torch.as_tensor([t for _, t in prefix]))
+            state, logp = scorer.step(scorer.take(state, parents), torch.as_tensor([t for _, t in prefix]), cf.columns)
             d += 1
         out[idx] = cost
     return out
@@ -254,7 +262,7 @@ class Nodes:
 
     depth: int
     state: State
-    logp: torch.Tensor  # [n, V] log2-probabilities of the next token
+    logp: torch.Tensor  # [n, len(cf.columns)] log2-probabilities of the format's next tokens
     cost: torch.Tensor  # float64 [n]
     pos: torch.Tensor  # int64 [n]: position in the line (see tree.py)
     index: torch.Tensor  # int64 [n]: partial index over the hole characters so far
@@ -440,7 +448,7 @@ def _walk(
             )
         if below is not None and lo_idx > 0:
             foreign += int((ch.index * below[ch.pos] < lo_idx).sum())
-        state, logp = scorer.step(scorer.take(top.state, ch.parent), ch.token)
+        state, logp = scorer.step(scorer.take(top.state, ch.parent), ch.token, cf.columns)
         if progress is not None:
             progress(m)
         held.append(nbytes(state) + nbytes(logp))

@@ -167,8 +167,9 @@ class _Store:
     root's state is always held). Recomputing changes which rows share a model call, never a
     cost that was already pushed."""
 
-    def __init__(self, scorer: Scorer, first: State) -> None:
+    def __init__(self, scorer: Scorer, first: State, columns: torch.Tensor | None = None) -> None:
         self.scorer = scorer
+        self.columns = columns  # what a recomputing step asks of the model (its log2-probabilities go unused)
         self.parts: dict[int, tuple[State, np.ndarray, int]] = {0: (first, np.zeros(1, dtype=np.int64), nbytes(first))}
         self.part_of = array("q", [0])  # each node's part (-1: not held)
         self.row_of = array("q", [0])
@@ -293,7 +294,7 @@ class _Store:
         for d in sorted(missing):
             group = missing[d]
             state, _ = self.scorer.step(
-                self.gather([parent[n] for n in group]), torch.as_tensor([token[n] for n in group])
+                self.gather([parent[n] for n in group]), torch.as_tensor([token[n] for n in group]), self.columns
             )
             self.recomputed += len(group)
             saved = [self.need[n] for n in group]
@@ -393,7 +394,7 @@ class _Search:
         self.node_depth: list[int] = [0]
         self.owner = array("i", [-1])  # the rank holding each node's state (-1: every rank, the root)
         self.dealt = 0  # children of the root handed out so far (round-robin over ranks)
-        self.store = _Store(scorer, cf.state)
+        self.store = _Store(scorer, cf.state, cf.columns[:1])
         self.tie = itertools.count()
         self.frontier: list[Entry] = []
         self.horizon = float("inf")  # the cheapest entry dropped from the frontier to stay in the budget
@@ -518,7 +519,7 @@ class _Search:
                 sel.sort(key=lambda i: store.sort_key(popped[i][2]))
                 parents = [popped[i][2] for i in sel]
                 ids = torch.as_tensor([int(edges[node_pos[popped[i][2]]].ids[popped[i][3]]) for i in sel])
-                states[g], logp = self.scorer.step(store.gather(parents), ids)
+                states[g], logp = self.scorer.step(store.gather(parents), ids, self.cf.columns)
                 stepped[g] = sel  # the state's rows are these entries, in this order
                 # beside the store: the new states, their gathered input and the call's cache in full
                 full = len(sel) * self.size.spelled(max(node_depth[p] for p in parents) + 1)
@@ -663,7 +664,7 @@ def _beam(scorer: Scorer, fmt: Format, width: int, top: int, max_steps: int, con
         if scorer.steps - s0 + len(keep) > max_steps:
             complete = False
             break
-        state, logp = scorer.step(scorer.take(nodes.state, ch.parent[keep]), ch.token[keep])
+        state, logp = scorer.step(scorer.take(nodes.state, ch.parent[keep]), ch.token[keep], cf.columns)
         scorer.budget.note(2 * nbytes(state) + nbytes(logp) + nbytes(nodes.state) + nbytes(nodes.logp))
         nodes = Nodes(nodes.depth + 1, state, logp, ch.cost[keep], ch.pos[keep], ch.index[keep], None)
         paths = paths[keep]

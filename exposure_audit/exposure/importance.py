@@ -392,7 +392,7 @@ def _draw_chunk(
             local = (apos == p).nonzero().view(-1)
             glob = active[local]
             e = cf.edges[p]
-            lp = logp[local][:, e.ids].double()  # log2 P(token) of each allowed token
+            lp = logp[local][:, e.cols].double()  # log2 P(token) of each allowed token
             bits = e.bits(logp[local])
             # log2 of each tempered step distribution over the allowed tokens: [r, J, k]
             scaled = betas.view(1, J, 1) * lp.unsqueeze(1)
@@ -416,7 +416,7 @@ def _draw_chunk(
             if last is not None and p in last:
                 sib.record(
                     glob,
-                    cost[glob].unsqueeze(1) + _sibling_costs(scorer, state, local, e, bits, last[p], batch),
+                    cost[glob].unsqueeze(1) + _sibling_costs(scorer, cf, state, local, e, bits, last[p], batch),
                     logq[glob],
                     p,
                 )
@@ -433,7 +433,7 @@ def _draw_chunk(
             break
         for g in active[going].tolist():
             nodes[g].append((float(cost[g]), log2_paths[int(pos[g])]))
-        state, logp = scorer.step(scorer.take(state, going), tokens[going])
+        state, logp = scorer.step(scorer.take(state, going), tokens[going], cf.columns)
         active = active[going]
     return cost.numpy(), logq.numpy(), paths, nodes, sib
 
@@ -454,7 +454,14 @@ class _Siblings:
 
 
 def _sibling_costs(
-    scorer: Scorer, state: Any, local: torch.Tensor, e: Any, bits: torch.Tensor, tail: list[int], batch: int
+    scorer: Scorer,
+    cf: CompiledFormat,
+    state: Any,
+    local: torch.Tensor,
+    e: Any,
+    bits: torch.Tensor,
+    tail: list[int],
+    batch: int,
 ) -> torch.Tensor:
     """``[r, k]`` bits of each of the ``k`` edges from the ``r`` rows' nodes plus those of the forced
     tokens after it (``tail``: usually the terminator): ``len(tail)`` model steps per sibling."""
@@ -469,8 +476,8 @@ def _sibling_costs(
         tok = e.ids.repeat(rows.numel())
         add = torch.zeros(rows.numel() * k, dtype=torch.float64)
         for t in tail:
-            st, lp = scorer.step(st, tok)
-            add -= lp[:, t].double()
+            st, lp = scorer.step(st, tok, cf.columns)
+            add -= lp[:, int(cf.cols_of(torch.tensor([t]))[0])].double()
             tok = torch.full_like(tok, t)
         out[lo : lo + rows.numel()] += add.view(rows.numel(), k)
     return out

@@ -82,17 +82,21 @@ class Edges:
     """The tokens that may follow a position: ``ids``, the position each leads to (``next``), how
     each updates a node's partial index over the hole characters (``index * mult + add``), and
     ``free``: None, or a mask of the tokens that lie wholly in the context (they cost nothing:
-    only tokens holding a character of the line count)."""
+    only tokens holding a character of the line count). ``cols``: where each token's
+    log2-probability lies in a row of the walks' ``logp``, which hold only the compiled format's
+    ``columns`` (:meth:`CompiledFormat.cols_of`)."""
 
     ids: torch.Tensor
     next: torch.Tensor
     mult: torch.Tensor
     add: torch.Tensor
     free: torch.Tensor | None = None
+    cols: torch.Tensor | None = None
 
     def bits(self, logp: torch.Tensor) -> torch.Tensor:
-        """``[n, k]`` cost in bits of each edge from rows with next-token log2-probabilities ``logp``."""
-        out = -logp[:, self.ids].double()
+        """``[n, k]`` cost in bits of each edge from rows with the format's columns of next-token
+        log2-probabilities ``logp``."""
+        out = -logp[:, self.cols].double()
         if self.free is not None:
             out[:, self.free] = 0.0
         return out
@@ -116,7 +120,7 @@ class CompiledFormat:
     model: LanguageModel
     context: str | None
     state: State  # after the context and the shared tokens (one row)
-    logp: torch.Tensor  # [1, V] log2-probabilities of the first token of the tree
+    logp: torch.Tensor  # [1, len(columns)] log2-probabilities of the first token of the tree, at ``columns``
     base_cost: float  # bits of the shared tokens that hold line characters (the context's are never counted)
     shared: list[int]  # the tokens of context + line read before the tree (the same for every candidate)
     head: bytes  # what the shared tokens spell (special tokens such as BOS spell nothing)
@@ -130,6 +134,16 @@ class CompiledFormat:
     ambiguous: bool  # several token paths can spell one text: leaves need the canonical check
     track_index: bool
     terminator: str = NEWLINE  # what closes every candidate: a canary's newline; scan: the value's next character or ""
+    # every token an edge of the tree holds, sorted: the walks step the model for these columns alone
+    columns: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
+
+    def cols_of(self, ids: torch.Tensor) -> torch.Tensor:
+        """Where tokens ``ids`` (of the tree's edges) lie among ``columns``."""
+        ids = torch.as_tensor(ids, dtype=torch.long)
+        cols = torch.searchsorted(self.columns, ids).clamp_(max=max(int(self.columns.shape[0]) - 1, 0))
+        if not bool((self.columns[cols] == ids).all()):
+            raise RuntimeError("a token path left the format's tree")  # compile_format checks probes' paths
+        return cols
 
     def tree_steps(self) -> int:
         """Model steps to walk the whole tree: one per node that is neither the root nor a leaf."""
@@ -385,6 +399,10 @@ def compile_format(
     track_index = fmt.space_size < INDEX_LIMIT
     edges, end, leaves_below, single = _build_edges(trie, slots, first, lead, track_index)
 
+    columns = torch.unique(torch.cat([e.ids for e in edges]))  # sorted
+    for e in edges:
+        e.cols = torch.searchsorted(columns, e.ids)
+
     steps0 = scorer.steps
     state, logp = scorer.start(shared[:in_context])
     cost = 0.0
@@ -396,7 +414,7 @@ def compile_format(
         model=model,
         context=context,
         state=state,
-        logp=logp,
+        logp=logp[:, columns],
         base_cost=cost,
         shared=shared,
         head=head,
@@ -410,6 +428,7 @@ def compile_format(
         ambiguous=not single,
         track_index=track_index,
         terminator=terminator,
+        columns=columns,
     )
     _check_paths(compiled, [f[len(shared) :] for f in fulls], texts)
     return compiled

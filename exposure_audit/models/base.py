@@ -30,6 +30,13 @@ States
     - ``start(ids) -> (state, logp)``: read ``ids`` (one row); ``logp`` is ``[1, V]``;
     - ``step(state, ids) -> (state, logp)``: feed one token per row (``ids`` is ``[B]``) and get
       the next token's log2-probabilities, ``[B, V]``, float32 or float64, on the CPU;
+    - optionally ``step(state, ids, columns=None)``: with ``columns`` (a 1-D tensor of token ids),
+      ``logp`` is ``[B, len(columns)]``: those tokens' log2-probabilities alone, normalized over
+      the whole vocabulary and equal, bit for bit, to the same columns of the full ``[B, V]``.
+      The tree walks ask only for the tokens their format can continue with (a few dozen of
+      SmolLM2's 49,152); a model that can skip writing the rest saves a ``[B, V]`` float32
+      matrix per call (:class:`~.hf.HFModel`). :class:`Scorer` takes the columns of the full
+      row for a model whose ``step`` has no ``columns`` parameter;
     - ``take(state, rows) -> state``: a new state holding the given rows, in that order (rows may
       repeat). ``take`` and ``step`` never change the state they are given, so a state can be
       stepped from many times (every child of a tree node starts from its parent's state);
@@ -64,6 +71,7 @@ SHA-256, device, dtype, and the training record of a model this tool trained).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -148,6 +156,7 @@ class Scorer:
         self.steps = 0
         # the bytes of states a search over this model may hold (``--max-memory``), and their peak
         self.budget = MemoryBudget.of(max_memory)
+        self._narrows: bool | None = None  # whether the model's step takes ``columns`` (known at first use)
 
     @property
     def step_flops(self) -> float | None:
@@ -170,9 +179,17 @@ class Scorer:
         self.steps += len(ids)
         return self.model.start(ids)
 
-    def step(self, state: State, ids: torch.Tensor) -> tuple[State, torch.Tensor]:
+    def step(self, state: State, ids: torch.Tensor, columns: torch.Tensor | None = None) -> tuple[State, torch.Tensor]:
+        """The model's step; with ``columns``, only those tokens' log2-probabilities (``[B, len(columns)]``)."""
         self.steps += int(ids.shape[0])
-        return self.model.step(state, ids)
+        if columns is None:
+            return self.model.step(state, ids)
+        if self._narrows is None:
+            self._narrows = "columns" in inspect.signature(self.model.step).parameters
+        if self._narrows:
+            return self.model.step(state, ids, columns=columns)
+        state, logp = self.model.step(state, ids)
+        return state, logp[:, columns]
 
     def take(self, state: State, rows: torch.Tensor) -> State:
         return self.model.take(state, rows)

@@ -75,6 +75,7 @@ if TYPE_CHECKING:  # transformers is imported only when a model is loaded: it ta
     from transformers import BatchEncoding, PreTrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 LN2 = math.log(2.0)
+SOFTMAX_ROWS = 16  # rows per log-softmax when only some columns are kept: 3 MB of float32 for SmolLM2
 CONFIG = "config.json"
 TRAINING_RECORD = "exposure_audit.json"  # written beside config.json by this tool's training
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -288,6 +289,7 @@ class HFModel:
 
     # -- states ---------------------------------------------------------------------------
     def _forward(self, ids: torch.Tensor, state: KVState | None) -> tuple[KVState, torch.Tensor]:
+        """The new state and the last position's logits ([rows, V], the model's dtype and device)."""
         from transformers import DynamicCache
 
         past = 0 if state is None else state.length
@@ -326,7 +328,7 @@ class HFModel:
                 new = KVState(keys, tuple(layer.values[:, :, cut:].contiguous() for layer in layers), past + n, prefix)
         else:
             new = _settled(*self._left_align(layers, lengths, cut, past), lengths + 1, prefix)
-        return new, _log2_probs(out.logits[:, -1])
+        return new, out.logits[:, -1]
 
     def _split_step(self, ids: torch.Tensor, state: KVState) -> tuple[KVState, torch.Tensor]:
         """One token per row, attending to the stored state in place (models/hf_attention.py)."""
@@ -359,7 +361,7 @@ class HFModel:
             if lengths is None
             else _settled(keys, values, lengths + 1, prefix)
         )
-        return new_state, _log2_probs(logits)
+        return new_state, logits
 
     @staticmethod
     def _left_align(
@@ -381,13 +383,17 @@ class HFModel:
     def start(self, ids: Sequence[int]) -> tuple[KVState, torch.Tensor]:
         if len(ids) == 0:
             raise AuditError("the context must hold at least one token")
-        return self._forward(torch.as_tensor(list(ids), dtype=torch.long, device=self.device).view(1, -1), None)
+        state, logits = self._forward(
+            torch.as_tensor(list(ids), dtype=torch.long, device=self.device).view(1, -1), None
+        )
+        return state, _log2_probs(logits)
 
     @torch.inference_mode()
     def start_batch(self, rows: Sequence[Sequence[int]]) -> tuple[KVState, torch.Tensor]:
         if len({len(r) for r in rows}) != 1:
             raise ValueError("start_batch: a KV cache holds one length; give rows of equal length")
-        return self._forward(pad_rows(rows, self.device), None)
+        state, logits = self._forward(pad_rows(rows, self.device), None)
+        return state, _log2_probs(logits)
 
     @torch.inference_mode()
     def sequence_logprobs(self, rows: Sequence[Sequence[int]]) -> torch.Tensor:
@@ -399,8 +405,12 @@ class HFModel:
         return _log2_softmax_(out.logits)
 
     @torch.inference_mode()
-    def step(self, state: KVState, ids: torch.Tensor) -> tuple[KVState, torch.Tensor]:
-        return self._forward(ids.to(self.device, torch.long).view(-1, 1), state)
+    def step(
+        self, state: KVState, ids: torch.Tensor, columns: torch.Tensor | None = None
+    ) -> tuple[KVState, torch.Tensor]:
+        """One token per row; with ``columns``, only those tokens' log2-probabilities (models/base.py)."""
+        state, logits = self._forward(ids.to(self.device, torch.long).view(-1, 1), state)
+        return state, _log2_probs(logits, columns)
 
     @torch.inference_mode()
     def take(self, state: KVState, rows: torch.Tensor) -> KVState:
@@ -509,9 +519,34 @@ class HFModel:
         return info
 
 
-def _log2_probs(logits: torch.Tensor) -> torch.Tensor:
-    """[rows, vocab] log2-probabilities on the CPU, in float32."""
-    return _log2_softmax_(logits).cpu()
+def _log2_probs(logits: torch.Tensor, columns: torch.Tensor | None = None) -> torch.Tensor:
+    """[rows, vocab] log2-probabilities on the CPU, in float32; with ``columns``, [rows, len(columns)]."""
+    if columns is None:
+        return _log2_softmax_(logits).cpu()
+    return _log2_softmax_columns(logits, columns).cpu()
+
+
+def _log2_softmax_columns(logits: torch.Tensor, columns: torch.Tensor, chunk: int = SOFTMAX_ROWS) -> torch.Tensor:
+    """:func:`_log2_softmax_` of ``logits`` at ``columns`` only, bit-identical to its columns.
+
+    The log-softmax runs ``chunk`` rows at a time in one small float32 buffer that stays in the
+    core's cache, and only the asked columns are kept: the [rows, vocab] float32 matrix that a
+    full row costs (100 MB for 512 rows of SmolLM2, and a fresh bfloat16-to-float32 copy of the
+    model's output) is never written. Each row's arithmetic is the same kernel on the same values
+    as in the full one, so the values are the same bits (tests/test_hf_model.py)."""
+    rows, vocab = int(logits.shape[0]), int(logits.shape[-1])
+    columns = columns.to(logits.device, torch.long)
+    out = torch.empty(rows, int(columns.shape[0]), dtype=torch.float32, device=logits.device)
+    if rows == 0:
+        return out
+    step = chunk if logits.device.type == "cpu" else rows  # a GPU gains nothing from the cache
+    buffer = torch.empty(min(step, rows), vocab, dtype=torch.float32, device=logits.device)
+    for lo in range(0, rows, step):
+        part = buffer[: min(step, rows - lo)]
+        part.copy_(logits[lo : lo + step])
+        torch.log_softmax(part, dim=-1, out=part)
+        torch.index_select(part, 1, columns, out=out[lo : lo + step])
+    return out.div_(LN2)
 
 
 def _log2_softmax_(logits: torch.Tensor) -> torch.Tensor:
