@@ -352,16 +352,19 @@ def part_d(
 
 def part_f(model, label: str, fmt_source: str, batches: list[int | None], sizes: Sizes = Sizes()) -> None:
     """The whole proven top-1 extraction of ``fmt_source`` at each popped-batch size (None: the
-    default), beside the fp32 matmul roof measured in the same run; then the default with plain
-    steps (a DynamicCache of every row's whole context per call, not the split attention of
-    models/hf_attention.py), and last as the engine ran before padded calls too (plain steps,
-    each depth of a round its own call of at most 256 rows)."""
+    default), beside the matmul roof of the model's dtype measured in the same run; then the
+    default with calls of at most 512 rows (the default before a round's call took up to 1024),
+    with plain steps (a DynamicCache of every row's whole context per call, not the split
+    attention of models/hf_attention.py), and last as the engine ran before padded calls too
+    (plain steps, each depth of a round its own call of at most 256 rows)."""
     from exposure_audit.exposure import extract
 
     fmt = Format.parse(fmt_source)
-    roof = matmul_roof(torch.float32, sizes.matmul_n, sizes.seconds)
+    dtype = torch.bfloat16 if getattr(model, "dtype", torch.float32) == torch.bfloat16 else torch.float32
+    roof = matmul_roof(dtype, sizes.matmul_n, sizes.seconds)
     flop = step_gflop(model)
-    print(f"   {label}, {fmt_source!r}: fp32 roof {roof:.0f} GFLOP/s = {roof / flop:,.0f} steps/s")
+    name = "bf16" if dtype == torch.bfloat16 else "fp32"
+    print(f"   {label}, {fmt_source!r}: {name} roof {roof:.0f} GFLOP/s = {roof / flop:,.0f} steps/s")
     calls: list[int] = []
     forward = model._forward  # count the model calls and their rows
 
@@ -371,13 +374,15 @@ def part_f(model, label: str, fmt_source: str, batches: list[int | None], sizes:
 
     model._forward = counted
     split = model._split
-    runs = [(b, None) for b in batches] + [(None, "plain"), (None, "by depth")]
+    runs = [(b, None) for b in batches] + [(None, "calls 512"), (None, "plain"), (None, "by depth")]
     try:
         for b, old in runs:
             calls.clear()
-            model._split = split and old is None
+            model._split = split and old in (None, "calls 512")
             if old == "by depth":
                 model.ragged, extract.CALL_ROWS = False, 256
+            elif old == "calls 512":  # the default's calls before they took a whole round (1024)
+                extract.CALL_ROWS = 512
             try:
                 t0 = time.perf_counter()
                 ex = best_first(model, fmt, top=1, max_steps=10**7, batch=b)
@@ -493,7 +498,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--skip-small", action="store_true", help="only part (c)")
     ap.add_argument("--roof", action="store_true", help="only part (d): steps/s against the matmul roof")
     ap.add_argument("--roof-steps", type=int, default=4000, help="model steps of part (d)'s extract and measure")
-    ap.add_argument("--dtype", default="float32", help="parts (d) and (g): float32 or bfloat16")
+    ap.add_argument("--dtype", default="float32", help="parts (d), (f) and (g): float32 or bfloat16")
     ap.add_argument("--no-small", action="store_true", help="part (d) without the random Llama")
     ap.add_argument("--device", default="cpu", help="part (d) on SmolLM2: cpu or cuda (benchmarks/gpu.sh)")
     ap.add_argument("--bf16-ranks", action="store_true", help="only part (e) on SmolLM2: bf16 ranks vs fp32")
@@ -515,8 +520,8 @@ def main(argv: list[str] | None = None) -> None:
         tiny(min(args.roof_steps, 200))
         return
     if args.pi:
-        print("== (f) the proven pi extraction by popped-batch size (SmolLM2-135M, float32, 2 threads)")
-        model = _smollm2()
+        print(f"== (f) the proven pi extraction by popped-batch size (SmolLM2-135M, {args.dtype}, 2 threads)")
+        model = _smollm2(args.dtype)
         if model is not None:
             part_f(model, "SmolLM2-135M", PI, [256, None])
         return
