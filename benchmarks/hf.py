@@ -353,10 +353,11 @@ def part_d(
 def part_f(model, label: str, fmt_source: str, batches: list[int | None], sizes: Sizes = Sizes()) -> None:
     """The whole proven top-1 extraction of ``fmt_source`` at each popped-batch size (None: the
     default), beside the matmul roof of the model's dtype measured in the same run; then the
-    default with calls of at most 512 rows (the default before a round's call took up to 1024),
-    with plain steps (a DynamicCache of every row's whole context per call, not the split
-    attention of models/hf_attention.py), and last as the engine ran before padded calls too
-    (plain steps, each depth of a round its own call of at most 256 rows)."""
+    default with calls of up to 1024 rows (a whole round in one padded call, where the budget
+    allows it; the default cuts them at CALL_ROWS), with plain steps (a DynamicCache of every
+    row's whole context per call, not the split attention of models/hf_attention.py), and last
+    as the engine ran before padded calls too (plain steps, each depth of a round its own call
+    of at most 256 rows)."""
     from exposure_audit.exposure import extract
 
     fmt = Format.parse(fmt_source)
@@ -374,15 +375,15 @@ def part_f(model, label: str, fmt_source: str, batches: list[int | None], sizes:
 
     model._forward = counted
     split = model._split
-    runs = [(b, None) for b in batches] + [(None, "calls 512"), (None, "plain"), (None, "by depth")]
+    runs = [(b, None) for b in batches] + [(None, "calls 1024"), (None, "plain"), (None, "by depth")]
     try:
         for b, old in runs:
             calls.clear()
-            model._split = split and old in (None, "calls 512")
+            model._split = split and old in (None, "calls 1024")
             if old == "by depth":
                 model.ragged, extract.CALL_ROWS = False, 256
-            elif old == "calls 512":  # the default's calls before they took a whole round (1024)
-                extract.CALL_ROWS = 512
+            elif old == "calls 1024":  # a whole round in one padded call (where the budget allows it)
+                extract.CALL_ROWS = 1024
             try:
                 t0 = time.perf_counter()
                 ex = best_first(model, fmt, top=1, max_steps=10**7, batch=b)

@@ -206,7 +206,7 @@ def test_large_rounds_shrink_to_fit_the_budget(hf):
 
     _, model = hf
     f = Format.parse("pin {d:4}")
-    small = best_first(model, f, top=3, max_steps=60_000, batch=MIN_CALL_ROWS, max_memory=UNBOUNDED)
+    small = best_first(model, f, top=3, max_steps=60_000, batch=CALL_ROWS, max_memory=UNBOUNDED)
     big = best_first(model, f, top=3, max_steps=60_000, max_memory=UNBOUNDED)
     assert (big.details["round_entries"], big.details["call_rows"]) == (1024, CALL_ROWS)
     assert big.details["working_bytes"] > small.details["working_bytes"]

@@ -149,12 +149,9 @@ BATCH_RAGGED = 256  # entries popped per round where rows of any length share a 
 # its caches in full (3 MB a row for SmolLM2 there), so calls are cut at CALL_ROWS rows (of
 # neighbouring depths, padded) and the budget reserves that call beside the round's new states.
 # Padded calls of up to 512 rows ran that proof in 34.4 s against 38.4 s for a call per depth of
-# up to 256 (benchmarks/hf.py --pi, both in one run). A whole round in one call of up to 1024 rows
-# ran it in bfloat16 on an AMX Xeon in 5.6-6.0 s against 6.5-7.8 s for calls of 512 (four runs
-# each, alternating), with 2.26 GB of search memory against 1.82; float32 under the default
-# budget keeps calls of 512, which the budget check below halves them to (docs/benchmarks.md).
+# up to 256 (benchmarks/hf.py --pi, both in one run).
 BATCH_BY_DEPTH = 1024
-CALL_ROWS = 1024
+CALL_ROWS = 512
 MIN_CALL_ROWS = 256  # calls are halved towards this where the budget is tight (_Search)
 ENTRY_BYTES = 160  # a frontier entry: a tuple of four plus its float and ints, and its heap slot
 FRONTIER_SHARE = 0.9  # past this share of the budget the frontier is cut (states get the rest)
